@@ -1,0 +1,84 @@
+"""Read the parts of a libvirt ``<domain>`` document that snapshots depend on."""
+
+from __future__ import annotations
+
+import re
+
+from lxml import etree
+
+from snapshotd.core.model import DiskInfo, DomainInfo, DomainState
+from snapshotd.errors import XMLError
+
+# lxml parser that never resolves entities or reaches the network: domain XML
+# comes from libvirt, but the same parser reads files users hand us.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+_DECLARATION = re.compile(r"\A\s*<\?xml[^>]*\?>")
+
+
+def parse_xml(text: str | bytes, what: str) -> etree._Element:
+    """Parse one XML document safely, or raise XMLError naming ``what``.
+
+    Text (``str``) is already decoded, so an XML declaration naming another
+    encoding is dropped before the text is handed to libxml2 as UTF-8.
+    """
+    data = _DECLARATION.sub("", text, count=1).encode() if isinstance(text, str) else text
+    try:
+        return etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise XMLError(f"{what}: not well-formed XML: {exc}") from None
+
+
+def _disk(elem: etree._Element) -> DiskInfo | None:
+    target = elem.find("target")
+    dev = target.get("dev") if target is not None else None
+    if not dev:
+        return None
+    source_type = elem.get("type", "file")
+    source = elem.find("source")
+    path = None
+    protocol = None
+    if source is not None:
+        if source_type == "file":
+            path = source.get("file")
+        elif source_type == "block":
+            path = source.get("dev")
+        elif source_type == "dir":
+            path = source.get("dir")
+        elif source_type == "network":
+            protocol = source.get("protocol")
+        elif source_type == "volume":
+            pool, vol = source.get("pool"), source.get("volume")
+            protocol = f"volume {pool}/{vol}"
+    driver = elem.find("driver")
+    return DiskInfo(
+        target=dev,
+        device=elem.get("device", "disk"),
+        source_type=source_type,
+        format=driver.get("type") if driver is not None else None,
+        path=path,
+        protocol=protocol,
+        readonly=elem.find("readonly") is not None,
+        shareable=elem.find("shareable") is not None,
+        snapshot_default=elem.get("snapshot"),
+    )
+
+
+def parse_domain(xml: str, state: DomainState) -> DomainInfo:
+    """Turn a domain's XML (virDomainGetXMLDesc) and its state into a DomainInfo."""
+    root = parse_xml(xml, "domain XML")
+    if root.tag != "domain":
+        raise XMLError(f"domain XML: root element is <{root.tag}>, expected <domain>")
+    name = root.findtext("name")
+    uuid = root.findtext("uuid")
+    if not name or not uuid:
+        raise XMLError("domain XML: <name> and <uuid> are required")
+    disks = tuple(d for d in (_disk(e) for e in root.iterfind("devices/disk")) if d is not None)
+    return DomainInfo(
+        name=name,
+        uuid=uuid,
+        state=state,
+        disks=disks,
+        hypervisor=root.get("type", "kvm"),
+    )

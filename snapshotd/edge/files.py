@@ -1,0 +1,72 @@
+"""The filesystem half of the path checks, done right before libvirt writes files.
+
+The planner has already checked every path as a string.  Here the real
+filesystem is consulted: directories are created when missing, every new file's
+directory must resolve (symlinks followed) inside the root it was planned in,
+and no new file may exist already, unless the user asked to reuse external
+files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from snapshotd.core.model import CreateFlag, SnapshotSpec
+from snapshotd.core.naming import is_inside
+from snapshotd.errors import RequestError
+
+
+def check_targets(spec: SnapshotSpec, *, create_dirs: bool) -> list[str]:
+    """Check (and with ``create_dirs``, prepare) where the snapshot's files go.
+
+    Returns the directories that were created, so a failed snapshot can remove
+    them again.  Raises RequestError naming the file and the problem.
+    """
+    created: list[str] = []
+    reuse = bool(spec.flags & CreateFlag.REUSE_EXT)
+    roots = [os.path.realpath(r) for r in spec.allowed_directories]
+    for path in spec.new_files:
+        parent = str(Path(path).parent)
+        if not Path(parent).is_dir():
+            if not create_dirs:
+                continue  # a dry run: the directory would be created
+            if not any(is_inside(parent, r) for r in spec.allowed_directories):
+                raise RequestError(f"{path}: its directory is outside {spec.allowed_directories}")
+            created.extend(_make_dirs(parent))
+        real_parent = os.path.realpath(parent)
+        if not any(is_inside(real_parent, r) for r in roots):
+            raise RequestError(
+                f"{path}: directory {parent} resolves to {real_parent} through a symlink, "
+                f"outside {', '.join(spec.allowed_directories)}; refusing to write there"
+            )
+        if os.path.lexists(path):  # also a dangling symlink
+            if not reuse:
+                raise RequestError(
+                    f"{path} already exists; snapshotd never overwrites a file. Remove it, "
+                    "choose another snapshot name, or reuse it explicitly (--reuse-external)"
+                )
+            if Path(path).is_symlink() or not Path(path).is_file():
+                raise RequestError(f"{path} is not a regular file; it cannot be reused")
+    return created
+
+
+def _make_dirs(directory: str) -> list[str]:
+    """mkdir -p with mode 0700; returns the directories it made, outermost first."""
+    missing: list[str] = []
+    current = Path(directory)
+    while not current.exists():
+        missing.append(str(current))
+        current = current.parent
+    for path in reversed(missing):
+        Path(path).mkdir(mode=0o700)
+    return list(reversed(missing))
+
+
+def remove_dirs(created: list[str]) -> None:
+    """Remove directories made by check_targets, innermost first, if still empty."""
+    for path in reversed(created):
+        try:
+            Path(path).rmdir()
+        except OSError:
+            return

@@ -1,0 +1,422 @@
+"""The libvirt edge: the only module in snapshotd that imports libvirt.
+
+Everything above this module sees typed values (DomainInfo, XML text, SnapshotRecord)
+and snapshotd's own errors; nothing above it sees a libvirt object or a libvirtError.
+
+* Connections run libvirt's default event loop in a daemon thread, so keepalive works
+  and a dead libvirtd is noticed within seconds instead of hanging a call forever.
+* libvirt's habit of printing every error to stderr is switched off: errors are raised.
+* Every libvirt.libvirtError becomes either NotFoundError (no such domain or snapshot)
+  or LibvirtError, which says whether retrying may help (``transient``); see classify().
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import libvirt
+
+from snapshotd.core.domain import parse_domain
+from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
+from snapshotd.errors import LibvirtError, NotFoundError
+
+DEFAULT_URI = "qemu:///system"
+KEEPALIVE_INTERVAL = 5  # seconds of silence before a keepalive probe is sent
+KEEPALIVE_COUNT = 3  # unanswered probes before the connection counts as dead
+
+
+# --- import-time checks: our copies of libvirt's numbers must match the bindings ----------
+
+
+def _check_enums() -> None:
+    """Refuse to load when model.py's copies of libvirt enums disagree with the bindings."""
+    wrong = []
+    for flag in CreateFlag:
+        name = f"VIR_DOMAIN_SNAPSHOT_CREATE_{flag.name}"
+        actual = getattr(libvirt, name, None)
+        if actual != flag.value:
+            wrong.append(f"{name}: snapshotd has {flag.value}, libvirt-python has {actual}")
+    for state in DomainState:
+        name = f"VIR_DOMAIN_{state.name}"
+        code = getattr(libvirt, name, None)
+        if not isinstance(code, int) or DomainState.from_libvirt(code) is not state:
+            wrong.append(
+                f"{name}: libvirt-python has {code}, which snapshotd does not map to {state}"
+            )
+    if wrong:
+        raise ImportError(
+            "snapshotd.core.model does not match the libvirt bindings: " + "; ".join(wrong)
+        )
+
+
+_check_enums()
+
+
+# --- error classification ---------------------------------------------------------------
+
+# Errors that say "not now" rather than "never": another job holds the domain's state
+# change lock, the guest agent is silent or out of sync, or the connection to libvirtd
+# broke.  Retrying (on a new connection, for the last kind) may succeed.
+_TRANSIENT_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "cannot acquire state change lock"
+        libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+        libvirt.VIR_ERR_AGENT_UNSYNCED,
+        libvirt.VIR_ERR_NO_CONNECT,  # libvirtd not reachable (yet, or any more)
+        libvirt.VIR_ERR_INVALID_CONN,  # this connection was closed under us
+        libvirt.VIR_ERR_RPC,
+    }
+)
+# Generic codes that are transient only when the RPC layer (the connection) raised them:
+# "client socket is closed", "End of file while reading data", "Cannot recv data".
+# From a driver the same codes mean a real failure, e.g. "failed to create image file".
+_TRANSIENT_RPC_CODES = frozenset({libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_SYSTEM_ERROR})
+_TRANSIENT_RPC_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
+# VIR_ERR_NO_CONNECT also says that no driver takes the URI: a typo, or a libvirtd whose
+# QEMU driver failed to load.  That stays so until someone fixes it.
+_PERMANENT_MESSAGES = ("no connection driver available",)
+# Wording that marks a transient failure whatever code carries it.
+_TRANSIENT_MESSAGES = (
+    "cannot acquire state change lock",
+    "client socket is closed",
+    "end of file while reading data",
+    "cannot recv data",
+    "cannot write data",
+    "connection reset by peer",
+    "guest agent is not responding",
+)
+
+_NOT_FOUND_CODES = frozenset({libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT})
+
+
+def classify(code: int, domain_code: int, message: str) -> bool:
+    """Is this libvirt error transient (True) or permanent (False)?
+
+    ``code`` is the virErrorNumber, ``domain_code`` the virErrorDomain (which part of
+    libvirt raised it), ``message`` libvirt's text.  Pure: no connection needed.
+    """
+    text = message.lower()
+    if any(words in text for words in _PERMANENT_MESSAGES):
+        return False
+    if code in _TRANSIENT_CODES:
+        return True
+    if code in _TRANSIENT_RPC_CODES and domain_code in _TRANSIENT_RPC_DOMAINS:
+        return True
+    return any(words in text for words in _TRANSIENT_MESSAGES)
+
+
+def _convert(
+    exc: libvirt.libvirtError, operation: str, domain: str | None, missing: str | None
+) -> LibvirtError | NotFoundError:
+    code = int(exc.get_error_code() or 0)
+    domain_code = int(exc.get_error_domain() or 0)
+    message = str(exc.get_error_message() or exc)
+    if code in _NOT_FOUND_CODES and missing is not None:
+        return NotFoundError(missing)
+    return LibvirtError(
+        message,
+        operation=operation,
+        domain=domain,
+        transient=classify(code, domain_code, message),
+        code=code,
+    )
+
+
+@contextmanager
+def _calling(operation: str, domain: str | None, missing: str | None = None) -> Iterator[None]:
+    """Turn a libvirtError raised inside the block into snapshotd's errors.
+
+    ``missing`` is the NotFoundError message for VIR_ERR_NO_DOMAIN(_SNAPSHOT); without
+    it those codes become a permanent LibvirtError like any other.
+    """
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise _convert(exc, operation, domain, missing) from exc
+
+
+def _code(exc: libvirt.libvirtError) -> int:
+    return int(exc.get_error_code() or 0)
+
+
+# --- process-wide libvirt set-up ----------------------------------------------------------
+
+_setup_lock = threading.Lock()
+_event_loop: threading.Thread | None = None
+
+
+def _ignore_error(_ctx: object, _error: object) -> None:
+    """libvirt error callback: say nothing, the error is raised as an exception anyway."""
+
+
+def _run_event_loop() -> None:
+    while True:
+        # Returns -1 only on an internal error of the poll loop; carry on regardless,
+        # a stopped loop would silently kill every connection's keepalive.
+        libvirt.virEventRunDefaultImpl()
+
+
+def _process_setup() -> None:
+    """Once per process: quiet libvirt's stderr, register and run the default event loop."""
+    global _event_loop  # noqa: PLW0603 - one event loop per process is libvirt's model
+    with _setup_lock:
+        if _event_loop is not None:
+            return
+        libvirt.registerErrorHandler(_ignore_error, None)
+        if libvirt.virEventRegisterDefaultImpl() < 0:
+            raise LibvirtError(
+                "virEventRegisterDefaultImpl failed",
+                operation="start the libvirt event loop",
+                domain=None,
+                transient=False,
+            )
+        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
+        thread.start()
+        _event_loop = thread
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """One snapshot as libvirt lists it."""
+
+    name: str
+    xml: str  # virDomainSnapshotGetXMLDesc(0): never the secure form
+    is_current: bool
+    parent: str | None  # None: a root snapshot
+    has_metadata: bool = True
+
+
+# --- the connection ---------------------------------------------------------------------------
+
+
+class Hypervisor:
+    """One connection to libvirtd.  Thread-safe, as libvirt connections are."""
+
+    def __init__(self, conn: Any, uri: str) -> None:
+        """Wrap an open virConnect; use Hypervisor.open() instead."""
+        self._conn: Any = conn
+        self._uri = uri
+
+    @classmethod
+    def open(cls, uri: str = DEFAULT_URI) -> Hypervisor:
+        """Connect to libvirtd at ``uri`` with keepalive (5 s interval, 3 probes)."""
+        _process_setup()
+        with _calling(f"connect to {uri}", None):
+            conn = libvirt.open(uri)
+        hypervisor = cls(conn, uri)
+        try:
+            with _calling("set keepalive", None):
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except BaseException:
+            hypervisor.close()
+            raise
+        return hypervisor
+
+    @property
+    def uri(self) -> str:
+        """The URI this connection was opened with."""
+        return self._uri
+
+    def close(self) -> None:
+        """Close the connection; closing twice is harmless."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with _calling("close connection", None):
+                conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def _open_conn(self) -> Any:
+        if self._conn is None:
+            raise LibvirtError(
+                f"the connection to {self._uri} is closed",
+                operation="use connection",
+                domain=None,
+                transient=False,
+            )
+        return self._conn
+
+    # --- domains --------------------------------------------------------------------------
+
+    def libvirt_version(self) -> tuple[int, int, int]:
+        """The version of the libvirt library libvirtd runs, e.g. (9, 0, 0)."""
+        with _calling("get libvirt version", None):
+            number = int(self._open_conn.getLibVersion())
+        return number // 1_000_000, number // 1_000 % 1_000, number % 1_000
+
+    def list_domains(self) -> list[DomainInfo]:
+        """Every domain, running or not, persistent or transient, in libvirt's order.
+
+        A domain that disappears while the list is being read is left out.
+        """
+        with _calling("list domains", None):
+            domains = self._open_conn.listAllDomains(0)
+        result = []
+        for dom in domains:
+            try:
+                result.append(self._info(dom))
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise _convert(exc, "read domain", str(dom.name()), None) from exc
+        return result
+
+    def domain(self, name_or_uuid: str) -> DomainInfo:
+        """One domain, named by name or UUID; NotFoundError if there is none."""
+        dom = self._lookup(name_or_uuid)
+        with _calling("read domain", name_or_uuid, f"domain {name_or_uuid!r} not found"):
+            return self._info(dom)
+
+    def domain_xml(self, name: str, *, inactive: bool = False) -> str:
+        """The domain's XML: the live definition, or with ``inactive`` the persistent one."""
+        dom = self._lookup(name)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        with _calling("read domain XML", name, f"domain {name!r} not found"):
+            return str(dom.XMLDesc(flags))
+
+    @staticmethod
+    def _info(dom: Any) -> DomainInfo:
+        # Two calls, not one atomic read: a domain that changes state in between is
+        # reported with the state read first.
+        state = DomainState.from_libvirt(int(dom.state()[0]))
+        return parse_domain(str(dom.XMLDesc(0)), state)
+
+    def _lookup(self, name_or_uuid: str) -> Any:
+        conn = self._open_conn
+        by_uuid = _is_uuid(name_or_uuid)
+        missing = f"domain {name_or_uuid!r} not found: no domain has that name" + (
+            " or UUID" if by_uuid else ""
+        )
+        try:
+            return conn.lookupByName(name_or_uuid)
+        except libvirt.libvirtError as exc:
+            if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN or not by_uuid:
+                raise _convert(exc, "look up domain", name_or_uuid, missing) from exc
+        with _calling("look up domain", name_or_uuid, missing):
+            return conn.lookupByUUIDString(name_or_uuid)
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def create_snapshot(self, domain: str, xml: str, flags: CreateFlag) -> str:
+        """Create a snapshot from ``<domainsnapshot>`` XML; return libvirt's XML of it.
+
+        With CreateFlag.NO_METADATA libvirt keeps nothing it could describe, so the
+        request ``xml`` is returned unchanged.
+        """
+        dom = self._lookup(domain)
+        with _calling("create snapshot", domain, f"domain {domain!r} not found"):
+            snapshot = dom.snapshotCreateXML(xml, int(flags))
+            if CreateFlag.NO_METADATA in flags:
+                return xml
+            return str(snapshot.getXMLDesc(0))
+
+    def snapshot_xml(self, domain: str, snapshot: str, *, secure: bool = False) -> str:
+        """One snapshot's XML; ``secure`` includes secrets (needs a privileged connection)."""
+        snap = self._snapshot(domain, snapshot)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if secure else 0
+        with _calling(f"read snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+            return str(snap.getXMLDesc(flags))
+
+    def list_snapshots(self, domain: str) -> list[SnapshotRecord]:
+        """The domain's snapshots, parents before children (libvirt's topological order).
+
+        A snapshot deleted while the list is being read is left out.
+        """
+        dom = self._lookup(domain)
+        missing = f"domain {domain!r} not found"
+        with _calling("list snapshots", domain, missing):
+            snapshots = _list_all_snapshots(dom)
+        records = []
+        for snap in snapshots:
+            try:
+                records.append(_record(snap))
+            except libvirt.libvirtError as exc:
+                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                    continue
+                raise _convert(exc, "read snapshot", domain, missing) from exc
+        return records
+
+    def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
+        """Delete one snapshot (not its children); ``metadata_only`` keeps its data."""
+        snap = self._snapshot(domain, snapshot)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0
+        with _calling(f"delete snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+            snap.delete(flags)
+
+    def _snapshot(self, domain: str, snapshot: str) -> Any:
+        dom = self._lookup(domain)
+        with _calling(f"look up snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+            return dom.snapshotLookupByName(snapshot, 0)
+
+
+def _no_snapshot(domain: str, snapshot: str) -> str:
+    return f"domain {domain!r} has no snapshot {snapshot!r}"
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuidlib.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _list_all_snapshots(dom: Any) -> list[Any]:
+    topological = getattr(libvirt, "VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL", 0)
+    if topological:
+        try:
+            return list(dom.listAllSnapshots(topological))
+        except libvirt.libvirtError as exc:
+            # A libvirtd older than 5.2 rejects the flag; its plain order has to do.
+            if _code(exc) != libvirt.VIR_ERR_INVALID_ARG:
+                raise
+    return list(dom.listAllSnapshots(0))
+
+
+def _record(snap: Any) -> SnapshotRecord:
+    return SnapshotRecord(
+        name=str(snap.getName()),
+        xml=str(snap.getXMLDesc(0)),
+        is_current=bool(snap.isCurrent(0)),
+        parent=_parent_name(snap),
+        has_metadata=bool(snap.hasMetadata(0)),
+    )
+
+
+def _parent_name(snap: Any) -> str | None:
+    try:
+        parent = snap.getParent(0)
+    except libvirt.libvirtError as exc:
+        # libvirt reports a root snapshot as VIR_ERR_NO_DOMAIN_SNAPSHOT ("... does not
+        # have a parent").
+        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+    return str(parent.getName())
+
+
+__all__ = [
+    "DEFAULT_URI",
+    "Hypervisor",
+    "SnapshotRecord",
+    "classify",
+]

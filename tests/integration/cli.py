@@ -1,0 +1,56 @@
+"""Run the snapshotd command line as a user would: a separate process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def snapshotd(*args: str, timeout: float = 120) -> Result:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snapshotd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def files_under(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+def snapshot_xml(dom: object, name: str) -> etree._Element:
+    """libvirt's own XML for a snapshot, parsed independently of snapshotd."""
+    snap = dom.snapshotLookupByName(name, 0)  # type: ignore[attr-defined]
+    return etree.fromstring(snap.getXMLDesc(0).encode())
+
+
+def disk_modes(root: etree._Element) -> dict[str, str]:
+    return {d.get("name"): d.get("snapshot") for d in root.iterfind("disks/disk")}
+
+
+def qemu_img_snapshots(image: Path, *, force_share: bool = False) -> str:
+    args = ["qemu-img", "snapshot", "-l"]
+    if force_share:
+        args.append("-U")  # read while QEMU has the image open
+    proc = subprocess.run([*args, str(image)], capture_output=True, text=True, check=True)
+    return proc.stdout

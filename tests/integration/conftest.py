@@ -1,0 +1,107 @@
+"""Fixtures for tests against the real libvirtd at qemu:///system (run as root).
+
+Every test in tests/integration is marked ``libvirt``; ``pytest -m "not libvirt"`` runs
+the rest without a libvirtd.  When the marked tests do run and libvirtd does not answer,
+they fail (scripts/host-setup.sh starts it): they never skip.
+
+Fixtures:
+  libvirt_conn    (session)  a plain libvirt.open("qemu:///system") connection
+  virt_type       (session)  "kvm" when /dev/kvm works for libvirt, otherwise "qemu" (TCG)
+  session_prefix  (session)  "snapshotd-test-<8 hex>-": the name prefix of every domain
+  hypervisor      (session)  snapshotd's Hypervisor on qemu:///system
+  domain_factory  (function) DomainFactory: call it to make a scratch domain; every domain
+                             it made is removed after the test, pass or fail
+At the end of the session every domain with the session's prefix is removed, whatever
+happened before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from snapshotd.edge.hypervisor import Hypervisor
+from tests.integration.domains import DomainFactory
+
+URI = "qemu:///system"
+# Images live where libvirtd (and, on a real host, AppArmor or SELinux) expects guest
+# images, not in a private /tmp.
+ROOT = Path(os.environ.get("SNAPSHOTD_TEST_ROOT", "/var/lib/snapshotd-tests"))
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.libvirt)
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn() -> Iterator[Any]:
+    # libvirt prints every error to stderr unless a handler takes it; tests check the
+    # exceptions instead.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(URI)
+    except libvirt.libvirtError as exc:
+        pytest.fail(f"cannot connect to {URI} (run scripts/host-setup.sh as root): {exc}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def virt_type(libvirt_conn: Any) -> str:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return "qemu"
+    os.close(fd)
+    try:
+        libvirt_conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError:
+        return "qemu"
+    return "kvm"
+
+
+@pytest.fixture(scope="session")
+def session_prefix() -> str:
+    return f"snapshotd-test-{secrets.token_hex(4)}-"
+
+
+@pytest.fixture(scope="session")
+def _session_domains(
+    libvirt_conn: Any, session_prefix: str, virt_type: str
+) -> Iterator[DomainFactory]:
+    """The session's sweeper: at the end, removes every domain with the session's prefix."""
+    root = ROOT / session_prefix.rstrip("-")
+    sweeper = DomainFactory(libvirt_conn, session_prefix, root, virt_type)
+    yield sweeper
+    sweeper.sweep()
+    with contextlib.suppress(OSError):  # the shared root, only when no other session uses it
+        ROOT.rmdir()
+
+
+@pytest.fixture
+def domain_factory(_session_domains: DomainFactory) -> Iterator[DomainFactory]:
+    factory = DomainFactory(
+        _session_domains.conn,
+        _session_domains.prefix,
+        _session_domains.root,
+        _session_domains.virt_type,
+    )
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def hypervisor() -> Iterator[Hypervisor]:
+    with Hypervisor.open(URI) as hv:
+        yield hv
