@@ -160,7 +160,7 @@ class SnapshotRequest:
     no_metadata: bool = False
     description: str | None = None
     directory: str | None = None  # None: external disk files go beside their image
-    disk_file_template: str = "{stem}.{snapshot}.qcow2"
+    disk_file_template: str = "{domain}.{disk}.{snapshot}.qcow2"
     memory_file_template: str = "{domain}.{snapshot}.memory"
 
 

@@ -20,7 +20,6 @@ from snapshotd.errors import RequestError
 # and a leading ".".
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]*")
 NAME_MAX = 200
-FILE_FIELDS = frozenset({"domain", "snapshot", "disk", "stem"})
 
 
 def check_snapshot_name(name: str) -> None:
@@ -71,8 +70,14 @@ def check_directory(path: str, what: str) -> str:
     return normal
 
 
-def template_fields(template: str, allowed: frozenset[str], what: str) -> list[str]:
-    """The fields a template uses; refuse attribute access, indexing and unknown fields."""
+def template_fields(
+    template: str, allowed: frozenset[str], what: str, specs: frozenset[str] = frozenset()
+) -> list[str]:
+    """The fields a template uses; refuse attribute access, indexing and unknown fields.
+
+    Only the fields in ``specs`` may carry a format spec (``{time:%Y%m%d}``); on
+    any other field a spec could pad a name to gigabytes (``{domain:>999999999}``).
+    """
     fields: list[str] = []
     try:
         parsed = list(string.Formatter().parse(template))
@@ -88,6 +93,8 @@ def template_fields(template: str, allowed: frozenset[str], what: str) -> list[s
             )
         if conversion or (spec and "{" in spec):
             raise RequestError(f"{what} {template!r}: {{{field}}} takes no conversion")
+        if spec and field not in specs:
+            raise RequestError(f"{what} {template!r}: {{{field}}} takes no format spec")
         fields.append(field)
     return fields
 
@@ -116,10 +123,3 @@ def literal_root(directory_template: str) -> str:
 def is_inside(path: str, root: str) -> bool:
     """True when ``path`` is ``root`` or below it (both normalised, absolute)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def stem(path: str) -> str:
-    """An image's base name without its last extension: /a/vda.qcow2 -> vda."""
-    base = posixpath.basename(path)
-    head, dot, _ext = base.rpartition(".")
-    return head if dot and head else base

@@ -287,7 +287,6 @@ def _overlay(
         "domain": domain.name,
         "snapshot": req.name,
         "disk": disk.target,
-        "stem": naming.stem(disk.path) if disk.path else disk.target,
     }
     name = naming.render_template(req.disk_file_template, values, "disk file template")
     naming.check_file_component(name, f"overlay file name for disk {disk.target}")
@@ -448,7 +447,7 @@ def _check_files(plans: list[DiskPlan], memory_file: str | None, domain: DomainI
         if path in seen:
             raise RequestError(
                 f"domain {domain.name!r}: {owner} and {seen[path]} would both be written to "
-                f"{path}; use {{disk}} or {{stem}} in the file template"
+                f"{path}; use {{domain}} and {{disk}} in the file template"
             )
         if path in sources:
             raise RequestError(

@@ -11,21 +11,25 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from snapshotd import __version__
 from snapshotd.core import snapxml
-from snapshotd.core.model import Request, SnapshotInfo, SnapshotRequest, SnapshotSpec
-from snapshotd.core.plan import Plan, plan_snapshot
+from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
+from snapshotd.core.plan import plan_snapshot
+from snapshotd.core.policy import Policy, Quiesce
+from snapshotd.core.retention import describe
+from snapshotd.core.schedule import next_due
 from snapshotd.core.table import TABLE
-from snapshotd.edge import files
+from snapshotd.edge import files, operations, output
+from snapshotd.edge.catalog import Catalog
 from snapshotd.edge.hypervisor import Hypervisor
-from snapshotd.errors import PlanError, SnapshotdError
+from snapshotd.edge.policyfiles import Settings, load_settings
+from snapshotd.errors import PlanError, RequestError, SnapshotdError
 
 DEFAULT_URI = "qemu:///system"
-SCHEMA = Path("/usr/share/libvirt/schemas/domainsnapshot.rng")
+DEFAULT_CONFIG = "/etc/snapshotd/snapshotd.yaml"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -49,33 +53,51 @@ def _disk_selector(text: str) -> tuple[str, Request]:
     return disk, _request_word(mode)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _when(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-25T03:00:00+01:00"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+def _connect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
         "--connect",
         metavar="URI",
-        default=DEFAULT_URI,
-        help=f"libvirt connection URI, as virsh -c (default: {DEFAULT_URI})",
+        default=None,
+        help=f"libvirt connection URI, as virsh -c (default: from the config, else {DEFAULT_URI})",
     )
+
+
+def _paths(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"daemon settings (default: {DEFAULT_CONFIG})"
+    )
+    parser.add_argument("--policy-dir", metavar="DIR", help="policy directory (default: config)")
+    parser.add_argument("--state-dir", metavar="DIR", help="state directory (default: config)")
 
 
 def _snapshot_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--domain", "-d", required=True, help="domain name or UUID")
-    parser.add_argument(
+    group = parser.add_argument_group("snapshot options (without --policy)")
+    group.add_argument(
         "--memory",
         type=_request_word,
-        default=Request.OMIT,
+        default=None,
         metavar="auto|no|internal|external",
         help="what happens to the guest's memory (default: auto, the state table decides)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--disks",
         type=_request_word,
-        default=Request.OMIT,
+        default=None,
         metavar="auto|no|internal|external",
         help="the default for every disk (default: auto)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--disk",
         type=_disk_selector,
         action="append",
@@ -83,31 +105,45 @@ def _snapshot_options(parser: argparse.ArgumentParser) -> None:
         metavar="TARGET_OR_PATH=MODE",
         help="one disk by target (vda) or source path, with its mode; repeatable",
     )
-    parser.add_argument(
+    group.add_argument(
         "--disk-only", action="store_true", help="no memory: a disk snapshot (DISK_ONLY)"
     )
-    parser.add_argument("--name", help="snapshot name (default: snapshotd-<UTC time>)")
-    parser.add_argument("--description", help="snapshot description")
-    parser.add_argument(
+    group.add_argument("--name", help="snapshot name (default: snapshotd-<UTC time>)")
+    group.add_argument("--description", help="snapshot description")
+    group.add_argument(
         "--directory",
         help="where external memory and disk files go; may use {domain} "
         "(default: disk overlays beside their image; external memory needs it)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--quiesce", action="store_true", help="freeze guest file systems via the guest agent"
     )
-    parser.add_argument(
+    group.add_argument(
         "--live", action="store_true", help="external memory: keep the guest running while saving"
     )
-    parser.add_argument(
+    group.add_argument(
         "--no-atomic", action="store_true", help="do not ask libvirt for an all-or-nothing snapshot"
     )
-    parser.add_argument(
+    group.add_argument(
         "--reuse-external",
         action="store_true",
         help="use existing external files instead of refusing (REUSE_EXT)",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+SNAPSHOT_OPTIONS = (
+    "memory",
+    "disks",
+    "disk",
+    "disk_only",
+    "name",
+    "description",
+    "directory",
+    "quiesce",
+    "live",
+    "no_atomic",
+    "reuse_external",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,38 +154,113 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"snapshotd {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    check = sub.add_parser(
+        "check",
+        help="validate the config and every policy file",
+        description="Validate snapshotd.yaml and the policy directory. Exit 0 when all is "
+        "valid, 2 with every error otherwise. With libvirt reachable, also shows which "
+        "domains each policy selects and where policies overlap.",
+    )
+    _paths(check)
+    _connect(check)
+    check.add_argument("--offline", action="store_true", help="do not ask libvirt for domains")
+
     plan = sub.add_parser(
         "plan",
-        help="show the snapshot a request would make (dry run)",
-        description="Show the state table row that applies, the XML and the flags. "
+        help="show what would be done (dry run)",
+        description="With --domain and snapshot options: the state table row, XML and flags "
+        "of one snapshot. Without --domain, or with --policy: for every domain, the "
+        "policies that select it, the next due time, the XML and flags in its current "
+        "state (or why it would be skipped) and what retention would delete. "
         "Changes nothing.",
     )
-    _common(plan)
+    _connect(plan)
+    _paths(plan)
+    plan.add_argument("--domain", "-d", help="domain name or UUID")
+    plan.add_argument("--policy", "-p", help="only this policy")
+    plan.add_argument("--at", type=_when, help="pretend it is this time (ISO 8601)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
     _snapshot_options(plan)
 
-    take = sub.add_parser("take", help="take a snapshot now", description="Create a snapshot now.")
-    _common(take)
+    take = sub.add_parser(
+        "take",
+        help="take a snapshot now",
+        description="With --domain and snapshot options: one snapshot as asked. With "
+        "--policy: the policy's snapshot of every domain it selects (or of --domain), "
+        "then the policy's retention for each domain that got its snapshot.",
+    )
+    _connect(take)
+    _paths(take)
+    take.add_argument("--domain", "-d", help="domain name or UUID")
+    take.add_argument("--policy", "-p", help="take this policy's snapshot")
+    take.add_argument("--json", action="store_true", help="machine-readable output")
     _snapshot_options(take)
 
+    prune = sub.add_parser(
+        "prune",
+        help="apply retention now",
+        description="Delete, through libvirt, the snapshots that no retention rule keeps. "
+        "Only snapshots snapshotd made under the policy are ever considered.",
+    )
+    _connect(prune)
+    _paths(prune)
+    prune.add_argument("--policy", "-p", help="only this policy (default: all)")
+    prune.add_argument("--domain", "-d", help="only this domain (default: all it selects)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted")
+    prune.add_argument("--json", action="store_true", help="machine-readable output")
+
     lst = sub.add_parser("list", help="list a domain's snapshots")
-    _common(lst)
+    _connect(lst)
     lst.add_argument("--domain", "-d", required=True, help="domain name or UUID")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-# --- helpers ----------------------------------------------------------------------------
+# --- shared helpers ---------------------------------------------------------------------
 
 
-def _now_name() -> str:
-    return "snapshotd-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
-def _request(args: argparse.Namespace) -> SnapshotRequest:
+def _uri(args: argparse.Namespace, settings: Settings | None = None) -> str:
+    if args.connect:
+        return str(args.connect)
+    if settings is not None and settings.connect:
+        return settings.connect[0]
+    return DEFAULT_URI
+
+
+def _settings(args: argparse.Namespace, *, policies: bool = True) -> Settings:
+    """Config, policy directory and state directory, with command-line overrides."""
+    settings = load_settings(
+        config=args.config,
+        default_config=DEFAULT_CONFIG,
+        policy_dir=args.policy_dir,
+        state_dir=args.state_dir,
+        load_policies=policies,
+    )
+    if settings.errors:
+        raise RequestError(
+            "the configuration is not valid (run `snapshotd check` for details):\n  "
+            + "\n  ".join(str(e) for e in settings.errors)
+        )
+    return settings
+
+
+def _policy(settings: Settings, name: str) -> Policy:
+    for policy in settings.policies:
+        if policy.name == name:
+            return policy
+    known = ", ".join(sorted(p.name for p in settings.policies)) or "none"
+    raise RequestError(f"no policy is named {name!r} in {settings.policy_dir} (policies: {known})")
+
+
+def _adhoc_request(args: argparse.Namespace) -> SnapshotRequest:
     return SnapshotRequest(
-        name=args.name or _now_name(),
-        memory=args.memory,
-        disks=args.disks,
+        name=args.name or "snapshotd-" + _now().strftime("%Y%m%dT%H%M%SZ"),
+        memory=args.memory or Request.OMIT,
+        disks=args.disks or Request.OMIT,
         disk=tuple(args.disk),
         disk_only=args.disk_only,
         quiesce=args.quiesce,
@@ -161,165 +272,319 @@ def _request(args: argparse.Namespace) -> SnapshotRequest:
     )
 
 
-def _spec_dict(plan: Plan, state: str, xml: str) -> dict[str, Any]:
-    spec = plan.spec
-    return {
-        "domain": spec.domain,
-        "state": state,
-        "row": {"number": plan.row.number, "text": plan.row.text},
-        "name": spec.name,
-        "method": spec.method.value,
-        "memory": {"snapshot": spec.memory.value, "file": spec.memory_file},
-        "disks": [
-            {
-                "target": d.target,
-                "snapshot": d.location.value,
-                "source": d.source,
-                "file": d.new_file,
-                "reason": d.reason,
-            }
-            for d in spec.disks
-        ],
-        "flags": spec.flags.names(),
-        "flags_value": int(spec.flags),
-        "xml": xml,
-    }
-
-
-def _print_plan(plan: Plan, state: str, xml: str, out: TextIO) -> None:
-    spec = plan.spec
-    print(f"domain {spec.domain} ({state})", file=out)
-    print(f"state table row {plan.row.number}: {plan.row.text}", file=out)
-    memory = spec.memory.value + (f" -> {spec.memory_file}" if spec.memory_file else "")
-    print(f"memory: {memory}", file=out)
-    print("disks:", file=out)
-    for d in spec.disks:
-        target = f" -> {d.new_file}" if d.new_file else ""
-        print(f"  {d.target:<6} {d.location.value:<9}{target}  ({d.reason})", file=out)
-    flags = "|".join(spec.flags.names()) or "none"
-    print(f"flags: {flags} ({int(spec.flags):#x})", file=out)
-    print("xml:", file=out)
-    out.write(xml)
-
-
-def _snapshot_dict(info: SnapshotInfo, current: bool | None = None) -> dict[str, Any]:
-    created = (
-        dt.datetime.fromtimestamp(info.creation_time, dt.UTC).isoformat()
-        if info.creation_time is not None
-        else None
-    )
-    return {
-        "name": info.name,
-        "creation_time": created,
-        "state": info.state,
-        "memory": info.memory,
-        "memory_file": info.memory_file,
-        "disks": [
-            {
-                "target": d.name,
-                "snapshot": d.snapshot,
-                "file": d.source_file or d.source_dev,
-            }
-            for d in info.disks
-        ],
-        "parent": info.parent,
-        "current": current,
-        "description": info.description,
-    }
-
-
-def _disk_summary(info: SnapshotInfo) -> str:
-    return ",".join(f"{d.name}={d.snapshot}" for d in info.disks) or "-"
-
-
-def _validate_xml(xml: str) -> None:
-    """Our XML must satisfy libvirt's own schema before it is sent."""
-    if not SCHEMA.exists():
-        return
-    problems = snapxml.validate(xml, snapxml.load_schema(str(SCHEMA)))
-    if problems:
-        raise SnapshotdError(
-            "internal error: the generated snapshot XML does not match libvirt's schema "
-            f"({SCHEMA}): {'; '.join(problems)}"
+def _refuse_snapshot_options(args: argparse.Namespace) -> None:
+    given = [
+        "--" + name.replace("_", "-")
+        for name in SNAPSHOT_OPTIONS
+        if getattr(args, name) not in (None, False, [])
+    ]
+    if given:
+        raise RequestError(
+            f"{', '.join(given)} cannot be combined with --policy: the policy file says what "
+            "its snapshots look like"
         )
 
 
-def _plan(hv: Hypervisor, args: argparse.Namespace) -> tuple[Plan, str, str]:
-    domain = hv.domain(args.domain)
-    plan = plan_snapshot(domain, _request(args))
-    xml = snapxml.render_spec(plan.spec)
-    _validate_xml(xml)
-    return plan, domain.state.value, xml
+def _selected(hv: Hypervisor, policy: Policy, domain: str | None) -> list[DomainInfo]:
+    if domain is not None:
+        info = hv.domain(domain)
+        if not policy.selector.matches(info):
+            raise RequestError(f"policy {policy.name!r} does not select domain {info.name!r}")
+        return [info]
+    return [d for d in hv.list_domains() if policy.selector.matches(d)]
 
 
-# --- verbs -----------------------------------------------------------------------------
+def _dump(data: object, out: TextIO) -> None:
+    json.dump(data, out, indent=2)
+    out.write("\n")
+
+
+# --- verbs ------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    settings = load_settings(
+        config=args.config,
+        default_config=DEFAULT_CONFIG,
+        policy_dir=args.policy_dir,
+        state_dir=args.state_dir,
+        load_policies=True,
+    )
+    for error in settings.errors:
+        print(str(error), file=sys.stderr)
+    if settings.errors:
+        count = len(settings.errors)
+        print(f"snapshotd check: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"config: {settings.config_source}", file=out)
+    print(f"policy directory: {settings.policy_dir} ({len(settings.policies)} policies)", file=out)
+    for policy in settings.policies:
+        schedule = policy.schedule
+        when = schedule.cron or f"every {schedule.every}"
+        keep = describe(policy.retention) if policy.retention else "never prune"
+        print(f"  {policy.name} ({policy.source}): {when} {schedule.timezone}; {keep}", file=out)
+    if args.offline or not settings.policies:
+        return EXIT_OK
+    try:
+        with Hypervisor.open(_uri(args, settings)) as hv:
+            domains = hv.list_domains()
+    except SnapshotdError as exc:
+        print(f"(domains not listed, so overlaps are not shown: {exc})", file=out)
+        return EXIT_OK
+    print("domains:", file=out)
+    for domain in domains:
+        chosen = [p.name for p in settings.policies if p.selector.matches(domain)]
+        if not chosen:
+            continue
+        note = (
+            "  (overlap: each policy takes and prunes its own snapshots)" if len(chosen) > 1 else ""
+        )
+        print(f"  {domain.name}: {', '.join(chosen)}{note}", file=out)
+    return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(args.connect) as hv:
-        plan, state, xml = _plan(hv, args)
+    if args.domain is not None and args.policy is None:
+        return _plan_adhoc(args, out)
+    _refuse_snapshot_options(args)
+    settings = _settings(args)
+    policies = [_policy(settings, args.policy)] if args.policy else list(settings.policies)
+    at = args.at or _now()
+    entries: list[dict[str, Any]] = []
+    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+        domains = [hv.domain(args.domain)] if args.domain else hv.list_domains()
+        for domain in domains:
+            for policy in policies:
+                if policy.selector.matches(domain):
+                    entries.append(_plan_entry(hv, catalog, policy, domain, at))
+    if args.json:
+        _dump({"at": at.isoformat(), "plans": entries}, out)
+        return EXIT_OK
+    if not entries:
+        print("no policy selects any domain", file=out)
+    for entry in entries:
+        _print_plan_entry(entry, out)
+    return EXIT_OK
+
+
+def _plan_entry(
+    hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo, at: dt.datetime
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "domain": domain.name,
+        "state": domain.state.value,
+        "policy": policy.name,
+        "next_due": next_due(policy.schedule, at).isoformat(),
+    }
+    skip = policy.selector.skip_reason(domain)
+    if skip is not None:
+        entry["skip"] = skip
+    else:
+        quiesce = policy.snapshot.quiesce is not Quiesce.NO and domain.state.value == "running"
+        try:
+            plan = plan_snapshot(domain, policy.request(domain, at, quiesce=quiesce))
+            xml = operations.render_checked(plan.spec)
+        except SnapshotdError as exc:
+            entry["refused"] = str(exc)
+        else:
+            entry["snapshot"] = output.plan_dict(plan, domain.state.value, xml)
+    if policy.retention is not None:
+        report = operations.prune(hv, catalog, policy, domain, at, dry_run=True)
+        entry["retention"] = describe(policy.retention)
+        entry["would_delete"] = report.to_delete
+    return entry
+
+
+def _print_plan_entry(entry: dict[str, Any], out: TextIO) -> None:
+    print(f"== {entry['domain']} ({entry['state']}) by policy {entry['policy']}", file=out)
+    print(f"next due: {entry['next_due']}", file=out)
+    if "skip" in entry:
+        print(f"skipped: {entry['skip']}", file=out)
+    elif "refused" in entry:
+        print(f"refused: {entry['refused']}", file=out)
+    else:
+        snap = entry["snapshot"]
+        print(
+            f"snapshot {snap['name']}: state table row {snap['row']['number']}: "
+            f"{snap['row']['text']}",
+            file=out,
+        )
+        print(f"flags: {'|'.join(snap['flags']) or 'none'}", file=out)
+        for line in snap["xml"].rstrip("\n").split("\n"):
+            print(f"  {line}", file=out)
+    if "retention" in entry:
+        doomed = ", ".join(entry["would_delete"]) or "nothing"
+        print(f"retention ({entry['retention']}) would delete: {doomed}", file=out)
+    print(file=out)
+
+
+def _plan_adhoc(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(_uri(args)) as hv:
+        domain = hv.domain(args.domain)
+        plan = plan_snapshot(domain, _adhoc_request(args))
+        xml = operations.render_checked(plan.spec)
         files.check_targets(plan.spec, create_dirs=False)
     if args.json:
-        json.dump(_spec_dict(plan, state, xml), out, indent=2)
-        out.write("\n")
+        _dump(output.plan_dict(plan, domain.state.value, xml), out)
     else:
-        _print_plan(plan, state, xml, out)
+        output.print_plan(plan, domain.state.value, xml, out)
     return EXIT_OK
 
 
 def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(args.connect) as hv:
-        plan, state, xml = _plan(hv, args)
-        spec: SnapshotSpec = plan.spec
-        created = files.check_targets(spec, create_dirs=True)
-        try:
-            returned = hv.create_snapshot(spec.domain, xml, spec.flags)
-        except SnapshotdError:
-            files.remove_dirs(created)
-            raise
-    info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
+    if args.policy is None:
+        if args.domain is None:
+            raise RequestError("take needs --domain NAME (with snapshot options) or --policy NAME")
+        return _take_adhoc(args, out)
+    _refuse_snapshot_options(args)
+    settings = _settings(args)
+    policy = _policy(settings, args.policy)
+    now = _now()
+    results: list[dict[str, Any]] = []
+    failed = False
+    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+        for domain in _selected(hv, policy, args.domain):
+            result: dict[str, Any] = {"domain": domain.name, "policy": policy.name}
+            results.append(result)
+            skip = policy.selector.skip_reason(domain)
+            if skip is not None:
+                result.update(outcome="skipped", reason=skip)
+                continue
+            try:
+                made = operations.create_for_policy(hv, catalog, policy, domain, now)
+            except SnapshotdError as exc:
+                failed = True
+                result.update(outcome="failed", error=str(exc))
+                continue
+            result.update(outcome="created", snapshot=output.snapshot_dict(made.info))
+            if made.note:
+                result["note"] = made.note
+            # Retention runs only after this domain got its snapshot.
+            report = operations.prune(hv, catalog, policy, domain, now)
+            result["pruned"] = report.deleted
+            if report.failed:
+                failed = True
+                result["prune_failed"] = [{"snapshot": n, "error": e} for n, e in report.failed]
     if args.json:
-        result = _snapshot_dict(info)
-        result["row"] = plan.row.number
-        result["flags"] = spec.flags.names()
-        result["domain"] = spec.domain
-        json.dump(result, out, indent=2)
-        out.write("\n")
-        return EXIT_OK
-    print(f"created snapshot {info.name} of domain {spec.domain} ({state})", file=out)
-    print(f"  state table row {plan.row.number}: {plan.row.text}", file=out)
-    print(f"  snapshot state: {info.state}", file=out)
-    memory = f"{info.memory}" + (f" -> {info.memory_file}" if info.memory_file else "")
-    print(f"  memory: {memory}", file=out)
-    for d in info.disks:
-        where = d.source_file or d.source_dev
-        print(f"  disk {d.name}: {d.snapshot}" + (f" -> {where}" if where else ""), file=out)
-    print(f"  flags: {'|'.join(spec.flags.names()) or 'none'}", file=out)
+        _dump(results, out)
+    else:
+        for r in results:
+            _print_take_result(r, out)
+        if not results:
+            print(f"policy {policy.name} selects no domain", file=out)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_take_result(result: dict[str, Any], out: TextIO) -> None:
+    head = f"{result['domain']} (policy {result['policy']}): "
+    if result["outcome"] == "skipped":
+        print(head + f"skipped: {result['reason']}", file=out)
+    elif result["outcome"] == "failed":
+        print(head + f"failed: {result['error']}", file=out)
+    else:
+        snap = result["snapshot"]
+        print(head + f"created {snap['name']}", file=out)
+        if "note" in result:
+            print(f"  note: {result['note']}", file=out)
+        pruned = ", ".join(result["pruned"]) or "nothing"
+        print(f"  pruned: {pruned}", file=out)
+        for item in result.get("prune_failed", []):
+            print(f"  could not delete {item['snapshot']}: {item['error']}", file=out)
+
+
+def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
+    state_dir = _settings(args, policies=False).state_dir
+    with Hypervisor.open(_uri(args)) as hv, Catalog(state_dir) as catalog:
+        domain = hv.domain(args.domain)
+        made = operations.create(hv, catalog, domain, _adhoc_request(args), policy=None, now=_now())
+    if args.json:
+        result = output.snapshot_dict(made.info)
+        result.update(
+            row=made.plan.row.number, flags=made.plan.spec.flags.names(), domain=domain.name
+        )
+        _dump(result, out)
+    else:
+        output.print_created(made.info, made.plan, domain.state.value, out)
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args)
+    policies = [_policy(settings, args.policy)] if args.policy else list(settings.policies)
+    now = _now()
+    reports = []
+    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+        for policy in policies:
+            if policy.retention is None:
+                continue
+            domains = (
+                [hv.domain(args.domain)]
+                if args.domain
+                else [d for d in hv.list_domains() if policy.selector.matches(d)]
+            )
+            for domain in domains:
+                if not policy.selector.matches(domain):
+                    continue
+                reports.append(
+                    operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
+                )
+    failed = any(r.failed for r in reports)
+    if args.json:
+        _dump(
+            [
+                {
+                    "policy": r.policy,
+                    "domain": r.domain,
+                    "dry_run": r.dry_run,
+                    "would_delete" if r.dry_run else "deleted": r.to_delete
+                    if r.dry_run
+                    else r.deleted,
+                    "failed": [{"snapshot": n, "error": e} for n, e in r.failed],
+                    "kept": [
+                        {"snapshot": v.name, "reasons": list(v.reasons)}
+                        for v in r.verdicts
+                        if v.keep
+                    ],
+                }
+                for r in reports
+            ],
+            out,
+        )
+    else:
+        for r in reports:
+            verb = "would delete" if r.dry_run else "deleted"
+            names = r.to_delete if r.dry_run else r.deleted
+            print(
+                f"{r.domain} (policy {r.policy}): {verb} {', '.join(names) or 'nothing'}", file=out
+            )
+            for name, error in r.failed:
+                print(f"  could not delete {name}: {error}", file=out)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(args.connect) as hv:
+    with Hypervisor.open(_uri(args)) as hv:
         domain = hv.domain(args.domain)
         records = hv.list_snapshots(domain.name)
     rows = []
     for rec in records:
         info = snapxml.parse_snapshot(rec.xml, source=f"snapshot {rec.name!r}")
-        item = _snapshot_dict(info, rec.is_current)
+        item = output.snapshot_dict(info, rec.is_current)
         item["parent"] = rec.parent
         rows.append((info, item))
     if args.json:
-        json.dump([item for _info, item in rows], out, indent=2)
-        out.write("\n")
+        _dump([item for _info, item in rows], out)
         return EXIT_OK
-    header = f"{'name':<32} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent"
-    print(header, file=out)
+    print(
+        f"{'name':<32} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent",
+        file=out,
+    )
     for info, item in rows:
         created = (item["creation_time"] or "-")[:19].replace("T", " ")
         mark = " *" if item["current"] else ""
         print(
             f"{(item['name'] or '') + mark:<32} {created:<20} {info.state or '-':<14} "
-            f"{info.memory or '-':<9} {_disk_summary(info):<28} {item['parent'] or '-'}",
+            f"{info.memory or '-':<9} {output.disk_summary(info):<28} {item['parent'] or '-'}",
             file=out,
         )
     if not rows:
@@ -327,7 +592,13 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-VERBS = {"plan": cmd_plan, "take": cmd_take, "list": cmd_list}
+VERBS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "check": cmd_check,
+    "plan": cmd_plan,
+    "take": cmd_take,
+    "prune": cmd_prune,
+    "list": cmd_list,
+}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -111,6 +111,21 @@ def classify(code: int, domain_code: int, message: str) -> bool:
     return any(words in text for words in _TRANSIENT_MESSAGES)
 
 
+# QEMU's guest agent is missing, not configured or silent: what quiesce: try falls back on.
+_AGENT_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+        libvirt.VIR_ERR_AGENT_UNSYNCED,
+        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,  # "QEMU guest agent is not configured"
+    }
+)
+
+
+def agent_unavailable(error: LibvirtError) -> bool:
+    """Did this error come from a guest agent that is absent or not answering?"""
+    return error.code in _AGENT_CODES and "agent" in error.reason.lower()
+
+
 def _convert(
     exc: libvirt.libvirtError, operation: str, domain: str | None, missing: str | None
 ) -> LibvirtError | NotFoundError:
@@ -418,5 +433,6 @@ __all__ = [
     "DEFAULT_URI",
     "Hypervisor",
     "SnapshotRecord",
+    "agent_unavailable",
     "classify",
 ]

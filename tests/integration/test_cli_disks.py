@@ -35,8 +35,8 @@ def test_two_disks_disk_only_external_on_both(domain_factory: DomainFactory) -> 
     root = snapshot_xml(dom.dom, "both")
     assert root.findtext("state") == "disk-snapshot"
     assert disk_modes(root) == {"vda": "external", "vdb": "external"}
-    assert (dom.directory / "vda.both.qcow2").is_file()
-    assert (dom.directory / "vdb.both.qcow2").is_file()
+    assert (dom.directory / f"{dom.name}.vda.both.qcow2").is_file()
+    assert (dom.directory / f"{dom.name}.vdb.both.qcow2").is_file()
     assert "disk vdb: external ->" in result.out
 
 
@@ -49,7 +49,7 @@ def test_disk_addressed_by_path_is_left_out(domain_factory: DomainFactory) -> No
     )
     assert result.code == 0, result.err
     assert disk_modes(snapshot_xml(dom.dom, "bypath")) == {"vda": "external", "vdb": "no"}
-    assert not (dom.directory / "vdb.bypath.qcow2").exists()
+    assert not (dom.directory / f"{dom.name}.vdb.bypath.qcow2").exists()
 
 
 def test_offline_two_disks(domain_factory: DomainFactory) -> None:
@@ -64,7 +64,7 @@ def test_offline_two_disks(domain_factory: DomainFactory) -> None:
     )
     assert result.code == 0, result.err
     assert disk_modes(snapshot_xml(dom.dom, "ext")) == {"vda": "external", "vdb": "no"}
-    assert (dom.directory / "vda.ext.qcow2").is_file()
+    assert (dom.directory / f"{dom.name}.vda.ext.qcow2").is_file()
 
 
 def test_a_path_backing_two_disks_is_ambiguous(domain_factory: DomainFactory) -> None:
@@ -135,7 +135,7 @@ def test_plan_changes_nothing_and_reports_row_xml_and_flags(
 
 def test_existing_overlay_file_is_never_overwritten(domain_factory: DomainFactory) -> None:
     dom = domain_factory(state="running")
-    overlay = dom.directory / "vda.taken.qcow2"
+    overlay = dom.directory / f"{dom.name}.vda.taken.qcow2"
     overlay.write_bytes(b"precious")
     result = snapshotd("take", "--domain", dom.name, "--name", "taken", "--disk-only")
     assert result.code == 2

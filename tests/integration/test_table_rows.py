@@ -94,7 +94,7 @@ def test_valid_row_on_real_domain(
     if expected_disk == "external":
         overlay = root.find("disks/disk/source")
         assert overlay is not None
-        new_file = snapdir / f"vda.{name}.qcow2"
+        new_file = snapdir / f"{dom.name}.vda.{name}.qcow2"
         assert overlay.get("file") == str(new_file)
         assert new_file.is_file()
         # The domain now writes to the overlay, whose backing file is the old image.

@@ -51,8 +51,3 @@ def test_template_refuses_attribute_and_index_access() -> None:
         with pytest.raises(RequestError):
             naming.render_template(template, {"domain": "d"}, "t")
 
-
-def test_stem() -> None:
-    assert naming.stem("/a/vda.qcow2") == "vda"
-    assert naming.stem("/a/disk") == "disk"
-    assert naming.stem("/a/.hidden") == ".hidden"

@@ -65,8 +65,8 @@ def test_disk_only_external_covers_both_disks_with_overlays_beside_images() -> N
     spec = plan_snapshot(dom(QCOW, RAW), req(disk_only=True)).spec
     assert spec.method is Method.TRANSACTION
     assert [(d.target, d.location, d.new_file) for d in spec.disks] == [
-        ("vda", Location.EXTERNAL, f"{IMG}/web.s1.qcow2"),
-        ("vdb", Location.EXTERNAL, f"{IMG}/data.s1.qcow2"),
+        ("vda", Location.EXTERNAL, f"{IMG}/web.vda.s1.qcow2"),
+        ("vdb", Location.EXTERNAL, f"{IMG}/web.vdb.s1.qcow2"),
     ]
     assert spec.allowed_directories == (IMG,)
     assert CreateFlag.DISK_ONLY in spec.flags
@@ -201,8 +201,8 @@ def test_block_and_network_disks_get_overlays_in_a_configured_directory() -> Non
         dom(BLOCK, NETWORK), req(disk_only=True, directory="/var/lib/snap/{domain}")
     ).spec
     assert [d.new_file for d in spec.disks] == [
-        "/var/lib/snap/web/web.s1.qcow2",
-        "/var/lib/snap/web/vde.s1.qcow2",
+        "/var/lib/snap/web/web.vdd.s1.qcow2",
+        "/var/lib/snap/web/web.vde.s1.qcow2",
     ]
     assert spec.allowed_directories == ("/var/lib/snap",)
 
@@ -264,9 +264,9 @@ def test_external_memory_file_and_overlay_in_directory() -> None:
         dom(QCOW), req(memory=Request.EXTERNAL, directory="/var/lib/snap/{domain}")
     ).spec
     assert spec.memory_file == "/var/lib/snap/web/web.s1.memory"
-    assert spec.disks[0].new_file == "/var/lib/snap/web/web.s1.qcow2"
+    assert spec.disks[0].new_file == "/var/lib/snap/web/web.vda.s1.qcow2"
     assert spec.method is Method.MIGRATE_TRANSACTION
-    assert spec.new_files == ("/var/lib/snap/web/web.s1.qcow2", "/var/lib/snap/web/web.s1.memory")
+    assert spec.new_files == ("/var/lib/snap/web/web.vda.s1.qcow2", "/var/lib/snap/web/web.s1.memory")
 
 
 @pytest.mark.parametrize(
@@ -301,7 +301,7 @@ def test_domain_name_cannot_escape_the_directory(domain_name: str) -> None:
 
 def test_file_template_with_slash_is_refused() -> None:
     with pytest.raises(RequestError) as caught:
-        plan_snapshot(dom(QCOW), req(disk_only=True, disk_file_template="../{stem}.qcow2"))
+        plan_snapshot(dom(QCOW), req(disk_only=True, disk_file_template="../{disk}.qcow2"))
     assert "contains '/'" in str(caught.value)
 
 
@@ -309,14 +309,17 @@ def test_two_disks_writing_the_same_overlay_are_refused() -> None:
     a = DiskInfo("vda", format="qcow2", path="/a/disk.qcow2")
     b = DiskInfo("vdb", format="qcow2", path="/b/disk.qcow2")
     with pytest.raises(RequestError) as caught:
-        plan_snapshot(dom(a, b), req(disk_only=True, directory="/snap"))
-    assert "would both be written to /snap/disk.s1.qcow2" in str(caught.value)
+        plan_snapshot(
+            dom(a, b),
+            req(disk_only=True, directory="/snap", disk_file_template="{snapshot}.qcow2"),
+        )
+    assert "would both be written to /snap/s1.qcow2" in str(caught.value)
 
 
 def test_overlay_name_equal_to_a_disk_image_is_refused() -> None:
     a = DiskInfo("vda", format="qcow2", path="/a/disk.qcow2")
     with pytest.raises(RequestError) as caught:
-        plan_snapshot(dom(a), req(disk_only=True, disk_file_template="{stem}.qcow2"))
+        plan_snapshot(dom(a), req(disk_only=True, disk_file_template="disk.qcow2"))
     assert "written over the image of disk vda" in str(caught.value)
 
 

@@ -1,0 +1,233 @@
+"""The catalog: snapshotd's durable record of the snapshots it made and what it did.
+
+One SQLite database in the state directory (``catalog.sqlite``), in WAL mode with
+synchronous=FULL, so a record that was committed survives kill -9 and power loss.
+The directory is made 0700 and the database 0600: it holds snapshot XML.
+
+What makes a snapshot "ours": a row with the same domain UUID, snapshot name and
+libvirt creation time.  A snapshot made by hand with a name like ours has no row
+(or a different creation time) and is never treated as ours; renaming a policy
+file does not change anything as long as the policy keeps its ``name``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+DB_NAME = "catalog.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY,
+    uri TEXT NOT NULL,
+    domain_uuid TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,       -- libvirt's creationTime (seconds since the epoch)
+    policy TEXT,                       -- NULL: taken by hand with `snapshotd take`
+    parent TEXT,
+    xml TEXT NOT NULL,                 -- as libvirt returned it
+    files TEXT NOT NULL DEFAULT '[]',  -- JSON list of the files the snapshot created
+    libvirt_metadata INTEGER NOT NULL, -- 0: NO_METADATA, only the catalog knows it
+    deleted_at INTEGER,                -- set when snapshotd deleted it
+    UNIQUE (domain_uuid, name, created_at)
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_policy ON snapshots (policy, domain_uuid);
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    uri TEXT NOT NULL,
+    policy TEXT,
+    domain_uuid TEXT,
+    domain_name TEXT,
+    operation TEXT NOT NULL,           -- create | delete | skip | ...
+    snapshot TEXT,
+    outcome TEXT NOT NULL,             -- ok | failed | skipped
+    message TEXT,
+    duration_ms INTEGER
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    uri: str
+    domain_uuid: str
+    domain_name: str
+    name: str
+    created_at: int
+    policy: str | None
+    parent: str | None
+    xml: str
+    files: tuple[str, ...]
+    libvirt_metadata: bool
+    deleted_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    at: int
+    uri: str
+    operation: str
+    outcome: str
+    policy: str | None = None
+    domain_uuid: str | None = None
+    domain_name: str | None = None
+    snapshot: str | None = None
+    message: str | None = None
+    duration_ms: int | None = None
+
+
+class Catalog:
+    """The catalog database.  Use as a context manager, or call close()."""
+
+    def __init__(self, state_dir: str) -> None:
+        directory = Path(state_dir)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / DB_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        # executescript commits on its own; every statement in it is idempotent.
+        self._db.executescript(_SCHEMA)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def record_snapshot(self, row: SnapshotRow) -> None:
+        with self._transaction():
+            self._db.execute(
+                """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
+                       policy, parent, xml, files, libvirt_metadata)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    row.uri,
+                    row.domain_uuid,
+                    row.domain_name,
+                    row.name,
+                    row.created_at,
+                    row.policy,
+                    row.parent,
+                    row.xml,
+                    json.dumps(list(row.files)),
+                    int(row.libvirt_metadata),
+                ),
+            )
+
+    def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
+        with self._transaction():
+            self._db.execute(
+                """UPDATE snapshots SET deleted_at = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                (when, domain_uuid, name, created_at),
+            )
+
+    def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
+        """The catalog's live row for this exact snapshot, or None when it is not ours."""
+        if created_at is None:
+            return None
+        cur = self._db.execute(
+            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
+               AND deleted_at IS NULL""",
+            (domain_uuid, name, created_at),
+        )
+        found = cur.fetchone()
+        return _row(cur, found) if found else None
+
+    def snapshots(
+        self, *, domain_uuid: str | None = None, policy: str | None = None
+    ) -> list[SnapshotRow]:
+        """Live (not deleted) rows, oldest first."""
+        query = "SELECT * FROM snapshots WHERE deleted_at IS NULL"
+        args: list[str] = []
+        if domain_uuid is not None:
+            query += " AND domain_uuid = ?"
+            args.append(domain_uuid)
+        if policy is not None:
+            query += " AND policy = ?"
+            args.append(policy)
+        cur = self._db.execute(query + " ORDER BY created_at, id", args)
+        return [_row(cur, r) for r in cur.fetchall()]
+
+    # --- operations ---------------------------------------------------------------------
+
+    def record_operation(self, op: Operation) -> None:
+        with self._transaction():
+            self._db.execute(
+                """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
+                       snapshot, outcome, message, duration_ms)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    op.at,
+                    op.uri,
+                    op.policy,
+                    op.domain_uuid,
+                    op.domain_name,
+                    op.operation,
+                    op.snapshot,
+                    op.outcome,
+                    op.message,
+                    op.duration_ms,
+                ),
+            )
+
+    def operations(self, *, limit: int = 100) -> list[Operation]:
+        """The most recent operations, newest first."""
+        cur = self._db.execute(
+            """SELECT at, uri, operation, outcome, policy, domain_uuid, domain_name, snapshot,
+                      message, duration_ms FROM operations ORDER BY id DESC LIMIT ?""",
+            (limit,),
+        )
+        return [Operation(*r) for r in cur.fetchall()]
+
+
+def _row(cur: sqlite3.Cursor, values: tuple[object, ...]) -> SnapshotRow:
+    data = dict(zip([c[0] for c in cur.description], values, strict=True))
+    return SnapshotRow(
+        uri=str(data["uri"]),
+        domain_uuid=str(data["domain_uuid"]),
+        domain_name=str(data["domain_name"]),
+        name=str(data["name"]),
+        created_at=int(str(data["created_at"])),
+        policy=None if data["policy"] is None else str(data["policy"]),
+        parent=None if data["parent"] is None else str(data["parent"]),
+        xml=str(data["xml"]),
+        files=tuple(json.loads(str(data["files"]))),
+        libvirt_metadata=bool(data["libvirt_metadata"]),
+        deleted_at=None if data["deleted_at"] is None else int(str(data["deleted_at"])),
+    )

@@ -1,0 +1,285 @@
+"""Operations: the pure core's decisions carried out through the edges.
+
+One snapshot: plan -> XML (checked against libvirt's schema) -> files checked ->
+libvirt creates it -> the catalog records it.  One prune: libvirt's snapshots of a
+domain -> ownership from the catalog -> retention's verdicts -> libvirt deletes the
+ones no rule keeps, oldest first.  The CLI and the daemon both work through here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from snapshotd.core import snapxml
+from snapshotd.core.model import (
+    CreateFlag,
+    DomainInfo,
+    DomainState,
+    SnapshotInfo,
+    SnapshotRequest,
+    SnapshotSpec,
+)
+from snapshotd.core.plan import Plan, plan_snapshot
+from snapshotd.core.policy import Policy, Quiesce
+from snapshotd.core.retention import Candidate, Verdict, evaluate
+from snapshotd.edge import files
+from snapshotd.edge.catalog import Catalog, Operation, SnapshotRow
+from snapshotd.edge.hypervisor import Hypervisor, SnapshotRecord, agent_unavailable
+from snapshotd.errors import LibvirtError, SnapshotdError
+
+SCHEMA = Path(snapxml.SCHEMA_PATH)
+
+
+@functools.cache
+def _schema() -> etree.RelaxNG | None:
+    return snapxml.load_schema(str(SCHEMA)) if SCHEMA.exists() else None
+
+
+def render_checked(spec: SnapshotSpec) -> str:
+    """The snapshot XML for a plan; it must satisfy libvirt's own schema before it is sent."""
+    xml = snapxml.render_spec(spec)
+    schema = _schema()
+    if schema is not None:
+        problems = snapxml.validate(xml, schema)
+        if problems:
+            raise SnapshotdError(
+                "internal error: the generated snapshot XML does not match libvirt's schema "
+                f"({SCHEMA}): {'; '.join(problems)}"
+            )
+    return xml
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A snapshot that libvirt made and the catalog recorded."""
+
+    plan: Plan
+    info: SnapshotInfo
+    note: str | None = None  # e.g. why quiesce was dropped
+
+
+def _epoch(now: dt.datetime) -> int:
+    return int(now.timestamp())
+
+
+def create(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    request: SnapshotRequest,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> Created:
+    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal."""
+    plan = plan_snapshot(domain, request)
+    spec = plan.spec
+    xml = render_checked(spec)
+    made_dirs = files.check_targets(spec, create_dirs=True)
+    started = time.monotonic()
+    try:
+        returned = hv.create_snapshot(spec.domain, xml, spec.flags)
+    except SnapshotdError as exc:
+        files.remove_dirs(made_dirs)
+        _log(
+            catalog,
+            hv,
+            "create",
+            "failed",
+            policy=policy,
+            domain=domain,
+            snapshot=spec.name,
+            message=str(exc),
+            started=started,
+            now=now,
+        )
+        raise
+    keeps_metadata = CreateFlag.NO_METADATA not in spec.flags
+    stored = hv.snapshot_xml(spec.domain, spec.name, secure=True) if keeps_metadata else returned
+    info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
+    catalog.record_snapshot(
+        SnapshotRow(
+            uri=hv.uri,
+            domain_uuid=domain.uuid,
+            domain_name=domain.name,
+            name=spec.name,
+            created_at=info.creation_time if info.creation_time is not None else _epoch(now),
+            policy=policy,
+            parent=info.parent,
+            xml=stored,
+            files=spec.new_files,
+            libvirt_metadata=keeps_metadata,
+        )
+    )
+    _log(
+        catalog,
+        hv,
+        "create",
+        "ok",
+        policy=policy,
+        domain=domain,
+        snapshot=spec.name,
+        message=None,
+        started=started,
+        now=now,
+    )
+    return Created(plan, info)
+
+
+def _log(
+    catalog: Catalog,
+    hv: Hypervisor,
+    operation: str,
+    outcome: str,
+    *,
+    policy: str | None,
+    domain: DomainInfo,
+    snapshot: str | None,
+    message: str | None,
+    started: float,
+    now: dt.datetime,
+) -> None:
+    catalog.record_operation(
+        Operation(
+            at=_epoch(now),
+            uri=hv.uri,
+            operation=operation,
+            outcome=outcome,
+            policy=policy,
+            domain_uuid=domain.uuid,
+            domain_name=domain.name,
+            snapshot=snapshot,
+            message=message,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    )
+
+
+def create_for_policy(
+    hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo, now: dt.datetime
+) -> Created:
+    """One snapshot of ``domain`` under ``policy``, with quiesce: try's fallback.
+
+    Quiesce applies to running guests: ``true`` on a paused guest is refused (its
+    agent cannot answer); a shut-off guest has no file systems in use, so neither
+    ``true`` nor ``try`` quiesces it.
+    """
+    mode = policy.snapshot.quiesce
+    quiesce = (mode is Quiesce.YES and domain.state is not DomainState.SHUTOFF) or (
+        mode is Quiesce.TRY and domain.state is DomainState.RUNNING
+    )
+    request = policy.request(domain, now, quiesce=quiesce)
+    try:
+        return create(hv, catalog, domain, request, policy=policy.name, now=now)
+    except LibvirtError as exc:
+        if not (quiesce and mode is Quiesce.TRY and agent_unavailable(exc)):
+            raise
+        fallback = policy.request(domain, now, quiesce=False)
+        made = create(hv, catalog, domain, fallback, policy=policy.name, now=now)
+        note = f"quiesce: try: taken without quiesce, the guest agent did not help ({exc.reason})"
+        return Created(made.plan, made.info, note)
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """One of a domain's snapshots as retention sees it."""
+
+    record: SnapshotRecord
+    info: SnapshotInfo
+    candidate: Candidate
+
+
+@dataclass(slots=True)
+class PruneReport:
+    policy: str
+    domain: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, error)
+    dry_run: bool = False
+
+    @property
+    def to_delete(self) -> list[str]:
+        return [v.name for v in self.verdicts if not v.keep]
+
+
+def snapshots_of(
+    hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo
+) -> list[Owned]:
+    """The domain's libvirt snapshots, each marked owned (by this policy) or not."""
+    result = []
+    for record in hv.list_snapshots(domain.name):
+        info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
+        row = catalog.owner(domain.uuid, record.name, info.creation_time)
+        owned = row is not None and row.policy == policy.name
+        created = dt.datetime.fromtimestamp(info.creation_time or 0, dt.UTC)
+        result.append(Owned(record, info, Candidate(record.name, created, owned)))
+    return result
+
+
+def prune(
+    hv: Hypervisor,
+    catalog: Catalog,
+    policy: Policy,
+    domain: DomainInfo,
+    now: dt.datetime,
+    *,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Apply the policy's retention to one domain: delete what no rule keeps."""
+    report = PruneReport(policy.name, domain.name, dry_run=dry_run)
+    if policy.retention is None:
+        return report
+    owned = snapshots_of(hv, catalog, policy, domain)
+    report.verdicts = evaluate(
+        policy.retention, [o.candidate for o in owned], now, policy.schedule.timezone
+    )
+    if dry_run:
+        return report
+    by_name = {o.record.name: o for o in owned}
+    doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
+    for name in doomed:
+        started = time.monotonic()
+        try:
+            hv.delete_snapshot(domain.name, name)
+        except SnapshotdError as exc:
+            report.failed.append((name, str(exc)))
+            _log(
+                catalog,
+                hv,
+                "delete",
+                "failed",
+                policy=policy.name,
+                domain=domain,
+                snapshot=name,
+                message=str(exc),
+                started=started,
+                now=now,
+            )
+            continue
+        created = by_name[name].info.creation_time
+        if created is not None:
+            catalog.mark_deleted(domain.uuid, name, created, _epoch(now))
+        report.deleted.append(name)
+        _log(
+            catalog,
+            hv,
+            "delete",
+            "ok",
+            policy=policy.name,
+            domain=domain,
+            snapshot=name,
+            message=None,
+            started=started,
+            now=now,
+        )
+    return report

@@ -1,0 +1,92 @@
+"""How the command line shows plans, snapshots and prune reports: text and JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TextIO
+
+from snapshotd.core.model import SnapshotInfo
+from snapshotd.core.plan import Plan
+
+
+def iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+def plan_dict(plan: Plan, state: str, xml: str) -> dict[str, Any]:
+    spec = plan.spec
+    return {
+        "domain": spec.domain,
+        "state": state,
+        "row": {"number": plan.row.number, "text": plan.row.text},
+        "name": spec.name,
+        "method": spec.method.value,
+        "memory": {"snapshot": spec.memory.value, "file": spec.memory_file},
+        "disks": [
+            {
+                "target": d.target,
+                "snapshot": d.location.value,
+                "source": d.source,
+                "file": d.new_file,
+                "reason": d.reason,
+            }
+            for d in spec.disks
+        ],
+        "flags": spec.flags.names(),
+        "flags_value": int(spec.flags),
+        "xml": xml,
+    }
+
+
+def print_plan(plan: Plan, state: str, xml: str, out: TextIO, indent: str = "") -> None:
+    spec = plan.spec
+    lines = [
+        f"domain {spec.domain} ({state})",
+        f"state table row {plan.row.number}: {plan.row.text}",
+        "memory: " + spec.memory.value + (f" -> {spec.memory_file}" if spec.memory_file else ""),
+        "disks:",
+    ]
+    for d in spec.disks:
+        target = f" -> {d.new_file}" if d.new_file else ""
+        lines.append(f"  {d.target:<6} {d.location.value:<9}{target}  ({d.reason})")
+    lines.append(f"flags: {'|'.join(spec.flags.names()) or 'none'} ({int(spec.flags):#x})")
+    lines.append("xml:")
+    lines.extend(xml.rstrip("\n").split("\n"))
+    for line in lines:
+        print(indent + line, file=out)
+
+
+def snapshot_dict(info: SnapshotInfo, current: bool | None = None) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "creation_time": iso(info.creation_time),
+        "state": info.state,
+        "memory": info.memory,
+        "memory_file": info.memory_file,
+        "disks": [
+            {"target": d.name, "snapshot": d.snapshot, "file": d.source_file or d.source_dev}
+            for d in info.disks
+        ],
+        "parent": info.parent,
+        "current": current,
+        "description": info.description,
+    }
+
+
+def print_created(info: SnapshotInfo, plan: Plan, state: str, out: TextIO) -> None:
+    spec = plan.spec
+    print(f"created snapshot {info.name} of domain {spec.domain} ({state})", file=out)
+    print(f"  state table row {plan.row.number}: {plan.row.text}", file=out)
+    print(f"  snapshot state: {info.state}", file=out)
+    memory = f"{info.memory}" + (f" -> {info.memory_file}" if info.memory_file else "")
+    print(f"  memory: {memory}", file=out)
+    for d in info.disks:
+        where = d.source_file or d.source_dev
+        print(f"  disk {d.name}: {d.snapshot}" + (f" -> {where}" if where else ""), file=out)
+    print(f"  flags: {'|'.join(spec.flags.names()) or 'none'}", file=out)
+
+
+def disk_summary(info: SnapshotInfo) -> str:
+    return ",".join(f"{d.name}={d.snapshot}" for d in info.disks) or "-"

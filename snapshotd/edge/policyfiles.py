@@ -1,0 +1,284 @@
+"""Policy files and snapshotd.yaml on disk: which files are read, and whether to trust them.
+
+snapshotd runs as root and does what these files say, so a file (or the directory
+that holds it) that someone else can write would hand them root's snapshots.
+The rules, as sshd's StrictModes has them for its keys:
+
+* a file or policy directory must not be writable by its group or by others;
+* it must be owned by root (or, when snapshotd does not run as root, by the user
+  it runs as);
+* a policy file may be a symlink; then its target and the target's directory must
+  pass the same checks, so a link cannot lead to a file someone else controls;
+* a file is opened without following a further symlink and checked through the
+  opened descriptor (``fstat``), so it cannot be swapped between check and read;
+  it must be a regular file of at most ``MAX_BYTES`` bytes of UTF-8.
+
+The text is then handed to ``snapshotd.core.policyload``, which does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from snapshotd.core.policy import Policy
+from snapshotd.core.policyload import (
+    MAX_BYTES,
+    Config,
+    LocatedError,
+    check_set,
+    parse_config,
+    parse_policy,
+)
+
+DEFAULT_CONFIG = "/etc/snapshotd/snapshotd.yaml"
+SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a policy directory holds: the usable policies and every problem found.
+
+    A file with any error contributes no policy; the others still load.
+    ``ignored`` names the directory's other entries (editor backups, hidden files,
+    ``*.disabled``), for a debug log.
+    """
+
+    policies: tuple[Policy, ...]
+    errors: tuple[LocatedError, ...]
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _file_error(path: str, message: str) -> LocatedError:
+    return LocatedError(path, 0, 0, "", message)
+
+
+def _trusted_owners() -> str:
+    euid = os.geteuid()
+    return "root" if euid == 0 else f"root or uid {euid} (the user snapshotd runs as)"
+
+
+def untrusted(st: os.stat_result, path: str) -> str | None:
+    """Why a file or directory with this status cannot be trusted, or None."""
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    writers = [who for who, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit]
+    if writers:
+        return (
+            f"the {kind} is writable by its {' and '.join(writers)} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), so they could change what snapshotd "
+            f"does as root; fix: chmod go-w {path}"
+        )
+    if st.st_uid not in {0, os.geteuid()}:
+        return (
+            f"the {kind} is owned by uid {st.st_uid}, not {_trusted_owners()}, so that "
+            f"user could change what snapshotd does; fix: chown root:root {path}"
+        )
+    return None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+class _Refused(Exception):
+    """Why a file is not read; becomes a LocatedError for the file."""
+
+
+def read_trusted(path: str) -> str | LocatedError:
+    """A trusted file's text, or why it cannot be read or trusted."""
+    try:
+        data = _read_bytes(path)
+    except _Refused as refused:
+        return _file_error(path, str(refused))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return LocatedError(path, line, column, "", "the file is not UTF-8 text")
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        link = Path(path).lstat()
+    except FileNotFoundError:
+        raise _Refused("no such file") from None
+    except OSError as exc:
+        raise _Refused(f"cannot be read: {exc.strerror}") from None
+    target = path
+    said = ""
+    if stat.S_ISLNK(link.st_mode):
+        target = os.path.realpath(path)
+        said = f"is a symlink to {target}, and "
+        parent = str(Path(target).parent)
+        try:
+            problem = untrusted(Path(parent).stat(), parent)
+        except OSError as exc:
+            raise _Refused(f"{said}{parent} cannot be read: {exc.strerror}") from None
+        if problem is not None:
+            raise _Refused(f"{said}{problem}")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(target, flags)
+    except FileNotFoundError:
+        raise _Refused(f"{said}that file does not exist") from None
+    except OSError as exc:
+        raise _Refused(f"{said}cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"{said}is not a regular file")
+        problem = untrusted(st, target)
+        if problem is not None:
+            raise _Refused(said + problem)
+        data = _read_at_most(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise _Refused(f"is larger than {MAX_BYTES // 1024} KiB; not read")
+    return data
+
+
+def _is_policy_file(name: str) -> bool:
+    """``*.yaml`` and ``*.yml``, but not editor temp, backup or hidden files."""
+    if name.startswith((".", "#")) or name.endswith(("~", "#")):
+        return False
+    return name.endswith(SUFFIXES) and name not in SUFFIXES
+
+
+def load_policy_dir(directory: str) -> LoadResult:
+    """Every policy in ``directory``, read in sorted order, and every problem."""
+    try:
+        st = Path(directory).stat()
+    except FileNotFoundError:
+        return LoadResult(
+            (),
+            (
+                _file_error(
+                    directory,
+                    "the policy directory does not exist; create it (install -d -m 0755 "
+                    f"{directory}) or set policy_dir in {DEFAULT_CONFIG}",
+                ),
+            ),
+        )
+    except OSError as exc:
+        return LoadResult((), (_file_error(directory, f"cannot be read: {exc.strerror}"),))
+    if not stat.S_ISDIR(st.st_mode):
+        return LoadResult((), (_file_error(directory, "the policy directory is not a directory"),))
+    problem = untrusted(st, directory)
+    if problem is not None:
+        return LoadResult((), (_file_error(directory, problem),))
+    try:
+        names = sorted(entry.name for entry in Path(directory).iterdir())
+    except OSError as exc:
+        return LoadResult((), (_file_error(directory, f"cannot be listed: {exc.strerror}"),))
+
+    policies: list[Policy] = []
+    errors: list[LocatedError] = []
+    ignored: list[str] = []
+    for name in names:
+        if not _is_policy_file(name):
+            ignored.append(name)
+            continue
+        path = str(Path(directory) / name)
+        text = read_trusted(path)
+        if isinstance(text, LocatedError):
+            errors.append(text)
+            continue
+        result = parse_policy(text, path)
+        if isinstance(result, Policy):
+            policies.append(result)
+        else:
+            errors.extend(result)
+    clashes = check_set(policies)
+    if clashes:
+        clashing = {e.file for e in clashes}
+        policies = [p for p in policies if p.source not in clashing]
+        errors.extend(clashes)
+    return LoadResult(tuple(policies), tuple(errors), tuple(ignored))
+
+
+def load_config(
+    path: str = DEFAULT_CONFIG, *, required: bool = False
+) -> Config | list[LocatedError]:
+    """snapshotd.yaml, checked like a policy file.
+
+    A missing file gives the defaults unless ``required`` (a path the user named).
+    """
+    if not required and not os.path.lexists(path):
+        return Config()
+    parent = str(Path(path).absolute().parent)
+    try:
+        problem = untrusted(Path(parent).stat(), parent)
+    except OSError as exc:
+        return [_file_error(path, f"its directory cannot be read: {exc.strerror}")]
+    if problem is not None:
+        return [_file_error(path, f"is in {parent}, and {problem}")]
+    text = read_trusted(path)
+    if isinstance(text, LocatedError):
+        return [text]
+    return parse_config(text, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the daemon and the CLI read before they start: snapshotd.yaml with
+    the command line's overrides applied, and the policies it points to."""
+
+    config_source: str  # the file read, or a note that the defaults apply
+    policy_dir: str
+    state_dir: str
+    connect: tuple[str, ...]
+    policies: tuple[Policy, ...] = ()
+    errors: tuple[LocatedError, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+
+def load_settings(
+    *,
+    config: str | None = None,
+    default_config: str = DEFAULT_CONFIG,
+    policy_dir: str | None = None,
+    state_dir: str | None = None,
+    load_policies: bool = True,
+) -> Settings:
+    """snapshotd.yaml (``config``, which must exist, or ``default_config``, which may
+    not), overridden by ``policy_dir`` and ``state_dir``, and with ``load_policies``
+    the policy directory.  Errors are collected, never raised."""
+    path = config if config is not None else default_config
+    loaded = load_config(path, required=config is not None)
+    errors: list[LocatedError] = []
+    if isinstance(loaded, Config):
+        daemon = loaded
+        source = path if loaded.source is not None else f"{path} (absent: built-in defaults)"
+    else:
+        daemon, source = Config(), path
+        errors.extend(loaded)
+    directory = policy_dir if policy_dir is not None else daemon.policy_dir
+    # A broken snapshotd.yaml may name another directory: do not guess which.
+    guessing = errors and policy_dir is None
+    result = load_policy_dir(directory) if load_policies and not guessing else LoadResult((), ())
+    errors.extend(result.errors)
+    return Settings(
+        config_source=source,
+        policy_dir=directory,
+        state_dir=state_dir if state_dir is not None else daemon.state_dir,
+        connect=daemon.connect,
+        policies=result.policies,
+        errors=tuple(errors),
+        ignored=result.ignored,
+    )
