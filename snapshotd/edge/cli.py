@@ -351,17 +351,27 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     policies = [_policy(settings, args.policy)] if args.policy else list(settings.policies)
     at = args.at or _now()
     entries: list[dict[str, Any]] = []
+    hosts: list[dict[str, Any]] = []
     with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
         domains = [hv.domain(args.domain)] if args.domain else hv.list_domains()
         for domain in domains:
-            for policy in policies:
-                if policy.selector.matches(domain):
-                    entries.append(_plan_entry(hv, catalog, policy, domain, at))
+            chosen = [p for p in policies if p.selector.matches(domain)]
+            hosts.append(
+                {
+                    "name": domain.name,
+                    "state": domain.state.value,
+                    "policies": [p.name for p in chosen],
+                }
+            )
+            entries.extend(_plan_entry(hv, catalog, p, domain, at) for p in chosen)
     if args.json:
-        _dump({"at": at.isoformat(), "plans": entries}, out)
+        _dump({"at": at.isoformat(), "domains": hosts, "plans": entries}, out)
         return EXIT_OK
-    if not entries:
-        print("no policy selects any domain", file=out)
+    print(f"plan at {at.isoformat()}", file=out)
+    for host in hosts:
+        names = ", ".join(host["policies"]) or "no policy selects it"
+        print(f"  {host['name']} ({host['state']}): {names}", file=out)
+    print(file=out)
     for entry in entries:
         _print_plan_entry(entry, out)
     return EXIT_OK

@@ -161,8 +161,12 @@ retention:
     )
     result = snapshotd("plan", "--json", "--at", "2026-11-25T12:00:00+00:00", *paths(settings))
     assert result.code == 0, result.err
-    plans = {p["domain"]: p for p in json.loads(result.out)["plans"]}
+    data = json.loads(result.out)
+    plans = {p["domain"]: p for p in data["plans"]}
     assert set(plans) == {running.name, shutoff.name}
+    hosts = {d["name"]: d for d in data["domains"]}
+    assert hosts[running.name] == {"name": running.name, "state": "running", "policies": ["both"]}
+    assert hosts[shutoff.name] == {"name": shutoff.name, "state": "shutoff", "policies": ["both"]}
     run, off = plans[running.name]["snapshot"], plans[shutoff.name]["snapshot"]
     assert run["memory"]["snapshot"] == "internal"
     assert run["row"]["number"] == 7
@@ -174,6 +178,10 @@ retention:
     # 02:30 in Berlin on the 26th is 01:30 UTC.
     assert plans[running.name]["next_due"] == "2026-11-26T01:30:00+00:00"
     assert plans[running.name]["would_delete"] == []
+    text = snapshotd("plan", "--at", "2026-11-25T12:00:00+00:00", *paths(settings))
+    assert text.code == 0, text.err
+    assert f"{running.name} (running): both" in text.out
+    assert f"== {shutoff.name} (shutoff) by policy both" in text.out
     # Nothing was made.
     assert snapshot_names(running) == []
     assert snapshot_names(shutoff) == []

@@ -50,4 +50,3 @@ def test_template_refuses_attribute_and_index_access() -> None:
     for template in ["{domain.__init__}", "{domain[0]}", "{domain!r}", "{nope}"]:
         with pytest.raises(RequestError):
             naming.render_template(template, {"domain": "d"}, "t")
-

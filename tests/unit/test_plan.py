@@ -266,7 +266,10 @@ def test_external_memory_file_and_overlay_in_directory() -> None:
     assert spec.memory_file == "/var/lib/snap/web/web.s1.memory"
     assert spec.disks[0].new_file == "/var/lib/snap/web/web.vda.s1.qcow2"
     assert spec.method is Method.MIGRATE_TRANSACTION
-    assert spec.new_files == ("/var/lib/snap/web/web.vda.s1.qcow2", "/var/lib/snap/web/web.s1.memory")
+    assert spec.new_files == (
+        "/var/lib/snap/web/web.vda.s1.qcow2",
+        "/var/lib/snap/web/web.s1.memory",
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""The catalog: durable, private, and exact about which snapshots are ours."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from snapshotd.edge.catalog import DB_NAME, Catalog, Operation, SnapshotRow
+
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+def row(name: str, created: int, policy: str | None = "p") -> SnapshotRow:
+    return SnapshotRow(
+        uri="qemu:///system",
+        domain_uuid=UUID,
+        domain_name="web",
+        name=name,
+        created_at=created,
+        policy=policy,
+        parent=None,
+        xml=f"<domainsnapshot><name>{name}</name></domainsnapshot>",
+        files=("/a/web.vda.s.qcow2",),
+        libvirt_metadata=True,
+    )
+
+
+def test_state_dir_and_database_are_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Catalog(str(state)):
+        pass
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / DB_NAME).stat().st_mode) == 0o600
+
+
+def test_ownership_is_name_and_creation_time(tmp_path: Path) -> None:
+    with Catalog(str(tmp_path)) as catalog:
+        catalog.record_snapshot(row("p-1", 1000))
+        owner = catalog.owner(UUID, "p-1", 1000)
+        assert owner is not None
+        assert owner.policy == "p"
+        assert owner.files == ("/a/web.vda.s.qcow2",)
+        # A snapshot made by hand later under the same name is not ours.
+        assert catalog.owner(UUID, "p-1", 2000) is None
+        assert catalog.owner(UUID, "p-1", None) is None
+        assert catalog.owner("another-uuid", "p-1", 1000) is None
+
+
+def test_deleted_snapshots_are_no_longer_owned(tmp_path: Path) -> None:
+    with Catalog(str(tmp_path)) as catalog:
+        catalog.record_snapshot(row("p-1", 1000))
+        catalog.record_snapshot(row("p-2", 1001))
+        catalog.mark_deleted(UUID, "p-1", 1000, 5000)
+        assert catalog.owner(UUID, "p-1", 1000) is None
+        assert [r.name for r in catalog.snapshots(domain_uuid=UUID)] == ["p-2"]
+        assert [r.name for r in catalog.snapshots(policy="p")] == ["p-2"]
+        assert catalog.snapshots(policy="other") == []
+
+
+def test_records_survive_reopen_and_wal_mode(tmp_path: Path) -> None:
+    with Catalog(str(tmp_path)) as catalog:
+        catalog.record_snapshot(row("p-1", 1000))
+        catalog.record_operation(
+            Operation(at=1, uri="qemu:///system", operation="create", outcome="ok", snapshot="p-1")
+        )
+    with Catalog(str(tmp_path)) as catalog:
+        assert catalog.owner(UUID, "p-1", 1000) is not None
+        (op,) = catalog.operations()
+        assert op.snapshot == "p-1"
+        assert op.outcome == "ok"
+    mode = sqlite3.connect(tmp_path / DB_NAME).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from snapshotd.edge.catalog import Catalog\n"
+        "from tests.unit.test_catalog import row\n"
+        "c = Catalog(sys.argv[1])\n"
+        "c.record_snapshot(row('p-9', 9000))\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        check=False,
+    )
+    assert proc.returncode == -9
+    with Catalog(str(tmp_path)) as catalog:
+        assert catalog.owner(UUID, "p-9", 9000) is not None
+
+
+def test_the_same_snapshot_cannot_be_recorded_twice(tmp_path: Path) -> None:
+    with Catalog(str(tmp_path)) as catalog:
+        catalog.record_snapshot(row("p-1", 1000))
+        with pytest.raises(sqlite3.IntegrityError):
+            catalog.record_snapshot(row("p-1", 1000))
+        assert len(catalog.snapshots()) == 1
