@@ -470,7 +470,8 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
             if made.note:
                 result["note"] = made.note
             # Retention runs only after this domain got its snapshot.
-            report = operations.prune(hv, catalog, policy, domain, now)
+            # After the snapshot, so that it counts as the newest (not as "in the future").
+            report = operations.prune(hv, catalog, policy, domain, _now())
             result["pruned"] = report.deleted
             if report.failed:
                 failed = True

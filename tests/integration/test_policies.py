@@ -77,17 +77,18 @@ retention:
         capture_output=True,
     )
     time.sleep(1.1)
-    taken = []
+    taken, pruned = [], []
     for _ in range(4):
         result = snapshotd("take", "--policy", "keep2", "--json", *paths(settings))
         assert result.code == 0, result.err
         (entry,) = json.loads(result.out)
         assert entry["outcome"] == "created"
         taken.append(entry["snapshot"]["name"])
+        pruned.append(entry["pruned"])
         time.sleep(1.1)  # libvirt's creation times have one-second resolution
     assert snapshot_names(dom) == sorted([lookalike, *taken[-2:]])
-    # Each snapshot was taken before its prune: the newest two survive, by name.
-    assert entry["pruned"] == [taken[1]]
+    # Each take prunes right after its own snapshot, which counts as the newest.
+    assert pruned == [[], [], [taken[0]], [taken[1]]]
 
 
 def test_external_disk_only_retention_keeps_a_consistent_chain(
