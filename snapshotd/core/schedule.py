@@ -20,7 +20,7 @@ A schedule is either ``cron`` or ``every``:
     instants by the DST rules below.
 
 ``every``
-    A fixed interval of at least one minute.  Slots are the instants
+    A fixed interval of at least one second (minutes or more in practice).  Slots are the instants
     ``1970-01-01T00:00:00Z + k * every``: anchored on the Unix epoch in UTC, so they
     are the same on every host and DST never moves them (``timezone`` is ignored).
 
@@ -70,7 +70,7 @@ from cronsim import CronSim, CronSimError
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-MIN_EVERY = dt.timedelta(minutes=1)
+MIN_EVERY = dt.timedelta(seconds=1)  # the daemon's tests fire every few seconds
 GRACE = dt.timedelta(seconds=60)  # how old a slot may be and still be "now"
 
 ALIASES = {
@@ -261,9 +261,9 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 def check_interval(every: dt.timedelta) -> str | None:
-    """None when ``every`` is a usable interval (at least one minute), else why not."""
+    """None when ``every`` is a usable interval (at least one second), else why not."""
     if every < MIN_EVERY:
-        return f"every: {every} is too short; the shortest interval is 1 minute"
+        return f"every: {every} is too short; the shortest interval is 1 second"
     return None
 
 

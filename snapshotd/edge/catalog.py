@@ -54,6 +54,20 @@ CREATE TABLE IF NOT EXISTS operations (
     message TEXT,
     duration_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS runs (
+    policy TEXT NOT NULL,
+    domain_uuid TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    last_slot INTEGER,                 -- the scheduled instant the last good run served
+    last_success INTEGER,              -- when it finished
+    last_error TEXT,
+    last_error_at INTEGER,
+    in_progress TEXT,                  -- the snapshot being taken right now, if any
+    in_progress_slot INTEGER,
+    in_progress_since INTEGER,
+    PRIMARY KEY (policy, domain_uuid)
+);
 """
 
 
@@ -102,7 +116,7 @@ class Catalog:
         self._db.execute("PRAGMA foreign_keys=ON")
         # executescript commits on its own; every statement in it is idempotent.
         self._db.executescript(_SCHEMA)
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -117,8 +131,12 @@ class Catalog:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
+
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -130,7 +148,7 @@ class Catalog:
     # --- snapshots -------------------------------------------------------------------
 
     def record_snapshot(self, row: SnapshotRow) -> None:
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
                        policy, parent, xml, files, libvirt_metadata)
@@ -150,7 +168,7 @@ class Catalog:
             )
 
     def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 """UPDATE snapshots SET deleted_at = ?
                    WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
@@ -187,7 +205,7 @@ class Catalog:
     # --- operations ---------------------------------------------------------------------
 
     def record_operation(self, op: Operation) -> None:
-        with self._transaction():
+        with self.transaction():
             self._db.execute(
                 """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
                        snapshot, outcome, message, duration_ms)
@@ -214,6 +232,83 @@ class Catalog:
             (limit,),
         )
         return [Operation(*r) for r in cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Where one (policy, domain) stands: what the daemon's schedule resumes from."""
+
+    policy: str
+    domain_uuid: str
+    uri: str
+    domain_name: str
+    last_slot: int | None = None
+    last_success: int | None = None
+    last_error: str | None = None
+    last_error_at: int | None = None
+    in_progress: str | None = None
+    in_progress_slot: int | None = None
+    in_progress_since: int | None = None
+
+
+class RunLog:
+    """The ``runs`` table: written before and after every scheduled snapshot.
+
+    A run that was started but never finished (kill -9, a watchdog restart) is
+    found again with ``unfinished()``, so the daemon can reconcile it with libvirt.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def get(self, policy: str, domain_uuid: str) -> Run | None:
+        cur = self._catalog.db.execute(
+            "SELECT * FROM runs WHERE policy = ? AND domain_uuid = ?", (policy, domain_uuid)
+        )
+        found = cur.fetchone()
+        return Run(*found) if found else None
+
+    def all(self) -> list[Run]:
+        cur = self._catalog.db.execute("SELECT * FROM runs ORDER BY policy, domain_name")
+        return [Run(*r) for r in cur.fetchall()]
+
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.all() if r.in_progress is not None]
+
+    def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
+        with self._catalog.transaction():
+            self._catalog.db.execute(
+                """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
+                       in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
+                       domain_name = excluded.domain_name, in_progress = excluded.in_progress,
+                       in_progress_slot = excluded.in_progress_slot,
+                       in_progress_since = excluded.in_progress_since""",
+                (run.policy, run.domain_uuid, run.uri, run.domain_name, snapshot, slot, now),
+            )
+
+    def finish(
+        self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
+    ) -> None:
+        """End the run in progress: with ``slot`` it served that slot; ``error`` says why not."""
+        with self._catalog.transaction():
+            if slot is not None:
+                self._catalog.db.execute(
+                    """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?
+                       AND domain_uuid = ?""",
+                    (slot, now, policy, domain_uuid),
+                )
+            if error is not None:
+                self._catalog.db.execute(
+                    """UPDATE runs SET last_error = ?, last_error_at = ? WHERE policy = ?
+                       AND domain_uuid = ?""",
+                    (error, now, policy, domain_uuid),
+                )
+            self._catalog.db.execute(
+                """UPDATE runs SET in_progress = NULL, in_progress_slot = NULL,
+                   in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
+                (policy, domain_uuid),
+            )
 
 
 def _row(cur: sqlite3.Cursor, values: tuple[object, ...]) -> SnapshotRow:

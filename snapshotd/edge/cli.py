@@ -209,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted")
     prune.add_argument("--json", action="store_true", help="machine-readable output")
 
+    run = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (under systemd)",
+        description="Run the schedules of every policy until SIGTERM. Reloads the policies on "
+        "SIGHUP and when the policy directory changes; keeps the previous policies when the "
+        "new ones are not valid. Speaks systemd's notify protocol when NOTIFY_SOCKET is set.",
+    )
+    _paths(run)
+    run.add_argument(
+        "-c",
+        "--connect",
+        metavar="URI",
+        action="append",
+        default=[],
+        help="libvirt URI to manage; repeatable (default: the config's connect list)",
+    )
+    run.add_argument("--workers", type=int, default=4, help="snapshots taken at once (default 4)")
+
     lst = sub.add_parser("list", help="list a domain's snapshots")
     _connect(lst)
     lst.add_argument("--domain", "-d", required=True, help="domain name or UUID")
@@ -603,7 +621,22 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace, _out: TextIO) -> int:
+    from snapshotd.edge import daemon, logs, notify, watch  # noqa: PLC0415 - only `run` needs them
+
+    logs.setup()
+    paths = daemon.Paths(
+        config=args.config,
+        policy_dir=args.policy_dir,
+        state_dir=args.state_dir,
+        connect=tuple(args.connect),
+    )
+    runner = daemon.Daemon(paths, notifier=notify.Notifier.from_env(), workers=args.workers)
+    return runner.run(watcher_factory=watch.PolicyWatcher)
+
+
 VERBS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "run": cmd_run,
     "check": cmd_check,
     "plan": cmd_plan,
     "take": cmd_take,

@@ -12,9 +12,10 @@ and snapshotd's own errors; nothing above it sees a libvirt object or a libvirtE
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -91,6 +92,24 @@ _TRANSIENT_MESSAGES = (
     "connection reset by peer",
     "guest agent is not responding",
 )
+
+_LIFECYCLE = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by snapshotd",
+}
 
 _NOT_FOUND_CODES = frozenset({libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT})
 
@@ -220,6 +239,7 @@ class Hypervisor:
         """Wrap an open virConnect; use Hypervisor.open() instead."""
         self._conn: Any = conn
         self._uri = uri
+        self._callbacks: list[int] = []
 
     @classmethod
     def open(cls, uri: str = DEFAULT_URI) -> Hypervisor:
@@ -245,6 +265,12 @@ class Hypervisor:
         """Close the connection; closing twice is harmless."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            for callback in self._callbacks:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.domainEventDeregisterAny(callback)
+            self._callbacks.clear()
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
             with _calling("close connection", None):
                 conn.close()
 
@@ -269,6 +295,45 @@ class Hypervisor:
                 transient=False,
             )
         return self._conn
+
+    # --- events ---------------------------------------------------------------------------
+
+    def watch(
+        self,
+        on_domain: Callable[[str, str], None],
+        on_close: Callable[[str], None],
+    ) -> None:
+        """Call ``on_domain(event, uuid)`` for domain lifecycle events and ``on_close(reason)``
+        when the connection drops.  Both run on libvirt's event loop thread: keep them short.
+
+        ``event`` is one of defined, undefined, started, suspended, resumed, stopped,
+        shutdown, pmsuspended, crashed.
+        """
+        conn = self._open_conn
+
+        def lifecycle(_conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+            on_domain(_LIFECYCLE.get(event, "changed"), str(dom.UUIDString()))
+
+        def closed(_conn: Any, reason: int, _opaque: Any) -> None:
+            on_close(_CLOSE_REASONS.get(reason, "unknown"))
+
+        with _calling("register domain events", None):
+            self._callbacks.append(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None
+                )
+            )
+            conn.registerCloseCallback(closed, None)
+
+    def alive(self) -> bool:
+        """Is the connection still usable (libvirt's own view, keepalive included)?"""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     # --- domains --------------------------------------------------------------------------
 

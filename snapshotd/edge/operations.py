@@ -8,6 +8,7 @@ ones no rule keeps, oldest first.  The CLI and the daemon both work through here
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import time
@@ -132,6 +133,33 @@ def create(
     return Created(plan, info)
 
 
+def adopt(hv: Hypervisor, catalog: Catalog, domain: str, name: str, *, policy: str | None) -> None:
+    """Record a snapshot libvirt has but the catalog lacks (made just before a crash)."""
+    info_domain = hv.domain(domain)
+    returned = hv.snapshot_xml(domain, name)
+    info = snapxml.parse_snapshot(returned, source=f"snapshot {name!r} from libvirt")
+    if catalog.owner(info_domain.uuid, name, info.creation_time) is not None:
+        return
+    files_made = tuple(
+        d.source_file for d in info.disks if d.snapshot == "external" and d.source_file
+    )
+    memory = (info.memory_file,) if info.memory_file else ()
+    catalog.record_snapshot(
+        SnapshotRow(
+            uri=hv.uri,
+            domain_uuid=info_domain.uuid,
+            domain_name=info_domain.name,
+            name=name,
+            created_at=info.creation_time or 0,
+            policy=policy,
+            parent=info.parent,
+            xml=hv.snapshot_xml(domain, name, secure=True),
+            files=files_made + memory,
+            libvirt_metadata=True,
+        )
+    )
+
+
 def _log(
     catalog: Catalog,
     hv: Hypervisor,
@@ -226,6 +254,19 @@ def snapshots_of(
     return result
 
 
+def _remove_memory_file(info: SnapshotInfo, made: tuple[str, ...]) -> None:
+    """libvirt 9.0 leaves an external snapshot's memory file behind when it deletes it.
+
+    The file is removed only when the catalog says snapshotd's own snapshot created
+    it; disk overlays are libvirt's to merge and remove.
+    """
+    path = info.memory_file
+    if path is None or path not in made:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        Path(path).unlink()
+
+
 def prune(
     hv: Hypervisor,
     catalog: Catalog,
@@ -266,9 +307,11 @@ def prune(
                 now=now,
             )
             continue
-        created = by_name[name].info.creation_time
-        if created is not None:
-            catalog.mark_deleted(domain.uuid, name, created, _epoch(now))
+        info = by_name[name].info
+        if info.creation_time is not None:
+            row = catalog.owner(domain.uuid, name, info.creation_time)
+            _remove_memory_file(info, row.files if row is not None else ())
+            catalog.mark_deleted(domain.uuid, name, info.creation_time, _epoch(now))
         report.deleted.append(name)
         _log(
             catalog,

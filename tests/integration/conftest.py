@@ -44,13 +44,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.libvirt)
 
 
+class LiveConnection:
+    """A libvirt connection that opens itself again after libvirtd restarted.
+
+    test_zz_libvirtd_restart.py restarts the shared libvirtd; every other use of the
+    session's connection goes through this, so it survives that.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn = libvirt.open(uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return getattr(self._conn, name)(*args, **kwargs)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_domain() not in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
+                    raise
+                self._conn = libvirt.open(self.uri)  # libvirtd went away and came back
+                return getattr(self._conn, name)(*args, **kwargs)
+
+        return call
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn() -> Iterator[Any]:
     # libvirt prints every error to stderr unless a handler takes it; tests check the
     # exceptions instead.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
-        conn = libvirt.open(URI)
+        conn = LiveConnection(URI)
     except libvirt.libvirtError as exc:
         pytest.fail(f"cannot connect to {URI} (run scripts/host-setup.sh as root): {exc}")
     yield conn

@@ -364,8 +364,8 @@ def test_naive_datetimes_are_refused(call: object) -> None:
     [
         (Schedule(), "exactly one of cron and every"),
         (Schedule(cron="0 * * * *", every=HOUR), "exactly one of cron and every"),
-        (every(0), "shortest interval is 1 minute"),
-        (Schedule(every=dt.timedelta(seconds=59)), "shortest interval is 1 minute"),
+        (every(0), "shortest interval is 1 second"),
+        (Schedule(every=dt.timedelta(milliseconds=999)), "shortest interval is 1 second"),
         (cron("61 * * * *"), "minute field '61': 61 is out of range 0-59"),
         (cron("0 * * * *", "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
         (cron("0 * * * *", jitter=-MINUTE), "jitter must not be negative"),
@@ -707,7 +707,8 @@ def test_parse_duration_rejects(text: str, message: str) -> None:
 
 def test_check_interval() -> None:
     assert check_interval(MINUTE) is None
-    assert check_interval(dt.timedelta(seconds=59)) is not None
+    assert check_interval(dt.timedelta(seconds=1)) is None
+    assert check_interval(dt.timedelta(milliseconds=999)) is not None
 
 
 # --- properties ------------------------------------------------------------------------

@@ -1,0 +1,563 @@
+"""The daemon: ``snapshotd run``.
+
+One main loop owns all scheduling state.  It sleeps until the next due time or
+an event arrives on its queue, never polling the schedule:
+
+* ``reload``   SIGHUP, or the policy directory changed (inotify, debounced);
+* ``stop``     SIGTERM or SIGINT;
+* ``domains``  a connection's domain list changed (connect, lifecycle event);
+* ``done``     a worker finished a snapshot job;
+* ``wake``     anything else that wants the loop to look again.
+
+Libvirt calls never run on the main loop: each URI has a ``Link`` thread that
+connects (with backoff), registers domain events and lists domains; snapshot
+jobs run on a bounded worker pool, at most one per domain at a time.  The loop
+pings systemd's watchdog from its own progress, so a hung loop gets the
+daemon restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from snapshotd.core.model import DomainInfo
+from snapshotd.core.policy import Policy
+from snapshotd.core.schedule import decide, jitter_for, next_due
+from snapshotd.edge import operations
+from snapshotd.edge.catalog import Catalog, Run, RunLog
+from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.edge.logs import log_event, sanitize_uri
+from snapshotd.edge.notify import Notifier
+from snapshotd.edge.policyfiles import Settings, load_settings
+from snapshotd.errors import LibvirtError, SnapshotdError
+
+log = logging.getLogger("snapshotd")
+
+# Retry a transient failure after these delays (seconds), then keep the last one.
+RETRY_BACKOFF = (10.0, 30.0, 60.0, 300.0)
+RECONNECT_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
+
+
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Key:
+    """One scheduled stream of snapshots: a policy for a domain on a connection."""
+
+    policy: str
+    uri: str
+    uuid: str
+
+
+@dataclass(slots=True)
+class Due:
+    """When a key runs next, and the slot that run serves."""
+
+    at: float  # epoch seconds, jitter included
+    slot: dt.datetime
+    reason: str
+    retries: int = 0
+
+
+@dataclass(slots=True)
+class Status:
+    """What the systemd status line and `snapshotd status` show."""
+
+    policies: int = 0
+    domains: int = 0
+    next_due: str = "-"
+    last_error: str | None = None
+    load_errors: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        text = f"{self.policies} policies, {self.domains} domains; next {self.next_due}"
+        if self.load_errors:
+            text += f"; policy errors: {self.load_errors[0]}"
+            if len(self.load_errors) > 1:
+                text += f" (+{len(self.load_errors) - 1} more)"
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        return text
+
+
+class Link:
+    """One libvirt connection, kept alive by its own thread."""
+
+    def __init__(self, uri: str, events: queue.Queue[tuple[str, Any]]) -> None:
+        self.uri = uri
+        self._events = events
+        self._wanted = threading.Event()  # set: list domains again (or reconnect)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._hv: Hypervisor | None = None
+        self._thread = threading.Thread(target=self._run, name=f"link {uri}", daemon=True)
+
+    def start(self) -> None:
+        self._wanted.set()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wanted.set()
+        self._thread.join(timeout=5)
+        with self._lock:
+            hv, self._hv = self._hv, None
+        if hv is not None:
+            with contextlib.suppress(SnapshotdError):
+                hv.close()
+
+    @property
+    def hypervisor(self) -> Hypervisor | None:
+        with self._lock:
+            return self._hv
+
+    def refresh(self) -> None:
+        self._wanted.set()
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stop.is_set():
+                return
+            hv = self.hypervisor
+            if hv is None or not hv.alive():
+                hv = self._connect()
+                if hv is None:
+                    delay = RECONNECT_BACKOFF[min(attempt, len(RECONNECT_BACKOFF) - 1)]
+                    attempt += 1
+                    self._stop.wait(delay)
+                    self._wanted.set()
+                    continue
+                attempt = 0
+            try:
+                domains = hv.list_domains()
+            except SnapshotdError as exc:
+                log.warning("%s: cannot list domains: %s", sanitize_uri(self.uri), exc)
+                self._drop()
+                self._wanted.set()
+                continue
+            self._events.put(("domains", (self.uri, domains)))
+
+    def _connect(self) -> Hypervisor | None:
+        try:
+            hv = Hypervisor.open(self.uri)
+            hv.watch(self._on_domain, self._on_close)
+        except SnapshotdError as exc:
+            log.warning("%s: not connected: %s", sanitize_uri(self.uri), exc)
+            self._events.put(("link", (self.uri, False, str(exc))))
+            return None
+        with self._lock:
+            self._hv = hv
+        log.info("%s: connected", sanitize_uri(self.uri))
+        self._events.put(("link", (self.uri, True, None)))
+        return hv
+
+    def _drop(self) -> None:
+        with self._lock:
+            hv, self._hv = self._hv, None
+        if hv is not None:
+            with contextlib.suppress(SnapshotdError):
+                hv.close()
+        self._events.put(("link", (self.uri, False, "connection lost")))
+
+    def _on_domain(self, _event: str, _uuid: str) -> None:
+        self._wanted.set()
+
+    def _on_close(self, reason: str) -> None:
+        log.warning("%s: connection closed: %s", sanitize_uri(self.uri), reason)
+        self._wanted.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    config: str | None
+    policy_dir: str | None
+    state_dir: str | None
+    connect: tuple[str, ...] = ()
+
+
+class Daemon:
+    """The main loop.  ``run()`` returns the process exit status."""
+
+    def __init__(self, paths: Paths, *, notifier: Notifier | None = None, workers: int = 4) -> None:
+        self.paths = paths
+        self.notifier = notifier if notifier is not None else Notifier(None)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.policies: dict[str, Policy] = {}
+        self.domains: dict[str, list[DomainInfo]] = {}
+        self.due: dict[Key, Due] = {}
+        self.busy: set[str] = set()  # domain uuids with a job in flight
+        self.running: set[Key] = set()  # keys whose job is in flight
+        self.inflight = 0
+        self.status = Status()
+        self.links: dict[str, Link] = {}
+        self.settings: Settings | None = None
+        self._stopping = False
+        self._stop_at = 0.0
+        self._reconciled: set[str] = set()
+
+    # --- settings -----------------------------------------------------------------
+
+    def _load(self) -> Settings:
+        return load_settings(
+            config=self.paths.config,
+            policy_dir=self.paths.policy_dir,
+            state_dir=self.paths.state_dir,
+            load_policies=True,
+        )
+
+    def reload(self, *, first: bool = False) -> bool:
+        """Load config and policies; apply them only when the whole set is valid.
+
+        At start there is no previous set, so the valid files are used and the
+        others reported.  Returns whether the new set is in force.
+        """
+        settings = self._load()
+        errors = [str(e) for e in settings.errors]
+        self.status.load_errors = errors
+        for error in errors:
+            log.error("policy error: %s", error)
+        if errors and not first:
+            log.error("reload refused: %d errors; the previous policies stay in force", len(errors))
+            return False
+        self.settings = settings
+        self.policies = {p.name: p for p in settings.policies}
+        self.due.clear()
+        log.info("policies in force: %s", ", ".join(sorted(self.policies)) or "none")
+        return True
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _state_dir(self) -> str:
+        if self.settings is None:
+            raise RuntimeError("the daemon has no settings yet")
+        return self.settings.state_dir
+
+    def _keys(self) -> list[tuple[Key, Policy, DomainInfo]]:
+        keys = []
+        for uri, domains in self.domains.items():
+            for domain in domains:
+                for policy in self.policies.values():
+                    if policy.selector.matches(domain):
+                        keys.append((Key(policy.name, uri, domain.uuid), policy, domain))
+        return keys
+
+    def _schedule(self, runs: RunLog, now: float) -> None:
+        """Work out when each key is due, for keys that have no due time yet."""
+        live = set()
+        for key, policy, domain in self._keys():
+            live.add(key)
+            if key in self.due or key in self.running:
+                continue  # already scheduled, or its run is in flight
+            run = runs.get(policy.name, domain.uuid)
+            last = _utc(run.last_slot) if run and run.last_slot is not None else None
+            decision = decide(policy.schedule, last, _utc(now))
+            if decision.due and decision.slot is not None:
+                self.due[key] = Due(now, decision.slot, decision.reason)
+            else:
+                slot = decision.next_slot
+                delay = jitter_for(policy.schedule, f"{policy.name}/{domain.uuid}", slot)
+                self.due[key] = Due((slot + delay).timestamp(), slot, decision.reason)
+        for key in list(self.due):
+            if key not in live:
+                del self.due[key]
+
+    def _dispatch(self, runs: RunLog, now: float) -> None:
+        ready = sorted(((d.at, k) for k, d in self.due.items() if d.at <= now), key=lambda x: x[0])
+        for _at, key in ready:
+            if self._stopping or key.uuid in self.busy:
+                continue
+            policy = self.policies.get(key.policy)
+            domain = self._domain(key)
+            link = self.links.get(key.uri)
+            if policy is None or domain is None or link is None:
+                continue
+            hv = link.hypervisor
+            if hv is None:
+                continue  # not connected: the key stays due and runs after reconnect
+            due = self.due.pop(key)
+            skip = policy.selector.skip_reason(domain)
+            if skip is not None:
+                log.info("%s: skipped by %s: %s", domain.name, policy.name, skip)
+                runs.finish(policy.name, domain.uuid, slot=None, error=None, now=int(now))
+                continue
+            self.busy.add(key.uuid)
+            self.running.add(key)
+            self.inflight += 1
+            self.pool.submit(self._job, key, policy, domain, hv, due)
+
+    def _domain(self, key: Key) -> DomainInfo | None:
+        for domain in self.domains.get(key.uri, []):
+            if domain.uuid == key.uuid:
+                return domain
+        return None
+
+    def _job(self, key: Key, policy: Policy, domain: DomainInfo, hv: Hypervisor, due: Due) -> None:
+        """One scheduled snapshot and its retention, on a worker thread."""
+        started = time.monotonic()
+        outcome: tuple[str, Any]
+        try:
+            with Catalog(self._state_dir()) as catalog:
+                runs = RunLog(catalog)
+                now = dt.datetime.now(dt.UTC)
+                name = policy.snapshot_name(domain.name, now)
+                runs.start(
+                    Run(policy.name, domain.uuid, key.uri, domain.name),
+                    name,
+                    int(due.slot.timestamp()),
+                    int(now.timestamp()),
+                )
+                try:
+                    made = operations.create_for_policy(hv, catalog, policy, domain, now)
+                except SnapshotdError as exc:
+                    runs.finish(
+                        policy.name, domain.uuid, slot=None, error=str(exc), now=int(time.time())
+                    )
+                    raise
+                runs.finish(
+                    policy.name,
+                    domain.uuid,
+                    slot=int(due.slot.timestamp()),
+                    error=None,
+                    now=int(time.time()),
+                )
+                ms = int((time.monotonic() - started) * 1000)
+                fields = {"policy": policy.name, "domain": domain.name, "uri": key.uri}
+                log_event(
+                    log,
+                    logging.INFO,
+                    f"{domain.name}: created {made.info.name} ({ms} ms)",
+                    snapshot=made.info.name,
+                    operation="create",
+                    duration_ms=ms,
+                    **fields,
+                )
+                if made.note:
+                    log_event(log, logging.WARNING, f"{domain.name}: {made.note}", **fields)
+                report = operations.prune(hv, catalog, policy, domain, dt.datetime.now(dt.UTC))
+                for deleted in report.deleted:
+                    log_event(
+                        log,
+                        logging.INFO,
+                        f"{domain.name}: pruned {deleted}",
+                        snapshot=deleted,
+                        operation="delete",
+                        **fields,
+                    )
+                for failed, why in report.failed:
+                    log_event(
+                        log,
+                        logging.ERROR,
+                        f"{domain.name}: could not prune {failed}: {why}",
+                        snapshot=failed,
+                        operation="delete",
+                        **fields,
+                    )
+            outcome = ("ok", None)
+        except LibvirtError as exc:
+            log_event(
+                log,
+                logging.ERROR,
+                f"{domain.name}: snapshot failed: {exc}",
+                policy=policy.name,
+                domain=domain.name,
+                operation="create",
+                uri=key.uri,
+            )
+            outcome = ("transient" if exc.transient else "failed", str(exc))
+        except SnapshotdError as exc:
+            log_event(
+                log,
+                logging.ERROR,
+                f"{domain.name}: snapshot refused: {exc}",
+                policy=policy.name,
+                domain=domain.name,
+                operation="create",
+                uri=key.uri,
+            )
+            outcome = ("failed", str(exc))
+        except Exception as exc:
+            log.exception("%s: snapshot by %s crashed", domain.name, policy.name)
+            outcome = ("failed", f"internal error: {exc}")
+        self.events.put(("done", (key, due, outcome)))
+
+    def _reconcile(self, uri: str, hv: Hypervisor) -> None:
+        """Settle runs a previous process left unfinished (kill -9, watchdog restart).
+
+        If libvirt made the snapshot, it is adopted into the catalog and its slot
+        counts as served; if not, the run is closed as interrupted and the schedule's
+        catch-up takes it again.  Nothing is deleted.
+        """
+        try:
+            with Catalog(self._state_dir()) as catalog:
+                runs = RunLog(catalog)
+                for run in runs.unfinished():
+                    if run.uri != uri or run.in_progress is None:
+                        continue
+                    self._settle(hv, catalog, runs, run, run.in_progress)
+        except Exception:
+            log.exception("%s: reconciling unfinished runs failed", uri)
+
+    @staticmethod
+    def _settle(hv: Hypervisor, catalog: Catalog, runs: RunLog, run: Run, name: str) -> None:
+        now = int(time.time())
+        try:
+            names = {r.name for r in hv.list_snapshots(run.domain_uuid)}
+        except SnapshotdError as exc:
+            runs.finish(run.policy, run.domain_uuid, slot=None, error=str(exc), now=now)
+            return
+        if name not in names:
+            log.warning(
+                "%s: snapshot %s was interrupted before libvirt made it; catch-up takes it again",
+                run.domain_name,
+                name,
+            )
+            runs.finish(
+                run.policy,
+                run.domain_uuid,
+                slot=None,
+                error=f"snapshot {name} was interrupted",
+                now=now,
+            )
+            return
+        operations.adopt(hv, catalog, run.domain_uuid, name, policy=run.policy)
+        log.info("%s: snapshot %s was made before an interruption; recorded", run.domain_name, name)
+        runs.finish(run.policy, run.domain_uuid, slot=run.in_progress_slot, error=None, now=now)
+
+    def _finished(self, key: Key, due: Due, outcome: tuple[str, Any]) -> None:
+        self.busy.discard(key.uuid)
+        self.running.discard(key)
+        self.inflight -= 1
+        kind, error = outcome
+        policy = self.policies.get(key.policy)
+        if kind == "transient":
+            backoff = RETRY_BACKOFF[min(due.retries, len(RETRY_BACKOFF) - 1)]
+            self.due[key] = Due(time.time() + backoff, due.slot, f"retry: {error}", due.retries + 1)
+        elif kind == "failed" and policy is not None:
+            # A permanent failure is not retried for the same slot: on to the next one.
+            slot = next_due(policy.schedule, max(due.slot, _utc(time.time())))
+            delay = jitter_for(policy.schedule, f"{policy.name}/{key.uuid}", slot)
+            self.due[key] = Due((slot + delay).timestamp(), slot, f"after failure: {error}")
+        if error:
+            self.status.last_error = error.splitlines()[0][:120]
+
+    # --- the loop -----------------------------------------------------------------
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.events.put(("reload" if signum == signal.SIGHUP else "stop", None))
+
+    def _update_status(self, now: float) -> None:
+        self.status.policies = len(self.policies)
+        self.status.domains = sum(len(d) for d in self.domains.values())
+        if self.due:
+            key, due = min(self.due.items(), key=lambda kv: kv[1].at)
+            when = _utc(due.at).strftime("%Y-%m-%d %H:%M:%SZ")
+            self.status.next_due = f"{when} ({key.policy})"
+        else:
+            self.status.next_due = "-"
+        self.notifier.status(self.status.line())
+
+    def _start(self, watcher_factory: Any) -> Any:
+        """Signals, first policy load, one Link per URI, the directory watcher."""
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._signal)
+        self.reload(first=True)
+        if self.settings is None:
+            raise RuntimeError("no settings after the first load")
+        for uri in self.paths.connect or self.settings.connect:
+            self.links[uri] = Link(uri, self.events)
+            self.links[uri].start()
+        if watcher_factory is None:
+            return None
+        watcher = watcher_factory(
+            self.settings.policy_dir, lambda: self.events.put(("reload", None))
+        )
+        watcher.start()
+        return watcher
+
+    def _timeout(self, now: float) -> float:
+        """How long the loop may sleep: until the next due time, a watchdog ping or a stop check."""
+        timeout = min((d.at for d in self.due.values()), default=now + 3600) - now
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            timeout = min(timeout, interval)
+        if self._stopping:
+            timeout = min(timeout, 0.5)
+        return max(timeout, 0.0)
+
+    def run(self, *, watcher_factory: Any = None) -> int:
+        watcher = self._start(watcher_factory)
+        catalog = Catalog(self._state_dir())
+        runs = RunLog(catalog)
+        ready = False
+        try:
+            while True:
+                now = time.time()
+                self._schedule(runs, now)
+                self._dispatch(runs, now)
+                self._update_status(now)
+                if not ready and (self.domains or not self.links):
+                    ready = True
+                    self.notifier.ready(self.status.line())
+                if self._stopping and (
+                    self.inflight == 0 or time.time() - self._stop_at > STOP_GRACE
+                ):
+                    if self.inflight:
+                        log.error("stopping with %d snapshots still in flight", self.inflight)
+                    break
+                try:
+                    kind, payload = self.events.get(timeout=self._timeout(now))
+                except queue.Empty:
+                    kind, payload = "wake", None
+                self.notifier.watchdog()  # the loop made progress
+                self._handle(kind, payload)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            for link in self.links.values():
+                link.stop()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            catalog.close()
+        return 0
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "stop" and not self._stopping:
+            self._stopping = True
+            self._stop_at = time.time()
+            log.info("stopping: %d snapshots in flight", self.inflight)
+            self.notifier.stopping(f"stopping; {self.inflight} snapshots in flight")
+        elif kind == "reload":
+            self.notifier.reloading("reloading policies")
+            self.reload()
+            self.notifier.ready(self.status.line())
+        elif kind == "domains":
+            uri, domains = payload
+            self.domains[uri] = domains
+            link = self.links.get(uri)
+            hv = link.hypervisor if link is not None else None
+            if uri not in self._reconciled and hv is not None:
+                self._reconciled.add(uri)
+                self.pool.submit(self._reconcile, uri, hv)
+        elif kind == "done":
+            key, due, outcome = payload
+            self._finished(key, due, outcome)
+        elif kind == "link":
+            uri, up, error = payload
+            if not up and error:
+                self.status.last_error = f"{uri}: {error}"[:120]

@@ -1,0 +1,273 @@
+"""`snapshotd run` as a subprocess with its own NOTIFY_SOCKET, against real libvirt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+from lxml import etree
+
+from tests.integration.cli import REPO
+from tests.integration.domains import DomainFactory, ScratchDomain
+
+NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
+
+
+class Daemon:
+    """A running `snapshotd run` and the messages it sent to its notify socket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.policies = root / "policies"
+        self.state = root / "state"
+        self.messages: list[str] = []
+        self.sock_path = root / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.sock_path))
+        self.sock.settimeout(0.1)
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = root / "daemon.log"
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO), NOTIFY_SOCKET=str(self.sock_path))
+        env.pop("JOURNAL_STREAM", None)
+        config = self.root / "snapshotd.yaml"
+        if not config.exists():
+            config.write_text("connect: [qemu:///system]\n")
+            config.chmod(0o644)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "snapshotd",
+                "run",
+                "--config",
+                str(config),
+                "--policy-dir",
+                str(self.policies),
+                "--state-dir",
+                str(self.state),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("a"),
+            text=True,
+        )
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                return self.messages
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.drain()
+            if predicate():
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log.read_text()}")
+
+    def wait_ready(self) -> None:
+        self.wait_for(lambda: any("READY=1" in m for m in self.messages), 30, "READY=1")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.drain()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    (tmp_path / "policies").mkdir(mode=0o755)
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def write_policy(daemon: Daemon, name: str, body: str, *, rename: bool = False) -> None:
+    target = daemon.policies / f"{name}.yaml"
+    if rename:  # as vim and most editors save: a new file renamed over the old one
+        temp = daemon.policies / f".{name}.yaml.tmp"
+        temp.write_text(body)
+        temp.chmod(0o644)
+        temp.replace(target)
+    else:
+        with target.open("w") as f:
+            f.write(body)
+        target.chmod(0o644)
+
+
+def policy(
+    dom: ScratchDomain, *, every: str = "3s", extra: str = "", keep: int = 2, states: str = ""
+) -> str:
+    return f"""
+domains:
+  include: ["{dom.name}"]
+{states}
+schedule:
+  every: {every}
+  catch_up: true
+snapshot:
+  name: "{NAME}"
+{extra}
+retention:
+  keep_last: {keep}
+"""
+
+
+def snapshots(dom: ScratchDomain) -> list[tuple[int, str, str]]:
+    """(creation time, name, description) of the domain's snapshots, oldest first."""
+    found = []
+    for snap in dom.dom.listAllSnapshots(0):
+        try:
+            root = etree.fromstring(snap.getXMLDesc(0).encode())
+        except libvirt.libvirtError:
+            continue  # pruned by the daemon while we looked
+        found.append(
+            (
+                int(root.findtext("creationTime")),
+                root.findtext("name"),
+                root.findtext("description"),
+            )
+        )
+    return sorted(found)
+
+
+def test_schedule_runs_on_time_prunes_and_reloads(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    dom = domain_factory(state="running")
+    write_policy(daemon, "fast", policy(dom, extra='  description: "first"'))
+    daemon.start()
+    daemon.wait_ready()
+    # Snapshots every 3 s; retention keeps the newest two.
+    daemon.wait_for(lambda: len(snapshots(dom)) >= 2, 20, "two snapshots")
+    first_times = [t for t, _, _ in snapshots(dom)]
+    daemon.wait_for(
+        lambda: snapshots(dom) and snapshots(dom)[-1][0] >= first_times[-1] + 5, 20, "pruning"
+    )
+    assert len(snapshots(dom)) == 2
+
+    # Edit in place: the next snapshot carries the new description.
+    write_policy(daemon, "fast", policy(dom, extra='  description: "second"'))
+    daemon.wait_for(lambda: snapshots(dom)[-1][2] == "second", 10, "an in-place edit")
+    # Write-then-rename, as editors do.
+    write_policy(daemon, "fast", policy(dom, extra='  description: "third"'), rename=True)
+    daemon.wait_for(lambda: snapshots(dom)[-1][2] == "third", 10, "a renamed-over edit")
+
+    # A broken edit: the old policy stays in force and the error shows in STATUS.
+    write_policy(daemon, "fast", "schedule: [not, a, mapping]\n")
+    daemon.wait_for(
+        lambda: any("policy errors" in m and "fast.yaml" in m for m in daemon.messages),
+        10,
+        "the error in the status line",
+    )
+    before = snapshots(dom)[-1][0]
+    daemon.wait_for(lambda: snapshots(dom)[-1][0] > before, 10, "snapshots with the old policy")
+    assert snapshots(dom)[-1][2] == "third"
+
+    # SIGHUP after a good edit applies it.
+    target = daemon.policies / "fast.yaml"
+    target.write_text(policy(dom, extra='  description: "fourth"'))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for(lambda: snapshots(dom)[-1][2] == "fourth", 10, "SIGHUP reload")
+    assert any("RELOADING=1" in m for m in daemon.messages)
+
+    assert daemon.stop() == 0
+    assert any("STOPPING=1" in m for m in daemon.messages)
+    # Retention held throughout; every snapshot left is one of the policy's.
+    assert len(snapshots(dom)) == 2
+
+
+def test_kill_9_and_restart_catches_up_once(domain_factory: DomainFactory, daemon: Daemon) -> None:
+    dom = domain_factory(state="shutoff")
+    write_policy(daemon, "cu", policy(dom, every="6s", keep=50))
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(dom)) >= 1, 20, "a first snapshot")
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    count = len(snapshots(dom))
+    time.sleep(20)  # at least three slots pass while the daemon is down
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(dom)) >= count + 1, 10, "the catch-up snapshot")
+    time.sleep(2)
+    # One catch-up, not a burst of three: at most the next regular slot may have
+    # come on top of it in these two seconds.
+    assert count + 1 <= len(snapshots(dom)) <= count + 2
+    assert daemon.stop() == 0
+
+
+def test_sigterm_during_a_snapshot_exits_0_without_half_made_files(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    dom = domain_factory(state="running", memory_mib=256)
+    snaps = dom.directory / "snaps"
+    extra = f"  memory: external\n  directory: {snaps}"
+    body = policy(dom, every="2s", extra=extra, keep=10, states="  states: [running]")
+    write_policy(daemon, "slow", body)
+    daemon.start()
+    daemon.wait_ready()
+    # SIGTERM as soon as a memory file exists that libvirt does not list yet, that
+    # is, while the snapshot is being taken.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        known = {name for _, name, _ in snapshots(dom)}
+        files = list(snaps.glob("*.memory")) if snaps.is_dir() else []
+        if any(not any(n in f.name for n in known) for f in files):
+            break
+        time.sleep(0.01)
+    assert daemon.stop() == 0
+    # The snapshot in flight was finished, not abandoned: every file in the
+    # directory belongs to a snapshot that libvirt knows.
+    names = {name for _, name, _ in snapshots(dom)}
+    assert names
+    for path in snaps.iterdir():
+        assert any(name in path.name for name in names), path
+    assert any("STOPPING=1" in m for m in daemon.messages)
+
+
+def test_a_domain_defined_while_running_is_scheduled(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    first = domain_factory(state="shutoff")
+    prefix = first.name.rsplit("-", 1)[0]
+    write_policy(
+        daemon,
+        "new",
+        policy(first, every="2s", keep=5).replace(f'["{first.name}"]', f'["{prefix}-*"]'),
+    )
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(first)) >= 1, 20, "the first domain's snapshot")
+    later = domain_factory(state="shutoff")  # defined now: a lifecycle event
+    daemon.wait_for(lambda: len(snapshots(later)) >= 1, 20, "the new domain's snapshot")
+    assert daemon.stop() == 0
