@@ -444,6 +444,14 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         default='["qemu:///system"]',
         example='["qemu:///system"]',
     ),
+    Option(
+        "workers",
+        Kind.COUNT,
+        "How many snapshots the daemon takes at once, across all domains (at least 1; "
+        "never more than one at a time per domain).",
+        default="4",
+        example="4",
+    ),
 )
 
 
@@ -454,6 +462,7 @@ class Config:
     policy_dir: str = DEFAULT_POLICY_DIR
     state_dir: str = DEFAULT_STATE_DIR
     connect: tuple[str, ...] = DEFAULT_CONNECT
+    workers: int = 4
     source: str | None = None  # the file it came from; None for the built-in defaults
 
 
@@ -1525,9 +1534,13 @@ def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
     r = _read(text, filename, CONFIG_SCHEMA)
     if r is None:
         return Config(source=filename)
+    if not r.errors and r.count("workers") < 1:
+        node, path = r.where("workers")
+        r.error(node, path, "must be at least 1")
     if r.errors:
         return r.sorted_errors()
     return Config(
+        workers=r.count("workers"),
         policy_dir=naming.check_directory(r.text("policy_dir"), "policy_dir"),
         state_dir=naming.check_directory(r.text("state_dir"), "state_dir"),
         connect=tuple(dict.fromkeys(r.texts("connect"))),

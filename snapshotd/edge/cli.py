@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="libvirt URI to manage; repeatable (default: the config's connect list)",
     )
-    run.add_argument("--workers", type=int, default=4, help="snapshots taken at once (default 4)")
+    run.add_argument(
+        "--workers", type=int, default=None, help="snapshots taken at once (default: config, 4)"
+    )
 
     lst = sub.add_parser("list", help="list a domain's snapshots")
     _connect(lst)

@@ -194,11 +194,14 @@ class Paths:
 class Daemon:
     """The main loop.  ``run()`` returns the process exit status."""
 
-    def __init__(self, paths: Paths, *, notifier: Notifier | None = None, workers: int = 4) -> None:
+    def __init__(
+        self, paths: Paths, *, notifier: Notifier | None = None, workers: int | None = None
+    ) -> None:
         self.paths = paths
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self._workers = workers  # None: the config's ``workers``
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
         self.policies: dict[str, Policy] = {}
         self.domains: dict[str, list[DomainInfo]] = {}
         self.due: dict[Key, Due] = {}
@@ -480,6 +483,8 @@ class Daemon:
         self.reload(first=True)
         if self.settings is None:
             raise RuntimeError("no settings after the first load")
+        workers = self._workers if self._workers is not None else self.settings.workers
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
         for uri in self.paths.connect or self.settings.connect:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()

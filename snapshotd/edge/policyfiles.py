@@ -244,6 +244,7 @@ class Settings:
     state_dir: str
     connect: tuple[str, ...]
     policies: tuple[Policy, ...] = ()
+    workers: int = 4
     errors: tuple[LocatedError, ...] = ()
     ignored: tuple[str, ...] = ()
 
@@ -278,6 +279,7 @@ def load_settings(
         policy_dir=directory,
         state_dir=state_dir if state_dir is not None else daemon.state_dir,
         connect=daemon.connect,
+        workers=daemon.workers,
         policies=result.policies,
         errors=tuple(errors),
         ignored=result.ignored,

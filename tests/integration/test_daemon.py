@@ -271,3 +271,19 @@ def test_a_domain_defined_while_running_is_scheduled(
     later = domain_factory(state="shutoff")  # defined now: a lifecycle event
     daemon.wait_for(lambda: len(snapshots(later)) >= 1, 20, "the new domain's snapshot")
     assert daemon.stop() == 0
+
+
+def test_an_unreachable_uri_does_not_hold_up_the_others(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    dom = domain_factory(state="shutoff")
+    config = daemon.root / "snapshotd.yaml"
+    dead = f"qemu+unix:///system?socket={daemon.root}/no-libvirtd.sock"
+    config.write_text(f'connect: ["{dead}", "qemu:///system"]\n')
+    config.chmod(0o644)
+    write_policy(daemon, "two", policy(dom, every="2s"))
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(dom)) >= 1, 20, "a snapshot on the reachable URI")
+    assert daemon.stop() == 0
+    assert "no-libvirtd.sock: not connected" in daemon.log.read_text()

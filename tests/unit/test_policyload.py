@@ -541,7 +541,7 @@ def test_config_errors() -> None:
         "c.yaml:2:12: state_dir: directory 'relative' must be an absolute path",
         "c.yaml:3:10: connect: lists no connection; snapshotd needs at least one (qemu:///system)",
         "c.yaml:4:1: schedule: unknown option 'schedule'; the options at the top level are "
-        "policy_dir, state_dir, connect",
+        "policy_dir, state_dir, connect, workers",
     ]
 
 
@@ -599,3 +599,12 @@ def test_schema_markdown_mentions_every_option() -> None:
     text = schema_markdown()
     for option in (*POLICY_SCHEMA, *CONFIG_SCHEMA):
         assert f"`{option.path}" in text
+
+
+def test_config_workers() -> None:
+    config = policyload.parse_config("workers: 2\n", "c.yaml")
+    assert isinstance(config, policyload.Config)
+    assert config.workers == 2
+    errors = policyload.parse_config("workers: 0\n", "c.yaml")
+    assert isinstance(errors, list)
+    assert [str(e) for e in errors] == ["c.yaml:1:10: workers: must be at least 1"]
