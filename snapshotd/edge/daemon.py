@@ -373,28 +373,20 @@ class Daemon:
                         **fields,
                     )
             outcome = ("ok", None)
-        except LibvirtError as exc:
-            log_event(
-                log,
-                logging.ERROR,
-                f"{domain.name}: snapshot failed: {exc}",
-                policy=policy.name,
-                domain=domain.name,
-                operation="create",
-                uri=key.uri,
-            )
-            outcome = ("transient" if exc.transient else "failed", str(exc))
         except SnapshotdError as exc:
+            # libvirt failed it (maybe transient), or snapshotd refused it before libvirt.
+            by_libvirt = isinstance(exc, LibvirtError)
             log_event(
                 log,
                 logging.ERROR,
-                f"{domain.name}: snapshot refused: {exc}",
+                f"{domain.name}: snapshot {'failed' if by_libvirt else 'refused'}: {exc}",
                 policy=policy.name,
                 domain=domain.name,
                 operation="create",
                 uri=key.uri,
             )
-            outcome = ("failed", str(exc))
+            transient = isinstance(exc, LibvirtError) and exc.transient
+            outcome = ("transient" if transient else "failed", str(exc))
         except Exception as exc:
             log.exception("%s: snapshot by %s crashed", domain.name, policy.name)
             outcome = ("failed", f"internal error: {exc}")
