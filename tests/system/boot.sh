@@ -20,20 +20,31 @@ set -euo pipefail
 
 [ "$$" -eq 1 ] || { echo "boot.sh: must be PID 1 of a new PID namespace" >&2; exit 1; }
 
-# 1. Keep what must be bound back in, on a scratch tmpfs mounted over /tmp (replaced by a
-#    clean tmpfs below).
-mount -t tmpfs -o mode=0700 harness-stage /tmp
-stage=/tmp
+# 1. Keep what must be bound back in, on a scratch tmpfs over /dev/shm (replaced by a
+#    clean one at the end): libvirt's sockets and state, the tests' images, and the
+#    paths in HARNESS_KEEP (colon-separated: the checkout and its venv, which may well
+#    live under /tmp, where a fresh tmpfs goes below).
+stage=/dev/shm
+mount -t tmpfs -o mode=0700 harness-stage "$stage"
 keep=()
-for path in /run/libvirt /var/lib/libvirt /var/lib/snapshotd-tests; do
-    if [ -d "$path" ]; then
+IFS=: read -r -a extra <<<"${HARNESS_KEEP:-}"
+inside_kept() {  # is $1 below a path kept already? (its bind brings it along)
+    local k
+    for k in "${keep[@]}"; do
+        case "$1/" in "$k"/*) return 0 ;; esac
+    done
+    return 1
+}
+for path in /run/libvirt /var/lib/libvirt /var/lib/snapshotd-tests "${extra[@]}"; do
+    if [ -n "$path" ] && [ -d "$path" ] && ! inside_kept "$path"; then
         mkdir -p "$stage$path"
         mount --rbind "$path" "$stage$path"
         keep+=("$path")
     fi
 done
 
-# 2. Fresh /run; the overlays' upper layers live in it.
+# 2. Fresh /run (the overlays' upper layers live in it), /tmp and /var/tmp; then the
+#    kept paths go back where they were.
 mount -t tmpfs -o mode=0755,nosuid,nodev harness-run /run
 for dir in /etc /usr/local /opt /var/lib /var/log; do
     layer=/run/harness/overlay/${dir//\//_}
@@ -41,13 +52,14 @@ for dir in /etc /usr/local /opt /var/lib /var/log; do
     mount -t overlay -o "lowerdir=$dir,upperdir=$layer/upper,workdir=$layer/work" \
         "harness-overlay$dir" "$dir"
 done
+mount -t tmpfs -o mode=1777,nosuid,nodev harness-tmp /tmp
+mount -t tmpfs -o mode=1777,nosuid,nodev harness-vartmp /var/tmp
 for path in "${keep[@]}"; do
     mkdir -p "$path"
     mount --move "$stage$path" "$path"
 done
-umount -l /tmp
-mount -t tmpfs -o mode=1777,nosuid,nodev harness-tmp /tmp
-mount -t tmpfs -o mode=1777,nosuid,nodev harness-vartmp /var/tmp
+umount -l "$stage"
+mount -t tmpfs -o mode=1777,nosuid,nodev harness-shm /dev/shm
 
 # 3. Only what a test starts may run.  Masks go to /run/systemd/system (the tmpfs).
 units=/run/systemd/system

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +142,10 @@ def _children(pid: int) -> list[int]:
 
 
 def _boot() -> SystemdNamespace:
+    # The checkout and the interpreter's prefix must stay visible inside, even when they
+    # live under /tmp, which the namespace replaces with a fresh tmpfs.
+    repo = _HERE.parents[1]
+    keep = ":".join(dict.fromkeys([str(repo), os.path.realpath(sys.prefix)]))
     proc = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--propagation", "private",
          str(BOOT)],
@@ -148,6 +153,7 @@ def _boot() -> SystemdNamespace:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=dict(os.environ, HARNESS_KEEP=keep),
     )  # fmt: skip
     deadline = time.monotonic() + BOOT_TIMEOUT
     ns: SystemdNamespace | None = None

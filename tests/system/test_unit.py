@@ -33,6 +33,12 @@ HOME_FIX = (
     "ProtectHome=read-only\n"
     if any(_REAL_PYTHON.is_relative_to(h) for h in ("/root", "/home", "/run/user"))
     else ""
+) + (
+    # PrivateTmp=yes gives the service its own /tmp: a checkout (and its venv) under /tmp,
+    # as a CI clone may be, is bound back in read-only.
+    f"BindReadOnlyPaths={REPO}\n"
+    if any(REPO.is_relative_to(t) for t in ("/tmp", "/var/tmp"))
+    else ""
 )
 
 STANDIN_UNIT = f"""\
