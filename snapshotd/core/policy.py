@@ -98,6 +98,18 @@ class Policy:
         """The snapshot name for a run at ``when`` (rendered in UTC)."""
         return render_name(self.snapshot.name, self.name, domain, when)
 
+    def quiesces(self, domain: DomainInfo) -> bool:
+        """Whether the first attempt for ``domain`` asks the guest agent to freeze.
+
+        Quiesce applies to running guests: ``true`` on a paused guest is asked for (and
+        refused by the planner: its agent cannot answer); a shut-off guest has no file
+        systems in use, so neither ``true`` nor ``try`` quiesces it.
+        """
+        mode = self.snapshot.quiesce
+        if mode is Quiesce.YES:
+            return domain.state is not DomainState.SHUTOFF
+        return mode is Quiesce.TRY and domain.state is DomainState.RUNNING
+
     def request(self, domain: DomainInfo, when: dt.datetime, *, quiesce: bool) -> SnapshotRequest:
         """The request for one snapshot of ``domain`` at ``when``.
 

@@ -18,7 +18,7 @@ from snapshotd import __version__
 from snapshotd.core import snapxml
 from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
-from snapshotd.core.policy import Policy, Quiesce
+from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
 from snapshotd.core.schedule import next_due
 from snapshotd.core.table import TABLE
@@ -410,9 +410,9 @@ def _plan_entry(
     if skip is not None:
         entry["skip"] = skip
     else:
-        quiesce = policy.snapshot.quiesce is not Quiesce.NO and domain.state.value == "running"
         try:
-            plan = plan_snapshot(domain, policy.request(domain, at, quiesce=quiesce))
+            request = policy.request(domain, at, quiesce=policy.quiesces(domain))
+            plan = plan_snapshot(domain, request)
             xml = operations.render_checked(plan.spec)
         except SnapshotdError as exc:
             entry["refused"] = str(exc)
@@ -545,14 +545,10 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     now = _now()
     reports = []
     with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+        domains = [hv.domain(args.domain)] if args.domain else hv.list_domains()
         for policy in policies:
             if policy.retention is None:
                 continue
-            domains = (
-                [hv.domain(args.domain)]
-                if args.domain
-                else [d for d in hv.list_domains() if policy.selector.matches(d)]
-            )
             for domain in domains:
                 if not policy.selector.matches(domain):
                     continue

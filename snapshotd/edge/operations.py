@@ -21,7 +21,6 @@ from snapshotd.core import snapxml
 from snapshotd.core.model import (
     CreateFlag,
     DomainInfo,
-    DomainState,
     SnapshotInfo,
     SnapshotRequest,
     SnapshotSpec,
@@ -192,16 +191,9 @@ def _log(
 def create_for_policy(
     hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo, now: dt.datetime
 ) -> Created:
-    """One snapshot of ``domain`` under ``policy``, with quiesce: try's fallback.
-
-    Quiesce applies to running guests: ``true`` on a paused guest is refused (its
-    agent cannot answer); a shut-off guest has no file systems in use, so neither
-    ``true`` nor ``try`` quiesces it.
-    """
+    """One snapshot of ``domain`` under ``policy``, with quiesce: try's fallback."""
     mode = policy.snapshot.quiesce
-    quiesce = (mode is Quiesce.YES and domain.state is not DomainState.SHUTOFF) or (
-        mode is Quiesce.TRY and domain.state is DomainState.RUNNING
-    )
+    quiesce = policy.quiesces(domain)
     request = policy.request(domain, now, quiesce=quiesce)
     try:
         return create(hv, catalog, domain, request, policy=policy.name, now=now)
