@@ -452,6 +452,17 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         default="4",
         example="4",
     ),
+    Option(
+        "operation_timeout",
+        Kind.DURATION,
+        "How long one scheduled snapshot (with its retention) may take before the daemon "
+        "reports it as overrun: an error in the journal and the status line, and its "
+        "worker is handed to the next job.  The libvirt call itself cannot be cancelled "
+        "safely, so the domain gets no other operation until it returns; what it made "
+        "is then recorded as usual.  At least 1s.",
+        default="10m",
+        example="30m",
+    ),
 )
 
 
@@ -463,6 +474,7 @@ class Config:
     state_dir: str = DEFAULT_STATE_DIR
     connect: tuple[str, ...] = DEFAULT_CONNECT
     workers: int = 4
+    operation_timeout: dt.timedelta = dt.timedelta(minutes=10)
     source: str | None = None  # the file it came from; None for the built-in defaults
 
 
@@ -1537,10 +1549,14 @@ def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
     if not r.errors and r.count("workers") < 1:
         node, path = r.where("workers")
         r.error(node, path, "must be at least 1")
+    if not r.errors and r.duration("operation_timeout") < dt.timedelta(seconds=1):
+        node, path = r.where("operation_timeout")
+        r.error(node, path, "must be at least 1s")
     if r.errors:
         return r.sorted_errors()
     return Config(
         workers=r.count("workers"),
+        operation_timeout=r.duration("operation_timeout"),
         policy_dir=naming.check_directory(r.text("policy_dir"), "policy_dir"),
         state_dir=naming.check_directory(r.text("state_dir"), "state_dir"),
         connect=tuple(dict.fromkeys(r.texts("connect"))),

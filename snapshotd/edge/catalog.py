@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,26 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+_CREATING = threading.Lock()
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it does not exist yet.
+
+    Only ever opens and closes the file when it did not exist: closing any
+    descriptor of a database file drops every POSIX lock this process holds on
+    it, including the locks of SQLite connections on other threads.  Without
+    them, another process closing its last connection believes it is alone,
+    checkpoints and deletes the WAL under our feet, and the catalog is corrupt.
+    """
+    with _CREATING:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotRow:
     uri: str
@@ -107,8 +128,7 @@ class Catalog:
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        _create_private(path)
         self.path = str(path)
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -22,7 +22,7 @@ from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
 from snapshotd.core.schedule import next_due
 from snapshotd.core.table import TABLE
-from snapshotd.edge import files, operations, output
+from snapshotd.edge import files, operations, output, report
 from snapshotd.edge.catalog import Catalog
 from snapshotd.edge.hypervisor import Hypervisor
 from snapshotd.edge.policyfiles import Settings, load_settings
@@ -228,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers", type=int, default=None, help="snapshots taken at once (default: config, 4)"
     )
+
+    status = sub.add_parser(
+        "status",
+        help="what the daemon is doing and has done",
+        description="Read the daemon's state directory: whether it is running, the policies "
+        "in force and any load errors, and per domain and policy the last snapshot and its "
+        "age, the next due time and the last error. Exit status 0 when the daemon is "
+        "running, 3 when it is not.",
+    )
+    _paths(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
 
     lst = sub.add_parser("list", help="list a domain's snapshots")
     _connect(lst)
@@ -619,6 +630,73 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+EXIT_NOT_RUNNING = 3  # as LSB's and systemctl's status
+
+
+def _utc(epoch: int | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    settings = load_settings(
+        config=args.config,
+        default_config=DEFAULT_CONFIG,
+        policy_dir=args.policy_dir,
+        state_dir=args.state_dir,
+        load_policies=False,
+    )
+    data = report.collect(settings.state_dir)
+    running = data["daemon"]["running"]
+    if args.json:
+        _dump(data, out)
+        return EXIT_OK if running else EXIT_NOT_RUNNING
+    daemon = data["daemon"]
+    if running:
+        pid = f"pid {daemon['pid']}" if daemon["pid"] else "pid unknown"
+        state = f"running ({pid}, since {_utc(daemon['started_at'])})"
+        if daemon["stopping"]:
+            state += ", stopping"
+    else:
+        state = "not running"
+    print(f"daemon: {state}", file=out)
+    print(f"state directory: {data['state_dir']}", file=out)
+    if data["config"]:
+        print(f"config: {data['config']}", file=out)
+    label = "policies in force" if running else "policies when it last ran"
+    print(f"{label}: {', '.join(data['policies']) or 'none'}", file=out)
+    for error in data["load_errors"]:
+        print(f"  policy error: {error}", file=out)
+    for link in data["connections"]:
+        up = "connected" if link["connected"] else f"not connected: {link['error']}"
+        print(f"connection {link['uri']}: {up}", file=out)
+    if data["last_error"]:
+        print(f"last error: {data['last_error']}", file=out)
+    rows = data["domains"]
+    if not rows:
+        print("(no snapshots scheduled or taken yet)", file=out)
+        return EXIT_OK if running else EXIT_NOT_RUNNING
+    print(
+        f"{'domain':<24} {'policy':<16} {'last snapshot':<36} {'age':>7}  {'next due':<20} "
+        "last error",
+        file=out,
+    )
+    for row in rows:
+        last = row["last_snapshot"]
+        if row["running"]:
+            due = "overrun" if row["overrun"] else "running now"
+        else:
+            due = _utc(row["next_due"]) if row["next_due"] else "-"
+        error = row["last_error"]["message"].splitlines()[0] if row["last_error"] else "-"
+        print(
+            f"{row['domain']:<24} {row['policy']:<16} {last['name'] if last else '-':<36} "
+            f"{report.age(last['age_seconds']) if last else '-':>7}  {due:<20} {error}",
+            file=out,
+        )
+    return EXIT_OK if running else EXIT_NOT_RUNNING
+
+
 def cmd_run(args: argparse.Namespace, _out: TextIO) -> int:
     from snapshotd.edge import daemon, logs, notify, watch  # noqa: PLC0415 - only `run` needs them
 
@@ -640,6 +718,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "take": cmd_take,
     "prune": cmd_prune,
     "list": cmd_list,
+    "status": cmd_status,
 }
 
 

@@ -10,10 +10,16 @@ an event arrives on its queue, never polling the schedule:
 * ``wake``     anything else that wants the loop to look again.
 
 Libvirt calls never run on the main loop: each URI has a ``Link`` thread that
-connects (with backoff), registers domain events and lists domains; snapshot
-jobs run on a bounded worker pool, at most one per domain at a time.  The loop
-pings systemd's watchdog from its own progress, so a hung loop gets the
-daemon restarted.
+connects (with backoff), registers domain events and lists domains; each
+snapshot job runs on a thread of its own, at most ``workers`` at a time and one
+per domain.  A job that runs past ``operation_timeout`` is reported (journal,
+status line, status file) and stops counting against ``workers``; its domain
+stays busy until libvirt returns, because a libvirt call cannot be cancelled
+safely from outside.  The loop pings systemd's watchdog from its own progress,
+so a hung loop gets the daemon restarted.
+
+The daemon holds ``daemon.lock`` in its state directory while it runs and keeps
+``status.json`` there up to date for ``snapshotd status``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import queue
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -39,6 +45,7 @@ from snapshotd.edge.hypervisor import Hypervisor
 from snapshotd.edge.logs import log_event, sanitize_uri
 from snapshotd.edge.notify import Notifier
 from snapshotd.edge.policyfiles import Settings, load_settings
+from snapshotd.edge.statefile import DaemonLock, StatusWriter
 from snapshotd.errors import LibvirtError, SnapshotdError
 
 log = logging.getLogger("snapshotd")
@@ -70,6 +77,18 @@ class Due:
     slot: dt.datetime
     reason: str
     retries: int = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """A snapshot job in flight."""
+
+    key: Key
+    domain: str
+    started: float  # time.monotonic()
+    deadline: float  # time.monotonic() past which it is overrun
+    since: float  # time.time() when it started, for the status file
+    overrun: bool = False
 
 
 @dataclass(slots=True)
@@ -201,19 +220,28 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._workers = workers  # None: the config's ``workers``
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+        self.limit = 1
         self.policies: dict[str, Policy] = {}
         self.domains: dict[str, list[DomainInfo]] = {}
         self.due: dict[Key, Due] = {}
-        self.busy: set[str] = set()  # domain uuids with a job in flight
-        self.running: set[Key] = set()  # keys whose job is in flight
-        self.inflight = 0
+        self.jobs: dict[Key, Job] = {}  # in flight, overrun ones included
         self.status = Status()
         self.links: dict[str, Link] = {}
+        self.connected: dict[str, tuple[bool, str | None]] = {}
         self.settings: Settings | None = None
         self._stopping = False
         self._stop_at = 0.0
         self._reconciled: set[str] = set()
+        self._started_at = time.time()
+        self._status_file: StatusWriter | None = None
+
+    @property
+    def inflight(self) -> int:
+        """Jobs that count against ``workers``: those in flight and not overrun."""
+        return sum(1 for job in self.jobs.values() if not job.overrun)
+
+    def _busy(self, uuid: str) -> bool:
+        return any(key.uuid == uuid for key in self.jobs)
 
     # --- settings -----------------------------------------------------------------
 
@@ -266,7 +294,7 @@ class Daemon:
         live = set()
         for key, policy, domain in self._keys():
             live.add(key)
-            if key in self.due or key in self.running:
+            if key in self.due or key in self.jobs:
                 continue  # already scheduled, or its run is in flight
             run = runs.get(policy.name, domain.uuid)
             last = _utc(run.last_slot) if run and run.last_slot is not None else None
@@ -284,7 +312,9 @@ class Daemon:
     def _dispatch(self, runs: RunLog, now: float) -> None:
         ready = sorted(((d.at, k) for k, d in self.due.items() if d.at <= now), key=lambda x: x[0])
         for _at, key in ready:
-            if self._stopping or key.uuid in self.busy:
+            if self._stopping or self.inflight >= self.limit:
+                break  # the rest stay due and go as soon as a worker is free
+            if self._busy(key.uuid):
                 continue
             policy = self.policies.get(key.policy)
             domain = self._domain(key)
@@ -300,10 +330,43 @@ class Daemon:
                 log.info("%s: skipped by %s: %s", domain.name, policy.name, skip)
                 runs.finish(policy.name, domain.uuid, slot=None, error=None, now=int(now))
                 continue
-            self.busy.add(key.uuid)
-            self.running.add(key)
-            self.inflight += 1
-            self.pool.submit(self._job, key, policy, domain, hv, due)
+            mono = time.monotonic()
+            self.jobs[key] = Job(key, domain.name, mono, mono + self._operation_timeout(), now)
+            threading.Thread(
+                target=self._job,
+                args=(key, policy, domain, hv, due),
+                name=f"job {domain.name}",
+                daemon=True,
+            ).start()
+
+    def _operation_timeout(self) -> float:
+        return self.settings.operation_timeout if self.settings is not None else 600.0
+
+    def _check_overruns(self) -> None:
+        """Report each job that has run past ``operation_timeout``, once."""
+        mono = time.monotonic()
+        for job in self.jobs.values():
+            if job.overrun or mono < job.deadline:
+                continue
+            job.overrun = True
+            seconds = int(mono - job.started)
+            message = (
+                f"{job.domain}: snapshot by {job.key.policy} still running after {seconds} s "
+                f"(operation_timeout {self._operation_timeout():g} s); its worker goes to the "
+                f"next job, and {job.domain} gets no other operation until libvirt returns "
+                "(is its QEMU process stopped or hung?)"
+            )
+            log_event(
+                log,
+                logging.ERROR,
+                message,
+                policy=job.key.policy,
+                domain=job.domain,
+                operation="create",
+                duration_ms=seconds * 1000,
+                uri=job.key.uri,
+            )
+            self.status.last_error = message[:120]
 
     def _domain(self, key: Key) -> DomainInfo | None:
         for domain in self.domains.get(key.uri, []):
@@ -436,9 +499,15 @@ class Daemon:
         runs.finish(run.policy, run.domain_uuid, slot=run.in_progress_slot, error=None, now=now)
 
     def _finished(self, key: Key, due: Due, outcome: tuple[str, Any]) -> None:
-        self.busy.discard(key.uuid)
-        self.running.discard(key)
-        self.inflight -= 1
+        job = self.jobs.pop(key, None)
+        if job is not None and job.overrun:
+            log.warning(
+                "%s: the overrun snapshot by %s ended after %d s (%s)",
+                job.domain,
+                key.policy,
+                int(time.monotonic() - job.started),
+                outcome[0],
+            )
         kind, error = outcome
         policy = self.policies.get(key.policy)
         if kind == "transient":
@@ -467,6 +536,54 @@ class Daemon:
         else:
             self.status.next_due = "-"
         self.notifier.status(self.status.line())
+        if self._status_file is not None:
+            try:
+                self._status_file.write(self._status_dict())
+            except OSError as exc:
+                log.warning("cannot write the status file: %s", exc)
+
+    def _status_dict(self) -> dict[str, Any]:
+        """What ``snapshotd status`` shows besides the catalog: see statefile.py."""
+        names = {(uri, d.uuid): d.name for uri, ds in self.domains.items() for d in ds}
+        settings = self.settings
+        return {
+            "pid": os.getpid(),
+            "started_at": int(self._started_at),
+            "config": settings.config_source if settings is not None else None,
+            "policy_dir": settings.policy_dir if settings is not None else None,
+            "policies": sorted(self.policies),
+            "load_errors": self.status.load_errors,
+            "connections": [
+                {"uri": sanitize_uri(uri), "connected": up, "error": error}
+                for uri, (up, error) in sorted(self.connected.items())
+            ],
+            "workers": self.limit,
+            "operation_timeout": self._operation_timeout(),
+            "scheduled": [
+                {
+                    "policy": key.policy,
+                    "uri": sanitize_uri(key.uri),
+                    "domain_uuid": key.uuid,
+                    "domain": names.get((key.uri, key.uuid), key.uuid),
+                    "next_due": int(due.at),
+                    "reason": due.reason,
+                }
+                for key, due in sorted(self.due.items())
+            ],
+            "running": [
+                {
+                    "policy": key.policy,
+                    "uri": sanitize_uri(key.uri),
+                    "domain_uuid": key.uuid,
+                    "domain": job.domain,
+                    "since": int(job.since),
+                    "overrun": job.overrun,
+                }
+                for key, job in sorted(self.jobs.items())
+            ],
+            "last_error": self.status.last_error,
+            "stopping": self._stopping,
+        }
 
     def _start(self, watcher_factory: Any) -> Any:
         """Signals, first policy load, one Link per URI, the directory watcher."""
@@ -476,7 +593,8 @@ class Daemon:
         if self.settings is None:
             raise RuntimeError("no settings after the first load")
         workers = self._workers if self._workers is not None else self.settings.workers
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="job")
+        self.limit = max(1, workers)
+        self._status_file = StatusWriter(self.settings.state_dir)
         for uri in self.paths.connect or self.settings.connect:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()
@@ -491,6 +609,10 @@ class Daemon:
     def _timeout(self, now: float) -> float:
         """How long the loop may sleep: until the next due time, a watchdog ping or a stop check."""
         timeout = min((d.at for d in self.due.values()), default=now + 3600) - now
+        mono = time.monotonic()
+        for job in self.jobs.values():
+            if not job.overrun:
+                timeout = min(timeout, job.deadline - mono + 0.01)
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             timeout = min(timeout, interval)
@@ -499,13 +621,19 @@ class Daemon:
         return max(timeout, 0.0)
 
     def run(self, *, watcher_factory: Any = None) -> int:
-        watcher = self._start(watcher_factory)
+        lock = self._lock()
+        try:
+            watcher = self._start(watcher_factory)
+        except BaseException:
+            lock.release()
+            raise
         catalog = Catalog(self._state_dir())
         runs = RunLog(catalog)
         ready = False
         try:
             while True:
                 now = time.time()
+                self._check_overruns()
                 self._schedule(runs, now)
                 self._dispatch(runs, now)
                 self._update_status(now)
@@ -529,9 +657,16 @@ class Daemon:
                 watcher.stop()
             for link in self.links.values():
                 link.stop()
-            self.pool.shutdown(wait=False, cancel_futures=True)
             catalog.close()
+            lock.release()
         return 0
+
+    def _lock(self) -> DaemonLock:
+        """The state directory's lock, taken before anything else happens."""
+        settings = self._load()
+        lock = DaemonLock(settings.state_dir)
+        lock.acquire()
+        return lock
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "stop" and not self._stopping:
@@ -550,11 +685,14 @@ class Daemon:
             hv = link.hypervisor if link is not None else None
             if uri not in self._reconciled and hv is not None:
                 self._reconciled.add(uri)
-                self.pool.submit(self._reconcile, uri, hv)
+                threading.Thread(
+                    target=self._reconcile, args=(uri, hv), name=f"reconcile {uri}", daemon=True
+                ).start()
         elif kind == "done":
             key, due, outcome = payload
             self._finished(key, due, outcome)
         elif kind == "link":
             uri, up, error = payload
+            self.connected[uri] = (up, error)
             if not up and error:
                 self.status.last_error = f"{uri}: {error}"[:120]

@@ -245,6 +245,7 @@ class Settings:
     connect: tuple[str, ...]
     policies: tuple[Policy, ...] = ()
     workers: int = 4
+    operation_timeout: float = 600.0  # seconds
     errors: tuple[LocatedError, ...] = ()
     ignored: tuple[str, ...] = ()
 
@@ -280,6 +281,7 @@ def load_settings(
         state_dir=state_dir if state_dir is not None else daemon.state_dir,
         connect=daemon.connect,
         workers=daemon.workers,
+        operation_timeout=daemon.operation_timeout.total_seconds(),
         policies=result.policies,
         errors=tuple(errors),
         ignored=result.ignored,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,12 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
 from lxml import etree
 
-from tests.integration.cli import REPO
+from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
@@ -287,3 +289,118 @@ def test_an_unreachable_uri_does_not_hold_up_the_others(
     daemon.wait_for(lambda: len(snapshots(dom)) >= 1, 20, "a snapshot on the reachable URI")
     assert daemon.stop() == 0
     assert "no-libvirtd.sock: not connected" in daemon.log.read_text()
+
+
+def status(daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    result = snapshotd(
+        "status",
+        "--config",
+        str(daemon.root / "snapshotd.yaml"),
+        "--state-dir",
+        str(daemon.state),
+        "--json",
+    )
+    return result.code, json.loads(result.out)
+
+
+def test_a_hung_qemu_is_reported_and_does_not_hold_up_the_others(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    hung = domain_factory(state="running")
+    other = domain_factory(state="shutoff")
+    config = daemon.root / "snapshotd.yaml"
+    # One worker: the other domain only gets snapshots if the overrun job frees it.
+    config.write_text("connect: [qemu:///system]\nworkers: 1\noperation_timeout: 3s\n")
+    config.chmod(0o644)
+    write_policy(daemon, "h", policy(hung, every="2s", keep=50))
+    write_policy(daemon, "o", policy(other, every="2s", keep=3))
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(hung)) >= 1, 20, "a first snapshot of each")
+    daemon.wait_for(lambda: len(snapshots(other)) >= 1, 20, "a first snapshot of each")
+    pid = int(Path(f"/run/libvirt/qemu/{hung.name}.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # QEMU stops answering its monitor: libvirt calls hang
+    try:
+        daemon.wait_for(
+            lambda: "still running after" in daemon.log.read_text(), 20, "the overrun report"
+        )
+        assert "operation_timeout 3 s" in daemon.log.read_text()
+        assert any("last error: " + hung.name in m for m in daemon.messages)
+        stuck = len(snapshots(hung))
+        code, data = status(daemon)
+        assert code == 0
+        assert data["daemon"]["running"] is True
+        row = next(d for d in data["domains"] if d["domain"] == hung.name)
+        assert row["running"] is True
+        assert row["overrun"] is True
+        # The other domain goes on with the only worker while the hung call waits.
+        before = snapshots(other)[-1][0]
+        daemon.wait_for(
+            lambda: snapshots(other)[-1][0] >= before + 3, 20, "the other domain's snapshots"
+        )
+        assert len(snapshots(hung)) == stuck  # never a second operation on the hung domain
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # libvirt returns; the snapshot it made is recorded, and the schedule goes on.
+    daemon.wait_for(lambda: "overrun snapshot by h ended" in daemon.log.read_text(), 30, "the end")
+    count = len(snapshots(hung))
+    daemon.wait_for(lambda: len(snapshots(hung)) > count, 20, "the hung domain's next snapshot")
+    assert daemon.stop() == 0
+
+
+def test_status_reports_what_the_daemon_did(domain_factory: DomainFactory, daemon: Daemon) -> None:
+    dom = domain_factory(state="shutoff")
+    write_policy(daemon, "st", policy(dom, every="2s", keep=2))
+    daemon.start()
+    daemon.wait_ready()
+    assert daemon.proc is not None
+    daemon.wait_for(lambda: len(snapshots(dom)) == 2, 20, "two snapshots")
+    first = snapshots(dom)[0][0]
+    daemon.wait_for(lambda: snapshots(dom)[0][0] > first, 20, "retention pruning the oldest")
+    code, data = status(daemon)
+    names = {name for _, name, _ in snapshots(dom)}
+    assert code == 0
+    assert data["daemon"]["running"] is True
+    assert data["daemon"]["pid"] == daemon.proc.pid
+    assert data["policies"] == ["st"]
+    assert data["load_errors"] == []
+    assert data["connections"] == [{"uri": "qemu:///system", "connected": True, "error": None}]
+    (row,) = [d for d in data["domains"] if d["domain"] == dom.name]
+    assert row["policy"] == "st"
+    assert row["domain_uuid"] == dom.dom.UUIDString()
+    # The last snapshot named is one retention kept (the list was read just after).
+    assert row["last_snapshot"]["name"] in names
+    assert 0 <= row["last_snapshot"]["age_seconds"] <= 5
+    assert row["next_due"] is not None
+    assert row["next_due"] <= time.time() + 3 or row["running"]
+    assert row["last_error"] is None
+
+    # A second daemon on the same state directory refuses, naming the first.
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snapshotd",
+            "run",
+            "--config",
+            str(daemon.root / "snapshotd.yaml"),
+            "--policy-dir",
+            str(daemon.policies),
+            "--state-dir",
+            str(daemon.state),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 1
+    assert f"another snapshotd daemon (pid {daemon.proc.pid}) is running" in second.stderr
+    assert daemon.proc.poll() is None  # the first one carries on
+
+    assert daemon.stop() == 0
+    code, data = status(daemon)
+    assert code == 3
+    assert data["daemon"]["running"] is False

@@ -105,3 +105,35 @@ def test_the_same_snapshot_cannot_be_recorded_twice(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError):
             catalog.record_snapshot(row("p-1", 1000))
         assert len(catalog.snapshots()) == 1
+
+
+def test_opening_the_catalog_again_keeps_other_connections_locks(tmp_path: Path) -> None:
+    """A second Catalog in the same process must not drop the first one's POSIX locks.
+
+    If it did (by opening and closing the database file), another process closing
+    its connection would find no locks, checkpoint, and delete the WAL under the
+    first connection: the next write reports "disk I/O error" or "file is not a
+    database".
+    """
+    first = Catalog(str(tmp_path))
+    try:
+        first.record_snapshot(row("p-1", 1000))
+        first.record_snapshot(row("p-0", 999))
+        # A read left open, as a fetchone() leaves its statement until it is reset.
+        reading = first.db.execute("SELECT name FROM snapshots")
+        assert reading.fetchone() is not None
+        with Catalog(str(tmp_path)) as second:
+            assert second.owner(UUID, "p-1", 1000) is not None
+        other = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT count(*) FROM snapshots').fetchall(); c.close()"
+        )
+        subprocess.run([sys.executable, "-c", other, str(tmp_path / DB_NAME)], check=True)
+        assert (tmp_path / (DB_NAME + "-wal")).exists()
+        reading.close()
+        first.record_snapshot(row("p-2", 1001))
+        assert [r.name for r in first.snapshots()] == ["p-0", "p-1", "p-2"]
+    finally:
+        first.close()
+    with Catalog(str(tmp_path)) as reopened:
+        assert [r.name for r in reopened.snapshots()] == ["p-0", "p-1", "p-2"]

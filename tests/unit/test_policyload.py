@@ -541,7 +541,7 @@ def test_config_errors() -> None:
         "c.yaml:2:12: state_dir: directory 'relative' must be an absolute path",
         "c.yaml:3:10: connect: lists no connection; snapshotd needs at least one (qemu:///system)",
         "c.yaml:4:1: schedule: unknown option 'schedule'; the options at the top level are "
-        "policy_dir, state_dir, connect, workers",
+        "policy_dir, state_dir, connect, workers, operation_timeout",
     ]
 
 
@@ -608,3 +608,13 @@ def test_config_workers() -> None:
     errors = policyload.parse_config("workers: 0\n", "c.yaml")
     assert isinstance(errors, list)
     assert [str(e) for e in errors] == ["c.yaml:1:10: workers: must be at least 1"]
+
+
+def test_config_operation_timeout() -> None:
+    assert policyload.Config().operation_timeout == dt.timedelta(minutes=10)
+    config = policyload.parse_config("operation_timeout: 90s\n", "c.yaml")
+    assert isinstance(config, policyload.Config)
+    assert config.operation_timeout == dt.timedelta(seconds=90)
+    errors = policyload.parse_config("operation_timeout: 0s\n", "c.yaml")
+    assert isinstance(errors, list)
+    assert [str(e) for e in errors] == ["c.yaml:1:20: operation_timeout: must be at least 1s"]

@@ -1,0 +1,122 @@
+"""The daemon's presence in its state directory: a lock and a status file.
+
+``daemon.lock``  held (flock, exclusive) for as long as ``snapshotd run`` runs; it
+                 holds the daemon's PID.  A second daemon on the same state
+                 directory refuses to start, and ``snapshotd status`` tells a
+                 running daemon from a stale file by trying the lock.
+``status.json``  what the main loop knows and the catalog does not: the policies
+                 in force, load errors, connections, each key's next due time and
+                 the jobs in flight.  Replaced atomically (write, fsync, rename),
+                 and only when its content changes, so an idle daemon writes
+                 nothing.
+
+Neither holds snapshot XML or credentials (URIs are written without them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snapshotd.errors import SnapshotdError
+
+LOCK_NAME = "daemon.lock"
+STATUS_NAME = "status.json"
+
+
+class AlreadyRunning(SnapshotdError):
+    """Another daemon holds the state directory."""
+
+
+class DaemonLock:
+    """The exclusive lock a running daemon holds on its state directory."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        Path(self.path.parent).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise AlreadyRunning(
+                f"another snapshotd daemon{who} is running on state directory "
+                f"{self.path.parent}; stop it first (systemctl stop snapshotd), or give this "
+                "one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, 32).decode().strip())
+    return None
+
+
+def daemon_pid(state_dir: str) -> int | None:
+    """The PID of the daemon running on ``state_dir``, or None when none is."""
+    path = Path(state_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or -1  # held: running, even if the PID is unreadable
+        return None  # nobody holds it: a file left by a daemon that stopped
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StatusWriter:
+    """Writes ``status.json`` when, and only when, its content changed."""
+
+    state_dir: str
+    _last: str | None = None
+
+    def write(self, status: dict[str, Any]) -> bool:
+        text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+        if text == self._last:
+            return False
+        path = Path(self.state_dir) / STATUS_NAME
+        temp = path.with_name(f".{STATUS_NAME}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        temp.replace(path)
+        self._last = text
+        return True
+
+
+def read_status(state_dir: str) -> dict[str, Any] | None:
+    """The last status the daemon wrote, or None (never ran, or the file is unreadable)."""
+    path = Path(state_dir) / STATUS_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
