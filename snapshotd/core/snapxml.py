@@ -233,6 +233,46 @@ def render_info(info: SnapshotInfo) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_catalog_only(
+    spec: SnapshotSpec, *, online: bool, created: int, domain_xml: str | None = None
+) -> str:
+    """The redefinable XML of a snapshot taken with NO_METADATA, for the catalog.
+
+    libvirt keeps nothing it could describe, so this is what it would have kept:
+    name, description, state, creation time, memory, every disk with its overlay,
+    and the domain definition from just before the snapshot (REDEFINE refuses a
+    snapshot without one).  It has no parent: with no metadata there was no
+    current snapshot to be one.
+    """
+    if spec.memory is Location.EXTERNAL:
+        state = "running"
+    elif online:
+        state = "disk-snapshot"
+    else:
+        state = "shutoff"
+    disks = tuple(
+        SnapshotDisk(
+            name=d.target,
+            snapshot=d.location.value,
+            type="file" if d.new_file else None,
+            driver_type=d.new_format if d.new_file else None,
+            source_file=d.new_file,
+        )
+        for d in spec.disks
+    )
+    info = SnapshotInfo(
+        name=spec.name,
+        description=spec.description,
+        state=state,
+        creation_time=created,
+        memory=spec.memory.value,
+        memory_file=spec.memory_file,
+        disks=disks,
+        domain_xml=domain_xml,
+    )
+    return render_info(info)
+
+
 def _disk_lines(disk: SnapshotDisk, what: str) -> list[str]:
     where = f"{what}: disk {disk.name!r}"
     pad = _INDENT * 2

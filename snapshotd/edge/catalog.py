@@ -207,6 +207,27 @@ class Catalog:
         found = cur.fetchone()
         return _row(cur, found) if found else None
 
+    def set_libvirt_metadata(
+        self, domain_uuid: str, name: str, created_at: int, held: bool
+    ) -> None:
+        """Record whether libvirt now holds this snapshot's metadata (after a redefine)."""
+        with self.transaction():
+            self._db.execute(
+                """UPDATE snapshots SET libvirt_metadata = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
+                (int(held), domain_uuid, name, created_at),
+            )
+
+    def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
+        """The newest live row for a snapshot name of a domain, or None."""
+        cur = self._db.execute(
+            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
+               ORDER BY created_at DESC, id DESC LIMIT 1""",
+            (domain_uuid, name),
+        )
+        found = cur.fetchone()
+        return _row(cur, found) if found else None
+
     def snapshots(
         self, *, domain_uuid: str | None = None, policy: str | None = None
     ) -> list[SnapshotRow]:

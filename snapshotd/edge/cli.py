@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd import __version__
@@ -22,9 +23,10 @@ from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
 from snapshotd.core.schedule import next_due
 from snapshotd.core.table import TABLE
-from snapshotd.edge import files, operations, output, report
-from snapshotd.edge.catalog import Catalog
+from snapshotd.edge import files, metadata, operations, output, report
+from snapshotd.edge.catalog import DB_NAME, Catalog
 from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.edge.logs import sanitize_uri
 from snapshotd.edge.policyfiles import Settings, load_settings
 from snapshotd.errors import PlanError, RequestError, SnapshotdError
 
@@ -240,11 +242,84 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    lst = sub.add_parser("list", help="list a domain's snapshots")
+    lst = sub.add_parser(
+        "list",
+        help="list a domain's snapshots",
+        description="libvirt's snapshots of the domain, and the catalog-only ones "
+        "(metadata: catalog) that only snapshotd's catalog knows.",
+    )
     _connect(lst)
+    _paths(lst)
     lst.add_argument("--domain", "-d", required=True, help="domain name or UUID")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _metadata_parsers(sub)
     return parser
+
+
+def _metadata_parsers(sub: Any) -> None:
+    """export, import, replicate, revert."""
+    exp = sub.add_parser(
+        "export",
+        help="write a domain's snapshot metadata as XML files",
+        description="One libvirt snapshot XML file per snapshot, parents first, and "
+        "index.json naming the current one. Files are written 0600.",
+    )
+    _connect(exp)
+    exp.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    exp.add_argument("--out", metavar="DIR", help="directory (default: ./DOMAIN-snapshots)")
+    exp.add_argument(
+        "--secure", action="store_true", help="include secrets (VIR_DOMAIN_SNAPSHOT_XML_SECURE)"
+    )
+
+    imp = sub.add_parser(
+        "import",
+        help="redefine snapshot metadata into libvirt",
+        description="Check every document against the domain and libvirt first (UUID, "
+        "parents, cycles, files), then redefine parents first (REDEFINE), the current one "
+        "with REDEFINE|CURRENT. All or nothing. With --dry-run and no --domain: describe and "
+        "validate any snapshot XML files.",
+    )
+    _connect(imp)
+    _paths(imp)
+    imp.add_argument("--domain", "-d", help="domain name or UUID (optional with --dry-run)")
+    imp.add_argument("sources", nargs="*", metavar="DIR|FILE", help="export directories or files")
+    imp.add_argument(
+        "--from-catalog",
+        action="store_true",
+        help="import the catalog's snapshots of the domain that libvirt does not have",
+    )
+    imp.add_argument(
+        "--snapshot", action="append", default=[], help="with --from-catalog: only these"
+    )
+    imp.add_argument("--current", metavar="NAME", help="make this snapshot current")
+    imp.add_argument("--dry-run", action="store_true", help="check and describe only")
+
+    rep = sub.add_parser(
+        "replicate",
+        help="copy a domain's snapshot metadata to another host",
+        description="Export from --connect, import into --to, where a domain with the same "
+        "UUID must exist. --remove-source-metadata then deletes the source's metadata only "
+        "(METADATA_ONLY), which lets libvirt migrate the domain.",
+    )
+    _connect(rep)
+    rep.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    rep.add_argument("--to", metavar="URI", required=True, help="the destination connection")
+    rep.add_argument("--remove-source-metadata", action="store_true")
+
+    rev = sub.add_parser(
+        "revert",
+        help="revert a domain to a snapshot",
+        description="If libvirt has no metadata for the snapshot (catalog-only, or lost with "
+        "a transient domain), it is redefined from the catalog first.",
+    )
+    _connect(rev)
+    _paths(rev)
+    rev.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    rev.add_argument("snapshot", help="the snapshot's name")
+    state = rev.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true", help="running afterwards")
+    state.add_argument("--paused", action="store_true", help="paused afterwards")
 
 
 # --- shared helpers ---------------------------------------------------------------------
@@ -578,6 +653,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
                     if r.dry_run
                     else r.deleted,
                     "failed": [{"snapshot": n, "error": e} for n, e in r.failed],
+                    "kept_in_use": [{"snapshot": n, "reason": why} for n, why in r.kept],
                     "kept": [
                         {"snapshot": v.name, "reasons": list(v.reasons)}
                         for v in r.verdicts
@@ -597,11 +673,14 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             )
             for name, error in r.failed:
                 print(f"  could not delete {name}: {error}", file=out)
+            for name, why in r.kept:
+                print(f"  kept {name}: {why}", file=out)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(_uri(args)) as hv:
+    settings = _settings(args, policies=False)
+    with Hypervisor.open(_uri(args, settings)) as hv:
         domain = hv.domain(args.domain)
         records = hv.list_snapshots(domain.name)
     rows = []
@@ -609,24 +688,157 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         info = snapxml.parse_snapshot(rec.xml, source=f"snapshot {rec.name!r}")
         item = output.snapshot_dict(info, rec.is_current)
         item["parent"] = rec.parent
+        item["catalog_only"] = False
         rows.append((info, item))
+    listed = {rec.name for rec in records}
+    if Path(settings.state_dir, DB_NAME).exists():
+        with Catalog(settings.state_dir) as catalog:
+            for row in catalog.snapshots(domain_uuid=domain.uuid):
+                if row.libvirt_metadata or row.name in listed:
+                    continue
+                info = snapxml.parse_snapshot(row.xml, source=f"catalog: {row.name}")
+                item = output.snapshot_dict(info, None)
+                item["catalog_only"] = True
+                item["policy"] = row.policy
+                rows.append((info, item))
     if args.json:
         _dump([item for _info, item in rows], out)
         return EXIT_OK
     print(
-        f"{'name':<32} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent",
+        f"{'name':<47} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent",
         file=out,
     )
     for info, item in rows:
         created = (item["creation_time"] or "-")[:19].replace("T", " ")
         mark = " *" if item["current"] else ""
+        mark += " (catalog-only)" if item["catalog_only"] else ""
         print(
-            f"{(item['name'] or '') + mark:<32} {created:<20} {info.state or '-':<14} "
+            f"{(item['name'] or '') + mark:<47} {created:<20} {info.state or '-':<14} "
             f"{info.memory or '-':<9} {output.disk_summary(info):<28} {item['parent'] or '-'}",
             file=out,
         )
     if not rows:
         print(f"(domain {domain.name} has no snapshots)", file=out)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(_uri(args)) as hv:
+        domain = hv.domain(args.domain)
+        target = args.out or f"{domain.name}-snapshots"
+        done = metadata.export(hv, domain.name, target, secure=args.secure)
+    print(f"exported {len(done.files)} snapshots of {domain.name} to {done.directory}", file=out)
+    for path in done.files:
+        print(f"  {path}", file=out)
+    print(f"current: {done.current or 'none'} (in {done.directory}/{metadata.INDEX})", file=out)
+    return EXIT_OK
+
+
+def _describe(step_or_item: Any, action: str, out: TextIO) -> None:
+    info = step_or_item.info
+    disks = ",".join(f"{d.name}={d.snapshot or '-'}" for d in info.disks) or "-"
+    created = output.iso(info.creation_time) or "-"
+    print(f"{step_or_item.source}: {info.name} [{action}]", file=out)
+    print(
+        f"  parent {info.parent or '-'}; state {info.state or '-'}; created {created}; "
+        f"memory {info.memory or '-'}; disks {disks}; domain {info.domain_uuid or '-'}",
+        file=out,
+    )
+
+
+def _validate_documents(docs: metadata.Documents, out: TextIO) -> int:
+    """import --dry-run without a domain: describe each document, checked alone.
+
+    A document is valid when it is well-formed snapshot XML; what REDEFINE would
+    still need (a state, a creation time, the domain definition) is said, not refused.
+    """
+    for item in docs.items:
+        info = item.info
+        lacking = [
+            f"<{tag}>"
+            for tag, value in (
+                ("state", info.state),
+                ("creationTime", info.creation_time),
+                ("domain", info.domain_xml),
+            )
+            if value is None
+        ]
+        verdict = "valid" + (f"; to redefine it needs {', '.join(lacking)}" if lacking else "")
+        _describe(item, verdict, out)
+    if docs.problems:
+        raise metadata.ImportRefused("\n  ".join(["invalid:", *map(str, docs.problems)]))
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.sources and not args.from_catalog:
+        raise RequestError("name export directories or files to import, or --from-catalog")
+    if args.domain is None and not (args.dry_run and not args.from_catalog):
+        raise RequestError("--domain is needed, except to check files with --dry-run")
+    docs = metadata.read_documents(args.sources)
+    if args.domain is None:
+        return _validate_documents(docs, out)
+    if docs.problems:
+        raise metadata._problems(docs.problems)
+    settings = _settings(args, policies=False) if args.from_catalog else None
+    with Hypervisor.open(_uri(args, settings)) as hv:
+        domain = hv.domain(args.domain)
+        items = list(docs.items)
+        if settings is not None:
+            with Catalog(settings.state_dir) as catalog:
+                existing = {r.name for r in hv.list_snapshots(domain.name)}
+                chosen = metadata.catalog_items(catalog, domain, args.snapshot)
+                items += [i for i in chosen if i.name not in existing or args.snapshot]
+        plan = metadata.check_import(hv, domain, items, current=args.current or docs.current)
+        for step in plan.steps:
+            verb = ("would " if args.dry_run else "") + step.action
+            _describe(step.item, verb, out)
+        for note in plan.notes:
+            print(f"note: {note}", file=out)
+        if args.dry_run:
+            return EXIT_OK
+        if settings is not None:
+            with Catalog(settings.state_dir) as catalog:
+                defined = metadata.run_import(hv, domain, plan, catalog=catalog)
+        else:
+            defined = metadata.run_import(hv, domain, plan)
+    print(
+        f"imported {len(defined)} snapshots into {domain.name}; "
+        f"current: {plan.current or 'unchanged'}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(_uri(args)) as source, Hypervisor.open(args.to) as target:
+        done = metadata.replicate(
+            source, target, args.domain, remove_source_metadata=args.remove_source_metadata
+        )
+    print(
+        f"replicated {len(done.defined)} snapshots of {args.domain} to {sanitize_uri(args.to)}; "
+        f"current: {done.current or 'none'}",
+        file=out,
+    )
+    if done.removed_from_source:
+        print(
+            f"removed the source's metadata of {len(done.removed_from_source)} snapshots "
+            "(their data is untouched)",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
+    settings = _settings(args, policies=False)
+    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+        redefined = metadata.revert(
+            hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused
+        )
+        state = hv.domain(args.domain).state.value
+    if redefined:
+        print(f"redefined from the catalog: {', '.join(redefined)}", file=out)
+    print(f"reverted {args.domain} to {args.snapshot}; it is {state}", file=out)
     return EXIT_OK
 
 
@@ -719,6 +931,10 @@ VERBS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "prune": cmd_prune,
     "list": cmd_list,
     "status": cmd_status,
+    "export": cmd_export,
+    "import": cmd_import,
+    "replicate": cmd_replicate,
+    "revert": cmd_revert,
 }
 
 

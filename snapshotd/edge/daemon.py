@@ -426,15 +426,19 @@ class Daemon:
                         operation="delete",
                         **fields,
                     )
-                for failed, why in report.failed:
-                    log_event(
-                        log,
-                        logging.ERROR,
-                        f"{domain.name}: could not prune {failed}: {why}",
-                        snapshot=failed,
-                        operation="delete",
-                        **fields,
-                    )
+                for level, verb, entries in (
+                    (logging.ERROR, "could not prune", report.failed),
+                    (logging.INFO, "kept", report.kept),
+                ):
+                    for name, why in entries:
+                        log_event(
+                            log,
+                            level,
+                            f"{domain.name}: {verb} {name}: {why}",
+                            snapshot=name,
+                            operation="delete",
+                            **fields,
+                        )
             outcome = ("ok", None)
         except SnapshotdError as exc:
             # libvirt failed it (maybe transient), or snapshotd refused it before libvirt.

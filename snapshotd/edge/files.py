@@ -9,7 +9,9 @@ files.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 from pathlib import Path
 
 from snapshotd.core.model import CreateFlag, SnapshotSpec
@@ -70,3 +72,73 @@ def remove_dirs(created: list[str]) -> None:
             Path(path).rmdir()
         except OSError:
             return
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+MAX_CHAIN = 64
+
+
+def backing_chain(image: str) -> list[str]:
+    """``image`` and its backing files, top first, read from the qcow2 headers.
+
+    Works whether or not a QEMU process has the image open (only the header is
+    read).  Stops at a file that is not qcow2 (raw images have no backing file), at
+    a missing file, and after MAX_CHAIN links.  Relative backing names are resolved
+    against the directory of the image that names them, as QEMU does.
+    """
+    chain: list[str] = []
+    path: str | None = absolute(image)
+    while path is not None and len(chain) < MAX_CHAIN and path not in chain:
+        chain.append(path)
+        path = _backing_file(path)
+    return chain
+
+
+def absolute(path: str) -> str:
+    """An absolute, normalised path; symlinks are not resolved (libvirt names files so)."""
+    return os.path.normpath(Path(path).absolute())
+
+
+def _backing_file(path: str) -> str | None:
+    try:
+        with Path(path).open("rb") as f:
+            header = f.read(20)
+            if len(header) < 20 or header[:4] != QCOW2_MAGIC:
+                return None
+            offset, size = struct.unpack(">QI", header[8:20])
+            if offset == 0 or size == 0 or size > 4096:
+                return None
+            f.seek(offset)
+            name = f.read(size).decode("utf-8", "replace")
+    except OSError:
+        return None
+    if name.startswith(("json:", "nbd:", "rbd:", "iscsi:", "gluster:")):
+        return None  # not a local file
+    return absolute(str(Path(path).parent / name))
+
+
+def remove_files(paths: tuple[str, ...]) -> list[str]:
+    """Remove these regular files (never a directory or through a symlink); returns
+    the ones that were there and are gone now."""
+    removed = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if Path(path).is_symlink() or not Path(path).is_file():
+                continue
+            Path(path).unlink()
+            removed.append(path)
+    return removed
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600: write, fsync, rename.
+
+    Never writes through a symlink at the temporary name.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    temp.replace(path)

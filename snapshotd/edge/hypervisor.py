@@ -249,11 +249,13 @@ class Hypervisor:
             conn = libvirt.open(uri)
         hypervisor = cls(conn, uri)
         try:
-            with _calling("set keepalive", None):
-                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except BaseException:
-            hypervisor.close()
-            raise
+            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except libvirt.libvirtError as exc:
+            # A driver running in this process (qemu:///embed, test:///) has no
+            # connection to keep alive and says so; anything else is an error.
+            if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
+                hypervisor.close()
+                raise _convert(exc, "set keepalive", None, None) from exc
         return hypervisor
 
     @property
@@ -366,10 +368,13 @@ class Hypervisor:
         with _calling("read domain", name_or_uuid, f"domain {name_or_uuid!r} not found"):
             return self._info(dom)
 
-    def domain_xml(self, name: str, *, inactive: bool = False) -> str:
-        """The domain's XML: the live definition, or with ``inactive`` the persistent one."""
+    def domain_xml(self, name: str, *, inactive: bool = False, secure: bool = False) -> str:
+        """The domain's XML: the live definition, or with ``inactive`` the persistent one;
+        ``secure`` includes secrets (for the catalog only, never for logs)."""
         dom = self._lookup(name)
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        if secure:
+            flags |= libvirt.VIR_DOMAIN_XML_SECURE
         with _calling("read domain XML", name, f"domain {name!r} not found"):
             return str(dom.XMLDesc(flags))
 
@@ -434,6 +439,40 @@ class Hypervisor:
                     continue
                 raise _convert(exc, "read snapshot", domain, missing) from exc
         return records
+
+    def redefine_snapshot(self, domain: str, xml: str, *, current: bool = False) -> str:
+        """Give libvirt a snapshot's metadata back (REDEFINE; with ``current``, CURRENT).
+
+        Nothing is taken: the snapshot's data (internal snapshots, overlay and memory
+        files) must already exist.  Returns the snapshot's name.
+        """
+        dom = self._lookup(domain)
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+        if current:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+        with _calling("redefine snapshot", domain, f"domain {domain!r} not found"):
+            return str(dom.snapshotCreateXML(xml, flags).getName())
+
+    def current_snapshot(self, domain: str) -> str | None:
+        """The name of the domain's current snapshot, or None when it has none."""
+        dom = self._lookup(domain)
+        with _calling("read the current snapshot", domain, f"domain {domain!r} not found"):
+            if not dom.hasCurrentSnapshot(0):
+                return None
+            return str(dom.snapshotCurrent(0).getName())
+
+    def revert_snapshot(
+        self, domain: str, snapshot: str, *, running: bool = False, paused: bool = False
+    ) -> None:
+        """Revert the domain to a snapshot; ``running``/``paused`` force the state after."""
+        snap = self._snapshot(domain, snapshot)
+        flags = 0
+        if running:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+        if paused:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
+        with _calling(f"revert to snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+            snap.domain().revertToSnapshot(snap, flags)
 
     def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
         """Delete one snapshot (not its children); ``metadata_only`` keeps its data."""

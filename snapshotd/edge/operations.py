@@ -18,9 +18,11 @@ from pathlib import Path
 from lxml import etree
 
 from snapshotd.core import snapxml
+from snapshotd.core.domain import parse_domain
 from snapshotd.core.model import (
     CreateFlag,
     DomainInfo,
+    DomainState,
     SnapshotInfo,
     SnapshotRequest,
     SnapshotSpec,
@@ -82,6 +84,10 @@ def create(
     spec = plan.spec
     xml = render_checked(spec)
     made_dirs = files.check_targets(spec, create_dirs=True)
+    keeps_metadata = CreateFlag.NO_METADATA not in spec.flags
+    # For NO_METADATA the catalog writes what libvirt would have kept, including the
+    # domain definition from before the snapshot changes its disks.
+    before = None if keeps_metadata else hv.domain_xml(spec.domain, secure=True)
     started = time.monotonic()
     try:
         returned = hv.create_snapshot(spec.domain, xml, spec.flags)
@@ -100,8 +106,14 @@ def create(
             now=now,
         )
         raise
-    keeps_metadata = CreateFlag.NO_METADATA not in spec.flags
-    stored = hv.snapshot_xml(spec.domain, spec.name, secure=True) if keeps_metadata else returned
+    if before is None:
+        stored = hv.snapshot_xml(spec.domain, spec.name, secure=True)
+    else:
+        online = domain.state is not DomainState.SHUTOFF
+        stored = snapxml.render_catalog_only(
+            spec, online=online, created=_epoch(now), domain_xml=before
+        )
+        returned = snapxml.render_catalog_only(spec, online=online, created=_epoch(now))
     info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
     catalog.record_snapshot(
         SnapshotRow(
@@ -213,9 +225,10 @@ def create_for_policy(
 class Owned:
     """One of a domain's snapshots as retention sees it."""
 
-    record: SnapshotRecord
+    record: SnapshotRecord | None  # None: catalog-only (NO_METADATA), libvirt has nothing
     info: SnapshotInfo
     candidate: Candidate
+    row: SnapshotRow | None = None  # the catalog's row, when the snapshot is ours
 
 
 @dataclass(slots=True)
@@ -225,6 +238,7 @@ class PruneReport:
     verdicts: list[Verdict] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, error)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why) despite retention
     dry_run: bool = False
 
     @property
@@ -235,15 +249,46 @@ class PruneReport:
 def snapshots_of(
     hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo
 ) -> list[Owned]:
-    """The domain's libvirt snapshots, each marked owned (by this policy) or not."""
+    """The domain's snapshots, each marked owned (by this policy) or not: libvirt's, and
+    the policy's catalog-only ones (NO_METADATA) that libvirt does not list."""
     result = []
+    listed = set()
     for record in hv.list_snapshots(domain.name):
         info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
         row = catalog.owner(domain.uuid, record.name, info.creation_time)
         owned = row is not None and row.policy == policy.name
         created = dt.datetime.fromtimestamp(info.creation_time or 0, dt.UTC)
-        result.append(Owned(record, info, Candidate(record.name, created, owned)))
+        result.append(Owned(record, info, Candidate(record.name, created, owned), row))
+        listed.add(record.name)
+    for row in catalog.snapshots(domain_uuid=domain.uuid, policy=policy.name):
+        if row.libvirt_metadata or row.name in listed:
+            continue
+        info = snapxml.parse_snapshot(row.xml, source=f"catalog snapshot {row.name!r}")
+        created = dt.datetime.fromtimestamp(row.created_at, dt.UTC)
+        result.append(Owned(None, info, Candidate(row.name, created, True), row))
     return result
+
+
+def in_use(hv: Hypervisor, domain: DomainInfo, row: SnapshotRow) -> str | None:
+    """Why a catalog-only snapshot's files must stay, or None when none is in use.
+
+    A file stays while it is in a disk's current backing chain (an overlay the domain
+    writes to, or one that a newer overlay is built on).
+    """
+    current = parse_domain(hv.domain_xml(domain.name), domain.state)
+    for disk in current.disks:
+        if disk.path is None or disk.source_type != "file":
+            continue
+        chain = files.backing_chain(disk.path)
+        for path in row.files:
+            if files.absolute(path) in chain:
+                shown = " -> ".join(chain)
+                return (
+                    f"{path} is in {disk.target}'s current backing chain ({shown}); merge it "
+                    f"first (virsh blockcommit {domain.name} {disk.target} --active --pivot), "
+                    "and the next prune deletes it"
+                )
+    return None
 
 
 def _remove_memory_file(info: SnapshotInfo, made: tuple[str, ...]) -> None:
@@ -278,10 +323,14 @@ def prune(
     )
     if dry_run:
         return report
-    by_name = {o.record.name: o for o in owned}
+    by_name = {o.candidate.name: o for o in owned}
     doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
     for name in doomed:
         started = time.monotonic()
+        entry = by_name[name]
+        if entry.record is None and entry.row is not None:
+            _prune_catalog_only(hv, catalog, policy, domain, entry.row, report=report, now=now)
+            continue
         try:
             hv.delete_snapshot(domain.name, name)
         except SnapshotdError as exc:
@@ -318,3 +367,52 @@ def prune(
             now=now,
         )
     return report
+
+
+def _prune_catalog_only(
+    hv: Hypervisor,
+    catalog: Catalog,
+    policy: Policy,
+    domain: DomainInfo,
+    row: SnapshotRow,
+    *,
+    report: PruneReport,
+    now: dt.datetime,
+) -> None:
+    """Delete a catalog-only snapshot: its files, unless the domain still uses one."""
+    started = time.monotonic()
+    try:
+        why = in_use(hv, domain, row)
+    except SnapshotdError as exc:
+        report.failed.append((row.name, str(exc)))
+        return
+    if why is not None:
+        report.kept.append((row.name, why))
+        _log(
+            catalog,
+            hv,
+            "delete",
+            "kept",
+            policy=policy.name,
+            domain=domain,
+            snapshot=row.name,
+            message=why,
+            started=started,
+            now=now,
+        )
+        return
+    files.remove_files(row.files)
+    catalog.mark_deleted(domain.uuid, row.name, row.created_at, _epoch(now))
+    report.deleted.append(row.name)
+    _log(
+        catalog,
+        hv,
+        "delete",
+        "ok",
+        policy=policy.name,
+        domain=domain,
+        snapshot=row.name,
+        message="catalog-only: files removed",
+        started=started,
+        now=now,
+    )

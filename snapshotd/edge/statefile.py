@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from snapshotd.edge import files
 from snapshotd.errors import SnapshotdError
 
 LOCK_NAME = "daemon.lock"
@@ -100,14 +101,7 @@ class StatusWriter:
         text = json.dumps(status, indent=1, sort_keys=True) + "\n"
         if text == self._last:
             return False
-        path = Path(self.state_dir) / STATUS_NAME
-        temp = path.with_name(f".{STATUS_NAME}.{os.getpid()}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        temp.replace(path)
+        files.write_private(Path(self.state_dir) / STATUS_NAME, text)
         self._last = text
         return True
 

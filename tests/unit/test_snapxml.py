@@ -879,3 +879,45 @@ def test_validate_reports_lines(schema: etree.RelaxNG) -> None:
     assert errors
     assert any(e.startswith("line 2: ") for e in errors)
     assert validate("<domainsnapshot>", schema)[0].startswith("snapshot XML: not well-formed")
+
+
+# ------------------------------------------------------------ render_catalog_only
+
+DOMAIN_XML = """<domain type='kvm'>
+  <name>web01</name>
+  <uuid>0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/web01.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>"""
+
+
+@pytest.mark.parametrize(("online", "state"), [(True, "disk-snapshot"), (False, "shutoff")])
+def test_catalog_only_xml_is_redefinable(online: bool, state: str) -> None:
+    from snapshotd.core.snapxml import render_catalog_only  # noqa: PLC0415 - this test's subject
+
+    planned = GOLDEN_SPECS["disk_only_external"]
+    text = render_catalog_only(planned, online=online, created=1_800_000_000, domain_xml=DOMAIN_XML)
+    assert validate(text, load_schema(SCHEMA_PATH)) == []
+    info = parse_snapshot(text)
+    assert info.name == "pre-upgrade"
+    assert info.state == state
+    assert info.creation_time == 1_800_000_000
+    assert info.parent is None
+    assert info.memory == "no"
+    assert [(d.name, d.snapshot, d.source_file) for d in info.disks] == [
+        ("vda", "external", f"{IMAGES}/web01.pre-upgrade.qcow2"),
+        ("vdb", "no", None),
+    ]
+    # REDEFINE needs the domain definition; it is the one from before the snapshot.
+    assert info.domain_uuid == "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    assert info.domain_xml is not None
+    assert "web01.qcow2'" in info.domain_xml
+    without = parse_snapshot(render_catalog_only(planned, online=online, created=1))
+    assert without.domain_xml is None

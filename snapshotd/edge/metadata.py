@@ -1,0 +1,396 @@
+"""Snapshot metadata outside libvirt: export, import (REDEFINE), replicate, revert.
+
+Everything is checked before anything is changed (core/hierarchy.py); an import
+that fails half-way removes the metadata it added (METADATA_ONLY) and puts the
+previous current snapshot back.  Snapshot XML read here may hold secrets: it is
+never logged, and export writes it 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from snapshotd.core import snapxml
+from snapshotd.core.domain import parse_domain
+from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
+from snapshotd.core.model import DomainInfo, DomainState, SnapshotInfo
+from snapshotd.edge import files
+from snapshotd.edge.catalog import Catalog
+from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.edge.logs import sanitize_uri
+from snapshotd.errors import RequestError, SnapshotdError, XMLError
+
+INDEX = "index.json"
+FORMAT = "snapshotd-export/1"
+MAX_DOCUMENT = 16 * 1024 * 1024  # a snapshot with its domain XML is a few kB
+REVERT_EXTERNAL = (9, 9, 0)  # the first libvirt that reverts to external snapshots
+
+
+class ImportRefused(RequestError):
+    """The documents or the domain do not allow the import; nothing was changed."""
+
+
+def _problems(problems: Sequence[Problem]) -> ImportRefused:
+    lines = "\n  ".join(str(p) for p in problems)
+    count = len(problems)
+    return ImportRefused(
+        f"{count} problem{'s' if count != 1 else ''}; nothing was imported:\n  {lines}"
+    )
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    directory: str
+    files: tuple[str, ...]
+    current: str | None
+
+
+def _file_name(index: int, name: str) -> str:
+    return f"{index:04d}-{re.sub(r'[^A-Za-z0-9._+:@-]', '_', name)[:100]}.xml"
+
+
+def export(hv: Hypervisor, domain: str, out: str, *, secure: bool = False) -> Exported:
+    """Write the domain's snapshots as XML files, parents first, and an index."""
+    info = hv.domain(domain)
+    records = hv.list_snapshots(info.name)
+    current = next((r.name for r in records if r.is_current), None)
+    directory = Path(out)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    entries = []
+    written = []
+    for number, record in enumerate(records, start=1):
+        text = hv.snapshot_xml(info.name, record.name, secure=True) if secure else record.xml
+        parsed = snapxml.parse_snapshot(text, source=f"snapshot {record.name!r}")
+        name = _file_name(number, record.name)
+        files.write_private(directory / name, text)
+        written.append(str(directory / name))
+        entries.append(
+            {
+                "file": name,
+                "name": record.name,
+                "parent": record.parent,
+                "creation_time": parsed.creation_time,
+            }
+        )
+    index = {
+        "format": FORMAT,
+        "domain": info.name,
+        "uuid": info.uuid,
+        "uri": sanitize_uri(hv.uri),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "secure": secure,
+        "current": current,
+        "snapshots": entries,
+    }
+    files.write_private(directory / INDEX, json.dumps(index, indent=2) + "\n")
+    return Exported(str(directory), tuple(written), current)
+
+
+# --- reading documents ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Documents:
+    items: list[Item] = field(default_factory=list)
+    current: str | None = None  # what an export's index names
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _read_document(path: Path, docs: Documents) -> None:
+    source = str(path)
+    try:
+        if path.stat().st_size > MAX_DOCUMENT:
+            docs.problems.append(Problem(source, f"larger than {MAX_DOCUMENT} bytes"))
+            return
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        docs.problems.append(Problem(source, f"cannot be read: {exc}"))
+        return
+    try:
+        info = snapxml.parse_snapshot(text, source=source)
+    except XMLError as exc:
+        message = str(exc)
+        message = message.removeprefix(f"{source}: ").removeprefix(source)
+        docs.problems.append(Problem(source, message.lstrip(": ") or "not snapshot XML"))
+        return
+    docs.items.append(Item(source, info, text))
+
+
+def _read_directory(directory: Path, docs: Documents) -> None:
+    index_path = directory / INDEX
+    if not index_path.exists():
+        for path in sorted(directory.glob("*.xml")):
+            _read_document(path, docs)
+        return
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        entries = index["snapshots"]
+        names = [str(e["file"]) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        docs.problems.append(Problem(str(index_path), f"not an index snapshotd wrote: {exc}"))
+        return
+    if index.get("current") is not None:
+        docs.current = str(index["current"])
+    for name in names:
+        if "/" in name or name.startswith("."):
+            docs.problems.append(Problem(str(index_path), f"names a file outside it: {name!r}"))
+            continue
+        _read_document(directory / name, docs)
+
+
+def read_documents(paths: Sequence[str]) -> Documents:
+    """Snapshot XML files and export directories -> items, or a problem per bad file."""
+    docs = Documents()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            _read_directory(path, docs)
+        elif path.exists():
+            _read_document(path, docs)
+        else:
+            docs.problems.append(Problem(raw, "no such file or directory"))
+    return docs
+
+
+def catalog_items(catalog: Catalog, domain: DomainInfo, names: Sequence[str] = ()) -> list[Item]:
+    """The catalog's snapshots of a domain (all, or the named ones) as import items."""
+    rows = catalog.snapshots(domain_uuid=domain.uuid)
+    if names:
+        known = {r.name for r in rows}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ImportRefused(
+                f"the catalog has no snapshot {', '.join(map(repr, missing))} of domain "
+                f"{domain.name!r} ({domain.uuid})"
+            )
+        rows = [r for r in rows if r.name in names]
+    items = []
+    for row in rows:
+        source = f"catalog: {row.name}"
+        items.append(Item(source, snapxml.parse_snapshot(row.xml, source=source), row.xml))
+    return items
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    plan: ImportPlan
+    defined: tuple[str, ...]
+    dry_run: bool
+
+
+def _is_local(uri: str) -> bool:
+    return not urlsplit(uri).netloc
+
+
+def _existing(hv: Hypervisor, domain: str) -> dict[str, int | None]:
+    found: dict[str, int | None] = {}
+    for record in hv.list_snapshots(domain):
+        info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
+        found[record.name] = info.creation_time
+    return found
+
+
+def check_import(
+    hv: Hypervisor, domain: DomainInfo, items: Sequence[Item], *, current: str | None
+) -> ImportPlan:
+    """Every check, against the domain and what libvirt has; raises ImportRefused."""
+    missing: dict[str, list[str]] = {}
+    if _is_local(hv.uri):
+        for item in items:
+            gone = [p for p in referenced_files(item.info) if not Path(p).exists()]
+            if gone:
+                missing[item.name] = gone
+    result = plan_import(
+        items,
+        domain=domain.name,
+        domain_uuid=domain.uuid,
+        existing=_existing(hv, domain.name),
+        missing_files=missing,
+        current=current,
+    )
+    if isinstance(result, list):
+        raise _problems(result)
+    return result
+
+
+def run_import(
+    hv: Hypervisor,
+    domain: DomainInfo,
+    plan: ImportPlan,
+    *,
+    catalog: Catalog | None = None,
+) -> tuple[str, ...]:
+    """Redefine the plan's snapshots, parents first; all or nothing.
+
+    On a failure the snapshots this run defined are removed again (metadata only,
+    children first) and the previous current snapshot is made current again.
+    """
+    before = hv.current_snapshot(domain.name)
+    before_xml = hv.snapshot_xml(domain.name, before, secure=True) if before else None
+    defined: list[str] = []
+    try:
+        for step in plan.to_define:
+            hv.redefine_snapshot(
+                domain.name, step.item.xml, current=step.action == "redefine as current"
+            )
+            defined.append(step.item.name)
+        if plan.current is not None and plan.current not in defined:
+            # Already defined: make it current with its own XML.
+            xml = hv.snapshot_xml(domain.name, plan.current, secure=True)
+            hv.redefine_snapshot(domain.name, xml, current=True)
+    except SnapshotdError as exc:
+        pending = [s.item for s in plan.to_define if s.item.name not in defined]
+        failed = pending[0].name if pending else plan.current
+        where = f" ({pending[0].source})" if pending else " (making it current)"
+        _undo(hv, domain.name, defined, before_xml)
+        raise SnapshotdError(
+            f"redefining snapshot {failed!r}{where} of domain "
+            f"{domain.name!r} failed: {exc}; the {len(defined)} snapshot(s) this import had "
+            "defined were removed again"
+        ) from exc
+    if catalog is not None:
+        for step in plan.to_define:
+            if step.item.info.creation_time is not None:
+                catalog.set_libvirt_metadata(
+                    domain.uuid, step.item.name, step.item.info.creation_time, True
+                )
+    return tuple(defined)
+
+
+def _undo(hv: Hypervisor, domain: str, defined: list[str], before_xml: str | None) -> None:
+    for name in reversed(defined):
+        try:
+            hv.delete_snapshot(domain, name, metadata_only=True)
+        except SnapshotdError:
+            continue  # already gone; the others still go
+    if before_xml is not None:
+        try:
+            hv.redefine_snapshot(domain, before_xml, current=True)
+        except SnapshotdError:
+            return
+
+
+# --- replicate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Replicated:
+    defined: tuple[str, ...]
+    current: str | None
+    removed_from_source: tuple[str, ...]
+
+
+def replicate(
+    source: Hypervisor, target: Hypervisor, domain: str, *, remove_source_metadata: bool
+) -> Replicated:
+    """Copy a domain's snapshot metadata to the same domain (by UUID) on another host."""
+    info = source.domain(domain)
+    try:
+        there = target.domain(info.uuid)
+    except SnapshotdError as exc:
+        raise RequestError(
+            f"{sanitize_uri(target.uri)} has no domain with UUID {info.uuid} ({info.name}): "
+            f"define it there first (virsh -c {sanitize_uri(target.uri)} define FILE); {exc}"
+        ) from None
+    records = source.list_snapshots(info.name)
+    items = []
+    for record in records:
+        xml = source.snapshot_xml(info.name, record.name, secure=True)
+        src = f"{sanitize_uri(source.uri)}: {record.name}"
+        items.append(Item(src, snapxml.parse_snapshot(xml, source=src), xml))
+    current = next((r.name for r in records if r.is_current), None)
+    plan = check_import(target, there, items, current=current)
+    defined = run_import(target, there, plan)
+    removed: list[str] = []
+    if remove_source_metadata:
+        for record in reversed(records):  # children first
+            source.delete_snapshot(info.name, record.name, metadata_only=True)
+            removed.append(record.name)
+    return Replicated(defined, current, tuple(removed))
+
+
+# --- revert -------------------------------------------------------------------------------------
+
+
+def revert(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: str,
+    snapshot: str,
+    *,
+    running: bool = False,
+    paused: bool = False,
+) -> list[str]:
+    """Revert to a snapshot, redefining it (and any missing ancestors) from the catalog
+    first when libvirt has no metadata for it.  Returns what was redefined."""
+    info = hv.domain(domain)
+    existing = _existing(hv, info.name)
+    redefined: list[str] = []
+    if snapshot not in existing:
+        items = _with_ancestors(catalog, info, snapshot, existing)
+        plan = check_import(hv, info, items, current=None)
+        redefined = list(run_import(hv, info, plan, catalog=catalog))
+    xml = hv.snapshot_xml(info.name, snapshot)
+    parsed = snapxml.parse_snapshot(xml, source=f"snapshot {snapshot!r}")
+    external = parsed.memory == "external" or any(d.snapshot == "external" for d in parsed.disks)
+    version = hv.libvirt_version()
+    if external and version < REVERT_EXTERNAL:
+        raise RequestError(_external_advice(info.name, snapshot, parsed, version))
+    hv.revert_snapshot(info.name, snapshot, running=running, paused=paused)
+    return redefined
+
+
+def _with_ancestors(
+    catalog: Catalog, domain: DomainInfo, snapshot: str, existing: dict[str, int | None]
+) -> list[Item]:
+    rows = {r.name: r for r in catalog.snapshots(domain_uuid=domain.uuid)}
+    if snapshot not in rows:
+        raise RequestError(
+            f"domain {domain.name!r} has no snapshot {snapshot!r}, in libvirt or in "
+            "snapshotd's catalog (`snapshotd list --domain` shows both)"
+        )
+    chain: list[Item] = []
+    name: str | None = snapshot
+    while name is not None and name not in existing and name in rows and len(chain) < 1000:
+        source = f"catalog: {name}"
+        parsed = snapxml.parse_snapshot(rows[name].xml, source=source)
+        chain.append(Item(source, parsed, rows[name].xml))
+        name = parsed.parent
+    return list(reversed(chain))
+
+
+def _external_advice(
+    domain: str, snapshot: str, parsed: SnapshotInfo, version: tuple[int, int, int]
+) -> str:
+    have = ".".join(map(str, version))
+    lines = [
+        f"libvirt {have} cannot revert domain {domain!r} to snapshot {snapshot!r}: it is "
+        "external, and reverting to external snapshots came in libvirt 9.9.",
+        "Instead: upgrade libvirt to 9.9 or newer, or restore it by hand: shut the domain "
+        f"off (virsh shutdown {domain}), point each disk back at the image the snapshot kept",
+    ]
+    if parsed.domain_xml is not None:
+        try:
+            then = parse_domain(parsed.domain_xml, DomainState.SHUTOFF)
+        except XMLError:
+            then = None
+        for disk in then.disks if then is not None else ():
+            if disk.path:
+                lines.append(f"  {disk.target}: {disk.path}")
+    lines.append(
+        f"with virsh edit {domain}, and start it; a memory file, if any, can only be "
+        "restored with libvirt 9.9 or newer."
+    )
+    return "\n".join(lines)
