@@ -36,6 +36,30 @@ class Metadata(enum.StrEnum):
     CATALOG = "catalog"  # NO_METADATA: only snapshotd's catalog keeps it
 
 
+class BeforeFailure(enum.StrEnum):
+    SKIP = "skip"  # a failed `before` hook skips the snapshot
+    CONTINUE = "continue"  # ... or the snapshot is taken anyway
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """``hooks:``: commands (argument lists, no shell) around each policy snapshot."""
+
+    before: tuple[tuple[str, ...], ...] = ()
+    after: tuple[tuple[str, ...], ...] = ()
+    on_failure: tuple[tuple[str, ...], ...] = ()
+    timeout: dt.timedelta = dt.timedelta(seconds=60)
+    before_failure: BeforeFailure = BeforeFailure.SKIP
+
+
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """``monitor:``: how old the newest snapshot may get (`snapshotd check --freshness`)."""
+
+    warn: dt.timedelta | None = None
+    crit: dt.timedelta | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     """``domains:``: globs on names or ``uuid:<uuid>``, minus excludes, in some states."""
@@ -93,6 +117,8 @@ class Policy:
     schedule: Schedule = field(default_factory=Schedule)
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     retention: Retention | None = None  # None: nothing is ever pruned
+    hooks: Hooks = field(default_factory=Hooks)
+    monitor: Monitor | None = None  # None: not monitored
 
     def snapshot_name(self, domain: str, when: dt.datetime) -> str:
         """The snapshot name for a run at ``when`` (rendered in UTC)."""

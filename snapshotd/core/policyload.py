@@ -45,7 +45,10 @@ from snapshotd.core.model import DomainState, Request
 from snapshotd.core.plan import REFUSED_STATES
 from snapshotd.core.policy import (
     NAME_FIELDS,
+    BeforeFailure,
+    Hooks,
     Metadata,
+    Monitor,
     Policy,
     Quiesce,
     Selector,
@@ -125,6 +128,7 @@ class Kind(enum.StrEnum):
     STRINGS = "list of strings"
     CHOICES = "list of choices"
     CHOICE_MAP = "mapping"
+    COMMANDS = "list of commands"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,8 @@ class Option:
             Kind.STRINGS: "a list of strings",
             Kind.CHOICES: f"a list of: {choices}",
             Kind.CHOICE_MAP: f"a mapping of disk (target or source path) to one of {choices}",
+            Kind.COMMANDS: "a list of commands, each a list of strings: an absolute program "
+            "path and its arguments (no shell)",
         }[self.kind]
 
 
@@ -415,6 +421,76 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         default="0s",
         example="1h",
     ),
+    Option(
+        "hooks",
+        Kind.SECTION,
+        "Commands run around each of the policy's snapshots (by the daemon and by "
+        "`snapshotd take --policy`). Each is an argument list run without a shell, in its "
+        "own process group, with SNAPSHOTD_POLICY, SNAPSHOTD_DOMAIN, SNAPSHOTD_DOMAIN_UUID, "
+        "SNAPSHOTD_SNAPSHOT, SNAPSHOTD_STATE, SNAPSHOTD_RESULT and SNAPSHOTD_ERROR in its "
+        "environment; its output goes to the journal.",
+        default_note="none",
+    ),
+    Option(
+        "hooks.before",
+        Kind.COMMANDS,
+        "Run before the snapshot, in order (SNAPSHOTD_RESULT is `pending`).",
+        default="[]",
+        example='[["/usr/local/sbin/app-flush", "--fast"]]',
+    ),
+    Option(
+        "hooks.after",
+        Kind.COMMANDS,
+        "Run after a successful snapshot (SNAPSHOTD_RESULT is `ok`).",
+        default="[]",
+        example='[["/usr/local/sbin/notify", "snapshot done"]]',
+    ),
+    Option(
+        "hooks.on_failure",
+        Kind.COMMANDS,
+        "Run when the snapshot failed or was skipped by a `before` hook (SNAPSHOTD_RESULT "
+        "is `failed` or `skipped`, SNAPSHOTD_ERROR says why).",
+        default="[]",
+        example='[["/usr/local/sbin/page-oncall"]]',
+    ),
+    Option(
+        "hooks.timeout",
+        Kind.DURATION,
+        "How long each hook may run; past it, its whole process group is killed and the "
+        "hook counts as failed. At least 1s.",
+        default="60s",
+        example="30s",
+    ),
+    Option(
+        "hooks.before_failure",
+        Kind.CHOICE,
+        "What a failed (or timed-out) `before` hook does: `skip` the snapshot, or "
+        "`continue` and take it anyway.",
+        default="skip",
+        example="continue",
+        choices=("skip", "continue"),
+    ),
+    Option(
+        "monitor",
+        Kind.SECTION,
+        "Freshness limits for `snapshotd check --freshness` (a Nagios-style check): how old "
+        "the newest snapshot of each domain the policy selects may be.",
+        default_note="none: the policy is not checked",
+    ),
+    Option(
+        "monitor.warn",
+        Kind.DURATION,
+        "Older than this is WARNING.",
+        example="2h",
+        default_note="none",
+    ),
+    Option(
+        "monitor.crit",
+        Kind.DURATION,
+        "Older than this (or no snapshot at all) is CRITICAL.",
+        example="6h",
+        default_note="none",
+    ),
 )
 
 DEFAULT_POLICY_DIR = "/etc/snapshotd/policies.d"
@@ -463,6 +539,14 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         default="10m",
         example="30m",
     ),
+    Option(
+        "metrics_address",
+        Kind.STRING,
+        "Where the daemon serves Prometheus metrics (`/metrics`), as HOST:PORT. Keep it on "
+        "localhost or a management network: the metrics name every domain and policy.",
+        example="127.0.0.1:9477",
+        default_note="none: no metrics are served",
+    ),
 )
 
 
@@ -475,6 +559,7 @@ class Config:
     connect: tuple[str, ...] = DEFAULT_CONNECT
     workers: int = 4
     operation_timeout: dt.timedelta = dt.timedelta(minutes=10)
+    metrics_address: str | None = None
     source: str | None = None  # the file it came from; None for the built-in defaults
 
 
@@ -834,6 +919,8 @@ class _Reader:
             return tuple(items) if ok else _FAILED
         if kind is Kind.CHOICE_MAP:
             return self._choice_map(option, node, path)
+        if kind is Kind.COMMANDS:
+            return self._commands(option, node, path)
         if not isinstance(node, yaml.ScalarNode):
             self._type_error(option, node, path)
             return _FAILED
@@ -887,6 +974,53 @@ class _Reader:
             else:
                 pairs.append((name, choice))
         return tuple(pairs) if ok else _FAILED
+
+    def _commands(
+        self, option: Option, node: yaml.Node, path: str
+    ) -> tuple[tuple[str, ...], ...] | _Failed:
+        if _is_null(node):
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            self._type_error(option, node, path)
+            return _FAILED
+        commands: list[tuple[str, ...]] = []
+        ok = True
+        for index, item in enumerate(node.value):
+            where = f"{path}[{index}]"
+            if isinstance(item, yaml.SequenceNode) and not item.value:
+                self.error(item, where, "is an empty command")
+                ok = False
+                continue
+            if not isinstance(item, yaml.SequenceNode):
+                self.error(
+                    item,
+                    where,
+                    f'expected a command as a list such as ["/usr/bin/logger", "done"], '
+                    f"got {_describe(item)}; commands run without a shell",
+                )
+                ok = False
+                continue
+            words = [
+                w
+                for w in item.value
+                if _is_str(w) or (isinstance(w, yaml.ScalarNode) and w.tag in (_INT, _BOOL))
+            ]
+            if len(words) != len(item.value):
+                self.error(item, where, "every word of a command must be a string")
+                ok = False
+                continue
+            argv = tuple(str(w.value) for w in words)
+            if not argv[0].startswith("/") or "\0" in "".join(argv):
+                self.error(
+                    item.value[0],
+                    f"{where}[0]",
+                    f"{_show(argv[0])} must be an absolute path to a program (snapshotd "
+                    "runs as root and does not search PATH)",
+                )
+                ok = False
+                continue
+            commands.append(argv)
+        return tuple(commands) if ok else _FAILED
 
     def _choose(self, option: Option, node: yaml.Node, text: str, path: str) -> str | _Failed:
         word = text.strip().lower()
@@ -967,6 +1101,9 @@ class _Reader:
 
     def opt_duration(self, path: str) -> dt.timedelta | None:
         return cast("dt.timedelta | None", self.get(path))
+
+    def command_lists(self, path: str) -> tuple[tuple[str, ...], ...]:
+        return cast("tuple[tuple[str, ...], ...]", self.get(path))
 
     def texts(self, path: str) -> tuple[str, ...]:
         return cast("tuple[str, ...]", self.get(path))
@@ -1190,6 +1327,21 @@ def _defaults(schema: tuple[Option, ...]) -> dict[str, object]:
 
 # --------------------------------------------------------------------------
 # Step 5: cross-field checks
+
+
+def _cross_hooks_and_monitor(r: _Reader) -> None:
+    if r.ok("hooks.timeout") and r.duration("hooks.timeout") < dt.timedelta(seconds=1):
+        node, path = r.where("hooks.timeout")
+        r.error(node, path, "must be at least 1s")
+    if not r.given("monitor"):
+        return
+    warn, crit = r.opt_duration("monitor.warn"), r.opt_duration("monitor.crit")
+    if r.ok("monitor.warn") and r.ok("monitor.crit"):
+        if warn is None and crit is None:
+            r.error(r.nodes["monitor"], "monitor", "gives neither warn nor crit")
+        elif warn is not None and crit is not None and warn > crit:
+            node, path = r.where("monitor.warn")
+            r.error(node, path, "is longer than monitor.crit; WARNING must come first")
 
 
 def _policy_name(r: _Reader, filename: str) -> str | None:
@@ -1496,6 +1648,7 @@ def parse_policy(text: str, filename: str) -> Policy | list[LocatedError]:
     _cross_schedule(r)
     _cross_snapshot(r)
     _cross_name(r, name)
+    _cross_hooks_and_monitor(r)
     retention = _cross_retention(r)
     if r.errors or name is None:
         return r.sorted_errors()
@@ -1538,6 +1691,16 @@ def _build_policy(r: _Reader, name: str, filename: str, retention: Retention | N
             metadata=Metadata(r.text("snapshot.metadata")),
         ),
         retention=retention,
+        hooks=Hooks(
+            before=r.command_lists("hooks.before"),
+            after=r.command_lists("hooks.after"),
+            on_failure=r.command_lists("hooks.on_failure"),
+            timeout=r.duration("hooks.timeout"),
+            before_failure=BeforeFailure(r.text("hooks.before_failure")),
+        ),
+        monitor=Monitor(r.opt_duration("monitor.warn"), r.opt_duration("monitor.crit"))
+        if r.given("monitor")
+        else None,
     )
 
 
@@ -1549,6 +1712,12 @@ def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
     if not r.errors and r.count("workers") < 1:
         node, path = r.where("workers")
         r.error(node, path, "must be at least 1")
+    address = r.opt_text("metrics_address") if r.ok("metrics_address") else None
+    if address is not None and not re.fullmatch(
+        r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}", address
+    ):
+        node, path = r.where("metrics_address")
+        r.error(node, path, f"{_show(address)} is not HOST:PORT, for example 127.0.0.1:9477")
     if not r.errors and r.duration("operation_timeout") < dt.timedelta(seconds=1):
         node, path = r.where("operation_timeout")
         r.error(node, path, "must be at least 1s")
@@ -1557,6 +1726,7 @@ def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
     return Config(
         workers=r.count("workers"),
         operation_timeout=r.duration("operation_timeout"),
+        metrics_address=r.opt_text("metrics_address"),
         policy_dir=naming.check_directory(r.text("policy_dir"), "policy_dir"),
         state_dir=naming.check_directory(r.text("state_dir"), "state_dir"),
         connect=tuple(dict.fromkeys(r.texts("connect"))),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd import __version__
-from snapshotd.core import snapxml
+from snapshotd.core import freshness, snapxml
 from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.policy import Policy
@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(check)
     _connect(check)
     check.add_argument("--offline", action="store_true", help="do not ask libvirt for domains")
+    check.add_argument(
+        "--freshness",
+        action="store_true",
+        help="Nagios-style plugin: is each monitored domain's newest snapshot younger than its "
+        "policy's monitor: limits? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; one line "
+        "with perfdata",
+    )
 
     plan = sub.add_parser(
         "plan",
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(lst)
     lst.add_argument("--domain", "-d", required=True, help="domain name or UUID")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument(
+        "--tree", action="store_true", help="the hierarchy, as virsh snapshot-list --tree draws it"
+    )
 
     _metadata_parsers(sub)
     return parser
@@ -408,7 +418,60 @@ def _dump(data: object, out: TextIO) -> None:
 # --- verbs ------------------------------------------------------------------------------
 
 
+def _freshness(args: argparse.Namespace) -> tuple[freshness.Code, str]:
+    settings = load_settings(
+        config=args.config,
+        default_config=DEFAULT_CONFIG,
+        policy_dir=args.policy_dir,
+        state_dir=args.state_dir,
+        load_policies=True,
+    )
+    if settings.errors:
+        return freshness.unknown(f"configuration not valid: {settings.errors[0]}")
+    monitored = [p for p in settings.policies if p.monitor is not None]
+    if not monitored:
+        return freshness.unknown("no policy has monitor: (warn/crit)")
+    if not Path(settings.state_dir, DB_NAME).exists():
+        newest: dict[tuple[str, str], int] = {}
+    else:
+        with Catalog(settings.state_dir) as catalog:
+            newest = {}
+            for row in catalog.snapshots():
+                if row.policy is not None:
+                    key = (row.policy, row.domain_uuid)
+                    newest[key] = max(newest.get(key, 0), row.created_at)
+    try:
+        with Hypervisor.open(_uri(args, settings)) as hv:
+            domains = hv.list_domains()
+    except SnapshotdError as exc:
+        return freshness.unknown(f"cannot list domains: {exc}")
+    now = int(_now().timestamp())
+    checks = []
+    for policy in monitored:
+        if policy.monitor is None:
+            continue
+        warn, crit = policy.monitor.warn, policy.monitor.crit
+        for domain in domains:
+            if not policy.selector.matches(domain) or policy.selector.skip_reason(domain):
+                continue
+            made = newest.get((policy.name, domain.uuid))
+            checks.append(
+                freshness.Check(
+                    policy=policy.name,
+                    domain=domain.name,
+                    age=None if made is None else max(0, now - made),
+                    warn=None if warn is None else int(warn.total_seconds()),
+                    crit=None if crit is None else int(crit.total_seconds()),
+                )
+            )
+    return freshness.verdict(checks)
+
+
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    if args.freshness:
+        code, line = _freshness(args)
+        print(line, file=out)
+        return int(code)
     settings = load_settings(
         config=args.config,
         default_config=DEFAULT_CONFIG,
@@ -567,7 +630,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
                 result.update(outcome="skipped", reason=skip)
                 continue
             try:
-                made = operations.create_for_policy(hv, catalog, policy, domain, now)
+                made = operations.snapshot_with_hooks(hv, catalog, policy, domain, now)
             except SnapshotdError as exc:
                 failed = True
                 result.update(outcome="failed", error=str(exc))
@@ -701,8 +764,16 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
                 item["catalog_only"] = True
                 item["policy"] = row.policy
                 rows.append((info, item))
+    items = [item for _info, item in rows]
+    if args.tree:
+        if args.json:
+            _dump(output.snapshot_forest(items), out)
+        else:
+            for line in output.tree_lines(items):
+                print(line, file=out)
+        return EXIT_OK
     if args.json:
-        _dump([item for _info, item in rows], out)
+        _dump(items, out)
         return EXIT_OK
     print(
         f"{'name':<47} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent",

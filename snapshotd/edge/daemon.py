@@ -43,6 +43,7 @@ from snapshotd.edge import operations
 from snapshotd.edge.catalog import Catalog, Run, RunLog
 from snapshotd.edge.hypervisor import Hypervisor
 from snapshotd.edge.logs import log_event, sanitize_uri
+from snapshotd.edge.metrics import Metrics
 from snapshotd.edge.notify import Notifier
 from snapshotd.edge.policyfiles import Settings, load_settings
 from snapshotd.edge.statefile import DaemonLock, StatusWriter
@@ -234,6 +235,7 @@ class Daemon:
         self._reconciled: set[str] = set()
         self._started_at = time.time()
         self._status_file: StatusWriter | None = None
+        self.metrics = Metrics()
 
     @property
     def inflight(self) -> int:
@@ -262,6 +264,7 @@ class Daemon:
         settings = self._load()
         errors = [str(e) for e in settings.errors]
         self.status.load_errors = errors
+        self.metrics.load_errors.set(len(errors))
         for error in errors:
             log.error("policy error: %s", error)
         if errors and not first:
@@ -390,12 +393,18 @@ class Daemon:
                     int(now.timestamp()),
                 )
                 try:
-                    made = operations.create_for_policy(hv, catalog, policy, domain, now)
+                    made = operations.snapshot_with_hooks(hv, catalog, policy, domain, now)
                 except SnapshotdError as exc:
                     runs.finish(
                         policy.name, domain.uuid, slot=None, error=str(exc), now=int(time.time())
                     )
+                    self.metrics.failed.labels(policy=policy.name).inc()
                     raise
+                self.metrics.created.labels(policy=policy.name).inc()
+                self.metrics.last_success.labels(policy=policy.name, domain=domain.name).set(
+                    made.info.creation_time or time.time()
+                )
+                self.metrics.duration.labels(operation="create").observe(time.monotonic() - started)
                 runs.finish(
                     policy.name,
                     domain.uuid,
@@ -416,7 +425,10 @@ class Daemon:
                 )
                 if made.note:
                     log_event(log, logging.WARNING, f"{domain.name}: {made.note}", **fields)
+                pruning = time.monotonic()
                 report = operations.prune(hv, catalog, policy, domain, dt.datetime.now(dt.UTC))
+                self.metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
+                self.metrics.pruned.labels(policy=policy.name).inc(len(report.deleted))
                 for deleted in report.deleted:
                     log_event(
                         log,
@@ -599,6 +611,14 @@ class Daemon:
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
         self._status_file = StatusWriter(self.settings.state_dir)
+        if self.settings.metrics_address:
+            try:
+                self.metrics.serve(self.settings.metrics_address)
+                log.info("metrics on http://%s/metrics", self.settings.metrics_address)
+            except (OSError, SnapshotdError) as exc:
+                # Snapshots matter more than metrics: go on, and say so everywhere.
+                log.error("metrics not served on %s: %s", self.settings.metrics_address, exc)
+                self.status.last_error = f"metrics not served: {exc}"[:120]
         for uri in self.paths.connect or self.settings.connect:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()
@@ -698,5 +718,6 @@ class Daemon:
         elif kind == "link":
             uri, up, error = payload
             self.connected[uri] = (up, error)
+            self.metrics.connected.labels(uri=sanitize_uri(uri)).set(1 if up else 0)
             if not up and error:
                 self.status.last_error = f"{uri}: {error}"[:120]

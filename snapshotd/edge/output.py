@@ -90,3 +90,62 @@ def print_created(info: SnapshotInfo, plan: Plan, state: str, out: TextIO) -> No
 
 def disk_summary(info: SnapshotInfo) -> str:
     return ",".join(f"{d.name}={d.snapshot}" for d in info.disks) or "-"
+
+
+def _label(item: dict[str, Any]) -> str:
+    label = str(item["name"])
+    if item.get("current"):
+        label += " *"
+    if item.get("catalog_only"):
+        label += " (catalog-only)"
+    return label
+
+
+def _children(items: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    names = {str(i["name"]) for i in items}
+    kids: dict[str, list[dict[str, Any]]] = {}
+    roots = []
+    for item in items:
+        parent = item.get("parent")
+        if parent is not None and parent in names:
+            kids.setdefault(str(parent), []).append(item)
+        else:
+            roots.append(item)
+    return [str(r["name"]) for r in roots], kids
+
+
+def tree_lines(items: list[dict[str, Any]]) -> list[str]:
+    """The hierarchy drawn as `virsh snapshot-list --tree` draws it (children in name
+    order, the same connectors and spacer lines); a current snapshot is marked `*`, a
+    catalog-only one `(catalog-only)`."""
+    by_name = {str(i["name"]): i for i in items}
+    roots, kids = _children(items)
+    lines: list[str] = []
+
+    def draw(name: str, indent: str, *, root: bool, last: bool) -> None:
+        lines.append(_label(by_name[name]) if root else f"{indent}+- {_label(by_name[name])}")
+        children = sorted(str(c["name"]) for c in kids.get(name, []))
+        inner = "  " if root else indent + ("    " if last else "|   ")
+        if children:
+            lines.append(inner + "|")
+        for index, child in enumerate(children):
+            draw(child, inner, root=False, last=index == len(children) - 1)
+        if not children and last:
+            lines.append(indent + "  ")
+
+    for root in sorted(roots):
+        draw(root, "", root=True, last=True)
+    return lines
+
+
+def snapshot_forest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same hierarchy for scripts: each snapshot with a `children` list."""
+    by_name = {str(i["name"]): i for i in items}
+    roots, kids = _children(items)
+
+    def node(name: str) -> dict[str, Any]:
+        item = dict(by_name[name])
+        item["children"] = [node(c) for c in sorted(str(k["name"]) for k in kids.get(name, []))]
+        return item
+
+    return [node(r) for r in sorted(roots)]

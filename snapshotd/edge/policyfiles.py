@@ -246,6 +246,7 @@ class Settings:
     policies: tuple[Policy, ...] = ()
     workers: int = 4
     operation_timeout: float = 600.0  # seconds
+    metrics_address: str | None = None
     errors: tuple[LocatedError, ...] = ()
     ignored: tuple[str, ...] = ()
 
@@ -282,6 +283,7 @@ def load_settings(
         connect=daemon.connect,
         workers=daemon.workers,
         operation_timeout=daemon.operation_timeout.total_seconds(),
+        metrics_address=daemon.metrics_address,
         policies=result.policies,
         errors=tuple(errors),
         ignored=result.ignored,

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 from lxml import etree
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
@@ -404,3 +406,126 @@ def test_status_reports_what_the_daemon_did(domain_factory: DomainFactory, daemo
     code, data = status(daemon)
     assert code == 3
     assert data["daemon"]["running"] is False
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_tree_and_status_agree_with_libvirt(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    dom = domain_factory(state="shutoff")
+    port = free_port()
+    config = daemon.root / "snapshotd.yaml"
+    config.write_text(f'connect: [qemu:///system]\nmetrics_address: "127.0.0.1:{port}"\n')
+    config.chmod(0o644)
+    write_policy(daemon, "m", policy(dom, every="2s", keep=2))
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: (
+            (metric(metrics_text(port), "snapshotd_snapshots_pruned_total", policy="m") or 0) >= 2
+        ),
+        30,
+        "two prunes in the metrics",
+    )
+    # Read the metrics, libvirt, and the metrics again: compare only a quiet moment.
+    for _ in range(50):
+        before, live, after = metrics_text(port), snapshots(dom), metrics_text(port)
+        if before == after:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the metrics never held still")
+    created = metric(before, "snapshotd_snapshots_created_total", policy="m")
+    pruned = metric(before, "snapshotd_snapshots_pruned_total", policy="m")
+    assert created is not None
+    assert pruned is not None
+    assert created - pruned == len(live) == 2
+    assert metric(before, "snapshotd_snapshots_failed_total", policy="m") in (None, 0.0)
+    newest = live[-1][0]
+    last = metric(before, "snapshotd_last_success_timestamp_seconds", policy="m", domain=dom.name)
+    assert last == newest
+    assert metric(before, "snapshotd_operation_duration_seconds_count", operation="create") == (
+        created
+    )
+    assert metric(before, "snapshotd_policy_load_errors") == 0
+    assert metric(before, "snapshotd_connection_up", uri="qemu:///system") == 1
+
+    # Stopped, so nothing changes between the two: list --tree draws what virsh draws,
+    # less snapshotd's mark of the current snapshot.
+    assert daemon.stop() == 0
+    tree = snapshotd("list", "--domain", dom.name, "--tree", "--config", str(config))
+    assert tree.code == 0, tree.err
+    virsh = subprocess.run(
+        ["virsh", "snapshot-list", dom.name, "--tree"], capture_output=True, text=True, check=True
+    )
+    ours = [line.removesuffix(" *") for line in tree.out.splitlines() if line.strip()]
+    assert ours == [line for line in virsh.stdout.splitlines() if line.strip()]
+    assert len(ours) == 3  # two snapshots: the root, "  |", "  +- child"
+
+
+def test_hooks_skip_kill_and_see_every_variable(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    skipped = domain_factory(state="shutoff")
+    hanging = domain_factory(state="shutoff")
+    seen = daemon.root / "seen"
+    seen.mkdir()
+    record = ["/bin/sh", "-c", f'env | grep ^SNAPSHOTD_ | sort > {seen}/"$SNAPSHOTD_RESULT"']
+    marker = f"{time.monotonic_ns() % 10**6}.25"
+    write_policy(
+        daemon,
+        "skip",
+        policy(skipped, every="2s")
+        + f"hooks:\n  before: [['/bin/false']]\n  on_failure: [{json.dumps(record)}]\n",
+    )
+    write_policy(
+        daemon,
+        "hang",
+        policy(hanging, every="2s")
+        + f"hooks:\n  before: [['/bin/sleep', '{marker}']]\n  timeout: 1s\n"
+        f"  before_failure: continue\n  after: [{json.dumps(record)}]\n",
+    )
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: len(snapshots(hanging)) >= 2, 30, "snapshots despite a hung hook")
+    daemon.wait_for((seen / "skipped").exists, 10, "the on_failure hook")
+    assert snapshots(skipped) == []  # the failed before hook skipped every one
+    text = daemon.log.read_text()
+    assert "before hook /bin/sleep ran past its timeout of 1 s and was killed" in text
+    assert "snapshot skipped: before hook /bin/false exited with status 1" in text
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, check=False)
+    assert left.stdout == b""
+    daemon.wait_for((seen / "ok").exists, 10, "the after hook")
+    ok = dict(line.split("=", 1) for line in (seen / "ok").read_text().splitlines())
+    assert ok["SNAPSHOTD_POLICY"] == "hang"
+    assert ok["SNAPSHOTD_DOMAIN"] == hanging.name
+    assert ok["SNAPSHOTD_DOMAIN_UUID"] == hanging.uuid
+    assert ok["SNAPSHOTD_SNAPSHOT"].startswith("hang-")
+    assert f"created {ok['SNAPSHOTD_SNAPSHOT']} " in daemon.log.read_text()
+    assert ok["SNAPSHOTD_STATE"] == "shutoff"
+    assert ok["SNAPSHOTD_RESULT"] == "ok"
+    assert ok["SNAPSHOTD_ERROR"] == ""
+    bad = dict(line.split("=", 1) for line in (seen / "skipped").read_text().splitlines())
+    assert bad["SNAPSHOTD_RESULT"] == "skipped"
+    assert "/bin/false exited with status 1" in bad["SNAPSHOTD_ERROR"]
+    assert daemon.proc is not None
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0

@@ -421,3 +421,21 @@ def test_replicate_needs_the_domain_on_the_target(
     assert result.code == 2
     assert f"has no domain with UUID {dom.uuid}" in result.err
     assert [s.getName() for s in dom.dom.listAllSnapshots(0)] == ["only"]
+
+
+def test_list_tree_draws_branches_as_virsh_does(domain_factory: DomainFactory) -> None:
+    dom = domain_factory(state="shutoff")
+    three_levels(dom)  # s1 -> s2 -> s3, current s2
+    dom.dom.revertToSnapshot(dom.dom.snapshotLookupByName("s1", 0), 0)
+    internal(dom, "s4")  # a second child of s1
+    dom.dom.revertToSnapshot(dom.dom.snapshotLookupByName("s3", 0), 0)
+    ours = ok(snapshotd("list", "--domain", dom.name, "--tree")).out.splitlines()
+    virsh = subprocess.run(
+        ["virsh", "snapshot-list", dom.name, "--tree"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert any(line.endswith("+- s3 *") for line in ours)  # the current one is marked
+    assert [line.removesuffix(" *") for line in ours] == virsh[:-1]  # virsh ends with ""
+    forest = json.loads(ok(snapshotd("list", "--domain", dom.name, "--tree", "--json")).out)
+    assert [(n["name"], [c["name"] for c in n["children"]]) for n in forest] == [
+        ("s1", ["s2", "s4"])
+    ]

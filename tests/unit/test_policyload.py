@@ -326,6 +326,8 @@ BASE: dict[str, dict[str, object]] = {
         "name": "{policy}-{time:%Y%m%dT%H%M%SZ}",
     },
     "retention": {"keep_last": 3, "min_age": "1h"},
+    "hooks": {"before": [["/bin/true"]], "timeout": "10s", "before_failure": "skip"},
+    "monitor": {"warn": "2h", "crit": "6h"},
 }
 VALUES = (
     st.none()

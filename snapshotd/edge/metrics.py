@@ -1,0 +1,64 @@
+"""Prometheus metrics of the daemon (off unless snapshotd.yaml sets metrics_address).
+
+Counted whether or not they are served, so the code paths are the same either way;
+served by prometheus-client's own HTTP server thread on the address given.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from snapshotd.errors import RequestError
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.created = Counter(
+            "snapshotd_snapshots_created", "Snapshots created.", ["policy"], registry=r
+        )
+        self.failed = Counter(
+            "snapshotd_snapshots_failed",
+            "Snapshots that failed or were refused (skips by state are not counted).",
+            ["policy"],
+            registry=r,
+        )
+        self.pruned = Counter(
+            "snapshotd_snapshots_pruned", "Snapshots deleted by retention.", ["policy"], registry=r
+        )
+        self.last_success = Gauge(
+            "snapshotd_last_success_timestamp_seconds",
+            "When the newest snapshot of a domain under a policy was taken (Unix time).",
+            ["policy", "domain"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "snapshotd_operation_duration_seconds",
+            "How long operations took, by kind (create, prune).",
+            ["operation"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.load_errors = Gauge(
+            "snapshotd_policy_load_errors",
+            "Errors in the policy files at the last load (0: the set in force is the files').",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "snapshotd_connection_up", "1 when the libvirt connection is up.", ["uri"], registry=r
+        )
+
+    def serve(self, address: str) -> None:
+        """Serve /metrics on HOST:PORT (an IPv6 host in brackets)."""
+        host, port = parse_address(address)
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise RequestError(
+            f"metrics_address {address!r} is not HOST:PORT, for example 127.0.0.1:9477"
+        )
+    return host.strip("[]"), int(port)
