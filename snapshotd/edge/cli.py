@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -676,7 +677,11 @@ def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     state_dir = _settings(args, policies=False).state_dir
     with Hypervisor.open(_uri(args)) as hv, Catalog(state_dir) as catalog:
         domain = hv.domain(args.domain)
-        made = operations.create(hv, catalog, domain, _adhoc_request(args), policy=None, now=_now())
+        label = f"snapshot of {domain.name}"
+        with output.progress(label, lambda: hv.job_progress(domain.name), sys.stderr):
+            made = operations.create(
+                hv, catalog, domain, _adhoc_request(args), policy=None, now=_now()
+            )
     if args.json:
         result = output.snapshot_dict(made.info)
         result.update(
@@ -701,9 +706,12 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             for domain in domains:
                 if not policy.selector.matches(domain):
                     continue
-                reports.append(
-                    operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
-                )
+                label = f"retention of {domain.name}"
+                poll = functools.partial(hv.job_progress, domain.name)
+                with output.progress(label, poll, sys.stderr):
+                    reports.append(
+                        operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
+                    )
     failed = any(r.failed for r in reports)
     if args.json:
         _dump(
@@ -922,6 +930,23 @@ def _utc(epoch: int | None) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    table = [("domain", "policy", "last snapshot", "age", "next due", "last error")]
+    for row in rows:
+        last = row["last_snapshot"]
+        if row["running"]:
+            due = "overrun" if row["overrun"] else "running now"
+        else:
+            due = _utc(row["next_due"]) if row["next_due"] else "-"
+        error = row["last_error"]["message"].splitlines()[0] if row["last_error"] else "-"
+        age = report.age(last["age_seconds"]) if last else "-"
+        table.append((row["domain"], row["policy"], last["name"] if last else "-", age, due, error))
+    widths = [max(len(line[i]) for line in table) for i in range(5)]
+    for line in table:
+        cells = [line[i].rjust(widths[i]) if i == 3 else line[i].ljust(widths[i]) for i in range(5)]
+        print("  ".join([*cells, line[5]]), file=out)
+
+
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     settings = load_settings(
         config=args.config,
@@ -960,23 +985,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not rows:
         print("(no snapshots scheduled or taken yet)", file=out)
         return EXIT_OK if running else EXIT_NOT_RUNNING
-    print(
-        f"{'domain':<24} {'policy':<16} {'last snapshot':<36} {'age':>7}  {'next due':<20} "
-        "last error",
-        file=out,
-    )
-    for row in rows:
-        last = row["last_snapshot"]
-        if row["running"]:
-            due = "overrun" if row["overrun"] else "running now"
-        else:
-            due = _utc(row["next_due"]) if row["next_due"] else "-"
-        error = row["last_error"]["message"].splitlines()[0] if row["last_error"] else "-"
-        print(
-            f"{row['domain']:<24} {row['policy']:<16} {last['name'] if last else '-':<36} "
-            f"{report.age(last['age_seconds']) if last else '-':>7}  {due:<20} {error}",
-            file=out,
-        )
+    _status_table(rows, out)
     return EXIT_OK if running else EXIT_NOT_RUNNING
 
 

@@ -474,6 +474,17 @@ class Hypervisor:
         with _calling(f"revert to snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
             snap.domain().revertToSnapshot(snap, flags)
 
+    def job_progress(self, domain: str) -> tuple[int, int] | None:
+        """(bytes done, bytes in all) of the domain's running job, from its job stats
+        (an external memory snapshot, a snapshot deletion that merges data), or None."""
+        try:
+            stats = self._lookup(domain).jobStats(0)
+        except (libvirt.libvirtError, LibvirtError, NotFoundError):
+            return None
+        total = int(stats.get("data_total") or stats.get("memory_total") or 0)
+        done = int(stats.get("data_processed") or stats.get("memory_processed") or 0)
+        return (done, total) if total > 0 else None
+
     def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
         """Delete one snapshot (not its children); ``metadata_only`` keeps its data."""
         snap = self._snapshot(domain, snapshot)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from snapshotd.core.model import SnapshotInfo
@@ -149,3 +152,42 @@ def snapshot_forest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return item
 
     return [node(r) for r in sorted(roots)]
+
+
+@contextlib.contextmanager
+def progress(
+    label: str, poll: Callable[[], tuple[int, int] | None], stream: TextIO, interval: float = 0.2
+) -> Iterator[None]:
+    """While the body runs, show `label: NN% (done of total MiB)` on a terminal.
+
+    Quiet when ``stream`` is not a terminal (scripts, logs, pipes) and when the job
+    reports no size (short jobs finish before there is anything to show).
+    """
+    if not stream.isatty():
+        yield
+        return
+    stop = threading.Event()
+    shown = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            sample = poll()
+            if sample is None:
+                continue
+            done, total = sample
+            percent = min(100, done * 100 // total)
+            mib = 1 << 20
+            stream.write(f"\r{label}: {percent:3d}% ({done // mib} of {total // mib} MiB)")
+            stream.flush()
+            shown.set()
+
+    thread = threading.Thread(target=watch, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if shown.is_set():
+            stream.write("\n")
+            stream.flush()

@@ -252,3 +252,49 @@ def test_check_rejects_each_invalid_corpus_file(tmp_path: Path, case: str) -> No
     assert result.code == 2, result.out
     assert expected in result.err
     assert str(target) in result.err
+
+
+def test_check_freshness_gives_each_nagios_code(
+    domain_factory: DomainFactory, settings: Path
+) -> None:
+    dom = domain_factory(state="shutoff")
+    body = f"""
+domains: {{include: ["{dom.name}"]}}
+schedule: {{every: 1h}}
+snapshot: {{name: "{NAME}"}}
+monitor: {{warn: WARN, crit: CRIT}}
+"""
+    policy = write_policy(
+        settings / "policies", "fresh", body.replace("WARN", "1h").replace("CRIT", "2h")
+    )
+
+    def freshness() -> tuple[int, str]:
+        result = snapshotd("check", "--freshness", *paths(settings))
+        assert result.out.count("\n") == 1, result.out  # one line, as Nagios reads it
+        return result.code, result.out.strip()
+
+    # No snapshot yet: CRITICAL, naming the stream.
+    code, line = freshness()
+    assert code == 2
+    assert line.startswith(f"SNAPSHOTD CRITICAL - {dom.name}/fresh: no snapshot |")
+    # A fresh one: OK, with the age in the perfdata.
+    result = snapshotd("take", "--policy", "fresh", *paths(settings))
+    assert result.code == 0, result.err
+    code, line = freshness()
+    assert code == 0
+    assert line.startswith("SNAPSHOTD OK - 1 snapshot streams fresh | ")
+    assert f"'{dom.name}/fresh'=" in line
+    assert line.endswith(";3600;7200;0;")
+    # Older than warn (1s), younger than crit: WARNING.
+    policy.write_text(body.replace("WARN", "1s").replace("CRIT", "1h"))
+    time.sleep(2.1)
+    code, line = freshness()
+    assert code == 1
+    assert line.startswith(f"SNAPSHOTD WARNING - {dom.name}/fresh: newest is ")
+    # libvirt unreachable: UNKNOWN.
+    (settings / "snapshotd.yaml").write_text(
+        f'connect: ["qemu+unix:///system?socket={settings}/none.sock"]\n'
+    )
+    code, line = freshness()
+    assert code == 3
+    assert line.startswith("SNAPSHOTD UNKNOWN - cannot list domains: ")

@@ -1,0 +1,41 @@
+"""The README's demo, run as a new user would run it (shortened to about 35 seconds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.integration.cli import REPO
+
+
+def test_the_demo_runs_and_cleans_up() -> None:
+    before = subprocess.run(
+        ["virsh", "list", "--all", "--name"], capture_output=True, text=True, check=True
+    ).stdout
+    done = subprocess.run(
+        [str(REPO / "scripts" / "demo.sh")],
+        env=dict(os.environ, DEMO_SECONDS="35"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "(exit status 2: refused before libvirt was called)" in out
+    status = out.split("$ snapshotd status")[1].split("$ snapshotd list")[0]
+    assert "daemon: running" in status
+    assert "policies in force: demo" in status
+    lines = [line for line in status.splitlines() if line.startswith("snapshotd-demo-")]
+    assert len(lines) == 2
+    assert all(" demo-" in line for line in lines)
+    progress = [line for line in out.splitlines() if line.startswith("   ... ")]
+    assert " 0 pruned" not in progress[-1]  # retention ran
+    assert "+- demo-" in out.split("--tree")[1]
+    assert "SNAPSHOTD OK - 2 snapshot streams fresh" in out
+    after = subprocess.run(
+        ["virsh", "list", "--all", "--name"], capture_output=True, text=True, check=True
+    ).stdout
+    assert after == before  # both domains are gone again
+    assert not Path("/var/lib/snapshotd-demo").exists()  # and so are their files
