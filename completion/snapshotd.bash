@@ -1,0 +1,35 @@
+# bash completion for snapshotd; made by scripts/gen-docs.py from the parser.
+_snapshotd() {
+    local cur prev verb opts
+    cur="${COMP_WORDS[COMP_CWORD]}"
+    prev="${COMP_WORDS[COMP_CWORD-1]}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate revert --help --version' -- "$cur")
+        return
+    fi
+    verb="${COMP_WORDS[1]}"
+    case "$prev" in
+        --domain|-d)
+            mapfile -t COMPREPLY < <(compgen -W "$(virsh -q list --all --name 2>/dev/null)" -- "$cur")
+            return ;;
+        --config|--out|--policy-dir|--state-dir|--directory)
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            return ;;
+    esac
+    case "$verb" in
+        check) opts='--config --connect --freshness --help --offline --policy-dir --state-dir -c -h' ;;
+        plan) opts='--at --config --connect --description --directory --disk --disk-only --disks --domain --help --json --live --memory --name --no-atomic --policy --policy-dir --quiesce --reuse-external --state-dir -c -d -h -p' ;;
+        take) opts='--config --connect --description --directory --disk --disk-only --disks --domain --help --json --live --memory --name --no-atomic --policy --policy-dir --quiesce --reuse-external --state-dir -c -d -h -p' ;;
+        prune) opts='--config --connect --domain --dry-run --help --json --policy --policy-dir --state-dir -c -d -h -p' ;;
+        run) opts='--config --connect --help --policy-dir --state-dir --workers -c -h' ;;
+        status) opts='--config --help --json --policy-dir --state-dir -h' ;;
+        list) opts='--config --connect --domain --help --json --policy-dir --state-dir --tree -c -d -h' ;;
+        export) opts='--connect --domain --help --out --secure -c -d -h' ;;
+        import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;
+        replicate) opts='--connect --domain --help --remove-source-metadata --to -c -d -h' ;;
+        revert) opts='--config --connect --domain --help --paused --policy-dir --running --state-dir -c -d -h' ;;
+        *) opts='' ;;
+    esac
+    mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
+}
+complete -F _snapshotd snapshotd

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Write the documents made from the code (snapshotd/edge/docgen.py).
+
+    .venv/bin/python scripts/gen-docs.py          # write them
+    .venv/bin/python scripts/gen-docs.py --check  # exit 1 if any is out of date
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from snapshotd.edge import docgen  # noqa: E402 - after the path is set
+
+BEGIN = "<!-- BEGIN state_table_examples() -->"
+END = "<!-- END state_table_examples() -->"
+
+
+def _state_table(current: str) -> str:
+    head, rest = current.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{docgen.state_table_examples()}{END}{tail}"
+
+
+FILES: dict[str, Callable[[str], str]] = {
+    "man/snapshotd.8": lambda _old: docgen.man_snapshotd(),
+    "man/snapshotd.policy.5": lambda _old: docgen.man_policy(),
+    "completion/snapshotd.bash": lambda _old: docgen.bash_completion(),
+    "docs/state-table.md": _state_table,
+}
+
+
+def main() -> int:
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for name, make in FILES.items():
+        path = REPO / name
+        old = path.read_text() if path.exists() else ""
+        new = make(old)
+        if new == old:
+            continue
+        stale.append(name)
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(new)
+    for name in stale:
+        print(f"{'out of date' if check else 'written'}: {name}")
+    return 1 if check and stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
