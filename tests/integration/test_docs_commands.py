@@ -193,7 +193,7 @@ def runnable(doc: str) -> list[Line]:
 
 
 def test_readme_and_architecture_commands_run(env: Env) -> None:
-    lines = runnable("README.md") + runnable("architecture.md")
+    lines = runnable("README.md") + runnable("architecture.md") + runnable("getting-started.md")
     assert len(lines) >= 8
     run_all(env, lines)
 
