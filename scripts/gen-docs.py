@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the documents made from the code (snapshotd/edge/docgen.py).
 
-    .venv/bin/python scripts/gen-docs.py          # write them
-    .venv/bin/python scripts/gen-docs.py --check  # exit 1 if any is out of date
+.venv/bin/python scripts/gen-docs.py          # write them
+.venv/bin/python scripts/gen-docs.py --check  # exit 1 if any is out of date
 """
 
 from __future__ import annotations

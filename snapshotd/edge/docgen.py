@@ -70,7 +70,8 @@ def _example(row: Row) -> tuple[str, str]:
     except PlanError as exc:
         return command, f"refused before libvirt is called (exit 2):\n{exc}"
     spec = plan.spec
-    lines = [f"memory: {spec.memory.value}" + (f" -> {spec.memory_file}" if spec.memory_file else "")]
+    memory_file = f" -> {spec.memory_file}" if spec.memory_file else ""
+    lines = [f"memory: {spec.memory.value}{memory_file}"]
     for disk in spec.disks:
         lines.append(
             f"disk {disk.target}: {disk.location.value}"
@@ -125,9 +126,9 @@ def _option_names(action: argparse.Action) -> str:
 
 
 def _verbs(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, argparse.ArgumentParser]]:
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of subparsers
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 - the same
-            helps = {a.dest: a.help or "" for a in action._choices_actions}  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
             for name, sub in action.choices.items():
                 yield name, helps.get(name, ""), sub
 
@@ -157,8 +158,8 @@ def man_snapshotd() -> str:
         out += [".SS " + _roff(f"snapshotd {name}"), _roff(summary + ".")]
         if sub.description:
             out += [".PP", _roff(sub.description)]
-        for action in sub._actions:  # noqa: SLF001 - see _verbs
-            if isinstance(action, argparse._HelpAction):  # noqa: SLF001 - the same
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
                 continue
             out += [".TP", ".B " + _roff(_option_names(action)), _roff(action.help or "")]
     out += [
@@ -193,7 +194,7 @@ def man_snapshotd() -> str:
 
 
 def _option_entry(option: Option) -> list[str]:
-    head = f".B {_roff(option.path)}" + ("" if option.kind is Kind.SECTION else "")
+    head = f".B {_roff(option.path)}" + (" (section)" if option.kind is Kind.SECTION else "")
     body = [_roff(option.description)]
     if option.kind is not Kind.SECTION:
         body.append(".br")
@@ -241,16 +242,16 @@ def bash_completion() -> str:
     cases = []
     for name, _summary, sub in _verbs(parser):
         verbs.append(name)
-        options = sorted(o for a in sub._actions for o in a.option_strings)  # noqa: SLF001
+        options = sorted(o for a in sub._actions for o in a.option_strings)
         cases.append(f"        {name}) opts='{' '.join(options)}' ;;")
     return "\n".join(
         [
             "# bash completion for snapshotd; made by scripts/gen-docs.py from the parser.",
             "_snapshotd() {",
-            '    local cur prev verb opts',
+            "    local cur prev verb opts",
             '    cur="${COMP_WORDS[COMP_CWORD]}"',
             '    prev="${COMP_WORDS[COMP_CWORD-1]}"',
-            "    if [ \"$COMP_CWORD\" -eq 1 ]; then",
+            '    if [ "$COMP_CWORD" -eq 1 ]; then',
             f"        mapfile -t COMPREPLY < <(compgen -W '{' '.join(verbs)} --help --version' "
             '-- "$cur")',
             "        return",
