@@ -14,19 +14,32 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from snapshotd.edge import docgen  # noqa: E402 - after the path is set
+from snapshotd.core.policyload import schema_markdown  # noqa: E402 - after the path is set
+from snapshotd.edge import docgen  # noqa: E402 - the same
 
 BEGIN = "<!-- BEGIN state_table_examples() -->"
 END = "<!-- END state_table_examples() -->"
 
 
+def _between(current: str, begin: str, end: str, body: str) -> str:
+    head, rest = current.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
+def _policy_reference(current: str) -> str:
+    body = schema_markdown()
+    return _between(
+        current, "<!-- BEGIN schema_markdown() -->", "<!-- END schema_markdown() -->", body
+    )
+
+
 def _state_table(current: str) -> str:
-    head, rest = current.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{docgen.state_table_examples()}{END}{tail}"
+    return _between(current, BEGIN, END, docgen.state_table_examples())
 
 
 FILES: dict[str, Callable[[str], str]] = {
+    "docs/policies.md": _policy_reference,
     "man/snapshotd.8": lambda _old: docgen.man_snapshotd(),
     "man/snapshotd.policy.5": lambda _old: docgen.man_policy(),
     "completion/snapshotd.bash": lambda _old: docgen.bash_completion(),

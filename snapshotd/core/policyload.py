@@ -684,8 +684,17 @@ def _compose(text: str) -> yaml.Node | None:
     try:
         loader.get_event()  # type: ignore[no-untyped-call]  # the stream's start
         node = None
-        if not loader.check_event(yaml.StreamEndEvent):
-            node = loader.compose_document()
+        try:
+            if not loader.check_event(yaml.StreamEndEvent):
+                node = loader.compose_document()
+        except (ValueError, OverflowError):
+            # PyYAML's scanner turns "\U80001000" into chr() of a number past U+10FFFF
+            # and fails with a bare ValueError or OverflowError, not a YAMLError.
+            raise _Refused(
+                loader.get_mark(),
+                "an escape in a double-quoted string names no Unicode character (the "
+                "largest is \\U0010FFFF); write the character itself or a valid escape",
+            ) from None
         if not loader.check_event(yaml.StreamEndEvent):
             event: Any = loader.peek_event()  # type: ignore[no-untyped-call]
             raise _Refused(

@@ -10,6 +10,21 @@ import time
 from snapshotd.edge import output
 
 
+def read_all(fd: int) -> str:
+    """Everything the terminal has to give now (several reads may be needed)."""
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def test_progress_is_drawn_on_a_terminal() -> None:
     master, slave = pty.openpty()
     stream = os.fdopen(slave, "w")
@@ -17,7 +32,7 @@ def test_progress_is_drawn_on_a_terminal() -> None:
         samples = iter([None, (50 << 20, 100 << 20), (100 << 20, 100 << 20)])
         with output.progress("snapshot of web", lambda: next(samples, None), stream, 0.05):
             time.sleep(0.4)
-        text = os.read(master, 4096).decode()
+        text = read_all(master)
     finally:
         stream.close()
         os.close(master)
@@ -36,12 +51,8 @@ def test_progress_is_quiet_elsewhere_and_when_there_is_nothing_to_show() -> None
     try:
         with output.progress("x", lambda: None, tty, 0.01):
             time.sleep(0.1)
-        os.set_blocking(master, False)
-        try:
-            text = os.read(master, 4096)
-        except BlockingIOError:
-            text = b""
+        text = read_all(master)
     finally:
         tty.close()
         os.close(master)
-    assert text == b""
+    assert text == ""

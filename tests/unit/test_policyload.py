@@ -543,7 +543,7 @@ def test_config_errors() -> None:
         "c.yaml:2:12: state_dir: directory 'relative' must be an absolute path",
         "c.yaml:3:10: connect: lists no connection; snapshotd needs at least one (qemu:///system)",
         "c.yaml:4:1: schedule: unknown option 'schedule'; the options at the top level are "
-        "policy_dir, state_dir, connect, workers, operation_timeout",
+        "policy_dir, state_dir, connect, workers, operation_timeout, metrics_address",
     ]
 
 
