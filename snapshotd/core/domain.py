@@ -81,4 +81,31 @@ def parse_domain(xml: str, state: DomainState) -> DomainInfo:
         state=state,
         disks=disks,
         hypervisor=root.get("type", "kvm"),
+        memory_kib=_kib(root.find("currentMemory")) or _kib(root.find("memory")),
     )
+
+
+_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 10**6,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 10**9,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "tb": 10**12,
+}
+
+
+def _kib(elem: etree._Element | None) -> int | None:
+    """A <memory>-style element's size in KiB (libvirt's default unit), or None."""
+    if elem is None or not (elem.text or "").strip().isdigit():
+        return None
+    factor = _UNITS.get(elem.get("unit", "KiB").lower())
+    return None if factor is None else int(elem.text or "0") * factor // 1024

@@ -138,6 +138,7 @@ class DomainInfo:
     state: DomainState
     disks: tuple[DiskInfo, ...] = ()
     hypervisor: str = "kvm"  # the domain's type= attribute
+    memory_kib: int | None = None  # <currentMemory> (else <memory>), for progress reports
 
 
 @dataclass(frozen=True, slots=True)

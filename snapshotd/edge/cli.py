@@ -673,15 +673,25 @@ def _print_take_result(result: dict[str, Any], out: TextIO) -> None:
             print(f"  could not delete {item['snapshot']}: {item['error']}", file=out)
 
 
+def _planned_memory_file(domain: DomainInfo, request: SnapshotRequest) -> str | None:
+    """The memory file an external memory snapshot will write (None: none, or refused;
+    create() reports the refusal itself)."""
+    try:
+        return plan_snapshot(domain, request).spec.memory_file
+    except SnapshotdError:
+        return None
+
+
 def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     state_dir = _settings(args, policies=False).state_dir
     with Hypervisor.open(_uri(args)) as hv, Catalog(state_dir) as catalog:
         domain = hv.domain(args.domain)
-        label = f"snapshot of {domain.name}"
-        with output.progress(label, lambda: hv.job_progress(domain.name), sys.stderr):
-            made = operations.create(
-                hv, catalog, domain, _adhoc_request(args), policy=None, now=_now()
-            )
+        request = _adhoc_request(args)
+        memory_file = _planned_memory_file(domain, request)
+        ram = domain.memory_kib * 1024 if domain.memory_kib else None
+        label = f"memory of {domain.name}"
+        with output.progress(label, output.file_progress(memory_file, ram), sys.stderr):
+            made = operations.create(hv, catalog, domain, request, policy=None, now=_now())
     if args.json:
         result = output.snapshot_dict(made.info)
         result.update(

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd.core.model import SnapshotInfo
@@ -152,6 +153,23 @@ def snapshot_forest(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return item
 
     return [node(r) for r in sorted(roots)]
+
+
+def file_progress(path: str | None, total: int | None) -> Callable[[], tuple[int, int] | None]:
+    """Progress of an external memory snapshot: how much of the guest's RAM its memory
+    file holds so far.  libvirt 9.0 answers no job query while a snapshot runs (the
+    call waits for the snapshot to end), so the file is the only live source."""
+
+    def poll() -> tuple[int, int] | None:
+        if path is None or not total:
+            return None
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            return None
+        return (min(size, total), total) if size else None
+
+    return poll
 
 
 @contextlib.contextmanager
