@@ -641,7 +641,10 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
                 result["note"] = made.note
             # Retention runs only after this domain got its snapshot.
             # After the snapshot, so that it counts as the newest (not as "in the future").
-            report = operations.prune(hv, catalog, policy, domain, _now())
+            targets = tuple(d.target for d in domain.disks)
+            poll = functools.partial(hv.job_progress, domain.name, targets)
+            with output.progress(f"retention of {domain.name}", poll, sys.stderr):
+                report = operations.prune(hv, catalog, policy, domain, _now())
             result["pruned"] = report.deleted
             if report.failed:
                 failed = True
@@ -717,7 +720,8 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
                 if not policy.selector.matches(domain):
                     continue
                 label = f"retention of {domain.name}"
-                poll = functools.partial(hv.job_progress, domain.name)
+                targets = tuple(d.target for d in domain.disks)
+                poll = functools.partial(hv.job_progress, domain.name, targets)
                 with output.progress(label, poll, sys.stderr):
                     reports.append(
                         operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)

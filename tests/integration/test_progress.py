@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.cli import REPO
-from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
@@ -100,3 +100,68 @@ def test_an_external_memory_snapshot_shows_progress_on_a_terminal_only(
     code, text = take(dom, terminal=False)
     assert code == 0
     assert "%" not in text  # quiet when stderr is not a terminal
+
+
+def test_retention_merging_an_external_snapshot_shows_progress(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    dom = domain_factory([DiskSpec(size=1 << 30)], state="running")
+    policies = tmp_path / "policies"
+    policies.mkdir(mode=0o755)
+    config = tmp_path / "snapshotd.yaml"
+    config.write_text("connect: [qemu:///system]\n")
+    config.chmod(0o644)
+    policy = policies / "ext.yaml"
+    body = f"""
+domains: {{include: ["{dom.name}"]}}
+schedule: {{every: 1h}}
+snapshot:
+  name: "{{policy}}-{{time:%Y%m%dT%H%M%S%fZ}}"
+  disks: external
+  disk_only: true
+  directory: {dom.directory / "snaps"}
+"""
+    policy.write_text(body)
+    policy.chmod(0o644)
+    paths = [
+        "--config",
+        str(config),
+        "--policy-dir",
+        str(policies),
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def snapshotd(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "snapshotd", *args, *paths],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            cwd=REPO,
+            check=False,
+        )
+
+    assert snapshotd("take", "--policy", "ext").returncode == 0
+    # Give the first snapshot's overlay 512 MiB of data, so that merging it takes a while.
+    (overlay,) = (dom.directory / "snaps").glob("*.qcow2")
+    dom.dom.destroy()
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 512M", str(overlay)],
+        check=True,
+        capture_output=True,
+    )
+    dom.dom.create()
+    assert snapshotd("take", "--policy", "ext").returncode == 0
+    policy.write_text(body + "retention: {keep_last: 1}\n")
+    master, slave = pty.openpty()
+    done = snapshotd("prune", stderr=slave)
+    os.close(slave)
+    text = read_all(master)
+    os.close(master)
+    assert done.returncode == 0, text
+    assert "deleted ext-" in done.stdout.decode()
+    shown = [int(p) for p in re.findall(rf"retention of {re.escape(dom.name)}: +(\d+)% \(", text)]
+    assert shown, f"no progress on the terminal: {text!r}"
+    assert any(p < 100 for p in shown), shown
