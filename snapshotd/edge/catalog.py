@@ -152,6 +152,10 @@ class Catalog:
         self.close()
 
     @property
+    def state_dir(self) -> str:
+        return str(Path(self.path).parent)
+
+    @property
     def db(self) -> sqlite3.Connection:
         return self._db
 

@@ -13,6 +13,7 @@ and snapshotd's own errors; nothing above it sees a libvirt object or a libvirtE
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -473,6 +474,22 @@ class Hypervisor:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         with _calling(f"revert to snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
             snap.domain().revertToSnapshot(snap, flags)
+
+    def snapshot_created(self, domain: str, snapshot: str) -> int | None:
+        """The creation time of the domain's snapshot by this name, or None if it has none.
+
+        (0 when libvirt's XML gives no creation time.)
+        """
+        dom = self._lookup(domain)
+        try:
+            snap = dom.snapshotLookupByName(snapshot, 0)
+            text = str(snap.getXMLDesc(0))
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                return None
+            raise _convert(exc, f"look up snapshot {snapshot!r}", domain, None) from exc
+        found = re.search(r"<creationTime>(\d+)</creationTime>", text)
+        return int(found.group(1)) if found else 0
 
     def job_progress(self, domain: str, targets: tuple[str, ...] = ()) -> tuple[int, int] | None:
         """(bytes done, bytes in all) of what the domain is doing now, or None.

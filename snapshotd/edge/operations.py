@@ -30,10 +30,10 @@ from snapshotd.core.model import (
 from snapshotd.core.plan import Plan, plan_snapshot
 from snapshotd.core.policy import BeforeFailure, Policy, Quiesce
 from snapshotd.core.retention import Candidate, Verdict, evaluate
-from snapshotd.edge import files, hooks
+from snapshotd.edge import files, hooks, statefile
 from snapshotd.edge.catalog import Catalog, Operation, SnapshotRow
 from snapshotd.edge.hypervisor import Hypervisor, SnapshotRecord, agent_unavailable
-from snapshotd.errors import LibvirtError, SnapshotdError
+from snapshotd.errors import LibvirtError, RequestError, SnapshotdError
 
 SCHEMA = Path(snapxml.SCHEMA_PATH)
 
@@ -79,8 +79,48 @@ def create(
     policy: str | None,
     now: dt.datetime,
 ) -> Created:
-    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal."""
+    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal.
+
+    Holds the domain's lock (shared with other snapshotd processes on the same state
+    directory) from the name check to the catalog record.
+    """
     plan = plan_snapshot(domain, request)
+    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+        _refuse_taken_name(hv, catalog, domain, plan.spec.name)
+        return _create(hv, catalog, domain, plan, policy=policy, now=now)
+
+
+def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+    """A snapshot name is never reused: libvirt would refuse it half-way, and the
+    catalog would hold two snapshots by one name."""
+    created = hv.snapshot_created(domain.name, name)
+    row = catalog.find(domain.uuid, name)
+    if created is None and row is None:
+        return
+    when = created if created is not None else row.created_at if row is not None else None
+    where = "in libvirt" if created is not None else "in snapshotd's catalog (catalog-only)"
+    raise RequestError(
+        f"domain {domain.name!r} already has a snapshot named {name!r} {where}, created "
+        f"{_iso(when)}; snapshotd never replaces a snapshot: choose another name, or "
+        "delete that one first"
+    )
+
+
+def _iso(epoch: int | None) -> str:
+    if epoch is None:
+        return "at an unknown time"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _create(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    plan: Plan,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> Created:
     spec = plan.spec
     xml = render_checked(spec)
     made_dirs = files.check_targets(spec, create_dirs=True)
@@ -355,16 +395,41 @@ def prune(
     *,
     dry_run: bool = False,
 ) -> PruneReport:
-    """Apply the policy's retention to one domain: delete what no rule keeps."""
+    """Apply the policy's retention to one domain: delete what no rule keeps.
+
+    The verdicts are reached and carried out under the domain's lock, so no other
+    snapshotd process creates or deletes one of its snapshots in between.
+    """
     report = PruneReport(policy.name, domain.name, dry_run=dry_run)
-    if policy.retention is None:
+    retention = policy.retention
+    if retention is None:
         return report
-    owned = snapshots_of(hv, catalog, policy, domain)
-    report.verdicts = evaluate(
-        policy.retention, [o.candidate for o in owned], now, policy.schedule.timezone
-    )
+
+    def judge() -> list[Owned]:
+        owned = snapshots_of(hv, catalog, policy, domain)
+        report.verdicts = evaluate(
+            retention, [o.candidate for o in owned], now, policy.schedule.timezone
+        )
+        return owned
+
     if dry_run:
+        judge()
         return report
+    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+        _delete(hv, catalog, policy, domain, judge(), report=report, now=now)
+    return report
+
+
+def _delete(
+    hv: Hypervisor,
+    catalog: Catalog,
+    policy: Policy,
+    domain: DomainInfo,
+    owned: list[Owned],
+    *,
+    report: PruneReport,
+    now: dt.datetime,
+) -> None:
     by_name = {o.candidate.name: o for o in owned}
     doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
     for name in doomed:
@@ -408,7 +473,6 @@ def prune(
             started=started,
             now=now,
         )
-    return report
 
 
 def _prune_catalog_only(

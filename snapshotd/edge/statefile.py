@@ -19,6 +19,9 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,3 +117,44 @@ def read_status(state_dir: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+LOCK_WAIT = 120.0  # seconds a snapshot waits for another process's operation on its domain
+_UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
+
+
+@contextlib.contextmanager
+def domain_lock(state_dir: str, uuid: str, domain: str, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the domain's lock for one operation, across processes on this state directory.
+
+    The daemon and `snapshotd take`/`prune` share it, so two of them never work on one
+    domain at once: the second waits (up to ``wait`` seconds), then sees what the first
+    made.  Locks are files under ``locks/`` named by the domain's UUID.
+    """
+    if not _UUID.fullmatch(uuid):
+        raise SnapshotdError(f"domain {domain!r}: unexpected UUID {uuid!r}")
+    directory = Path(state_dir) / "locks"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(
+        directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_pid(fd)
+                    who = f" (pid {holder})" if holder else ""
+                    raise SnapshotdError(
+                        f"domain {domain!r} is busy: another snapshotd process{who} has been "
+                        f"working on it for more than {wait:g} s; try again later"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from snapshotd.edge import report, statefile
 from snapshotd.edge.catalog import Catalog, Run, RunLog, SnapshotRow
 from snapshotd.edge.cli import main
+from snapshotd.errors import SnapshotdError
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 OTHER = "11111111-2222-3333-4444-555555555555"
@@ -258,3 +260,36 @@ def test_status_of_a_state_dir_never_used(
 )
 def test_age(seconds: int, text: str) -> None:
     assert report.age(seconds) == text
+
+
+def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    code = (
+        "import sys, time; from snapshotd.edge import statefile\n"
+        f"with statefile.domain_lock({state!r}, {UUID!r}, 'web'):\n"
+        "    print('held', flush=True); time.sleep(3)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(SnapshotdError) as caught,
+            statefile.domain_lock(state, UUID, "web", wait=0.3),
+        ):
+            pass
+        assert f"domain 'web' is busy: another snapshotd process (pid {holder.pid})" in str(
+            caught.value
+        )
+        started = time.monotonic()
+        with statefile.domain_lock(state, UUID, "web", wait=30):
+            waited = time.monotonic() - started
+        assert 1.5 < waited < 10  # it waited for the holder, then got the lock
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_the_domain_lock_refuses_a_strange_uuid(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotdError), statefile.domain_lock(str(tmp_path), "../../x", "web"):
+        pass
+    assert not (tmp_path / "locks").exists()  # refused before anything was made
