@@ -174,7 +174,7 @@ def file_progress(path: str | None, total: int | None) -> Callable[[], tuple[int
 
 @contextlib.contextmanager
 def progress(
-    label: str, poll: Callable[[], tuple[int, int] | None], stream: TextIO, interval: float = 0.2
+    label: str, poll: Callable[[], tuple[int, int] | None], stream: TextIO, interval: float = 0.1
 ) -> Iterator[None]:
     """While the body runs, show `label: NN% (done of total MiB)` on a terminal.
 

@@ -13,6 +13,7 @@ import pty
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def test_an_external_memory_snapshot_shows_progress_on_a_terminal_only(
 def test_retention_merging_an_external_snapshot_shows_progress(
     domain_factory: DomainFactory, tmp_path: Path
 ) -> None:
-    dom = domain_factory([DiskSpec(size=1 << 30)], state="running")
+    dom = domain_factory([DiskSpec(size=2 << 30)], state="running")
     policies = tmp_path / "policies"
     policies.mkdir(mode=0o755)
     config = tmp_path / "snapshotd.yaml"
@@ -144,11 +145,11 @@ snapshot:
         )
 
     assert snapshotd("take", "--policy", "ext").returncode == 0
-    # Give the first snapshot's overlay 512 MiB of data, so that merging it takes a while.
+    # Give the first snapshot's overlay 1.5 GiB of data, so that merging it takes a while.
     (overlay,) = (dom.directory / "snaps").glob("*.qcow2")
     dom.dom.destroy()
     subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 512M", str(overlay)],
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1536M", str(overlay)],
         check=True,
         capture_output=True,
     )
@@ -156,12 +157,14 @@ snapshot:
     assert snapshotd("take", "--policy", "ext").returncode == 0
     policy.write_text(body + "retention: {keep_last: 1}\n")
     master, slave = pty.openpty()
+    started = time.monotonic()
     done = snapshotd("prune", stderr=slave)
+    took = time.monotonic() - started
     os.close(slave)
     text = read_all(master)
     os.close(master)
     assert done.returncode == 0, text
     assert "deleted ext-" in done.stdout.decode()
     shown = [int(p) for p in re.findall(rf"retention of {re.escape(dom.name)}: +(\d+)% \(", text)]
-    assert shown, f"no progress on the terminal: {text!r}"
+    assert shown, f"no progress on the terminal in {took:.2f} s: {text!r}"
     assert any(p < 100 for p in shown), shown
