@@ -11,6 +11,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from snapshotd.core.schedule import span
+
 
 class Code(enum.IntEnum):
     """Nagios plugin exit codes."""
@@ -47,7 +49,7 @@ class Check:
         if self.age is None:
             return f"{self.label}: no snapshot"
         limit = self.crit if self.code is Code.CRITICAL else self.warn
-        return f"{self.label}: newest is {_span(self.age)} old (limit {_span(limit or 0)})"
+        return f"{self.label}: newest is {span(self.age)} old (limit {span(limit or 0)})"
 
     def perfdata(self) -> str:
         value = "U" if self.age is None else f"{self.age}s"
@@ -55,19 +57,6 @@ class Check:
         crit = "" if self.crit is None else str(self.crit)
         label = self.label.replace("'", "_").replace("=", "_")
         return f"'{label}'={value};{warn};{crit};0;"
-
-
-def _span(seconds: int) -> str:
-    """45s, 12m, 2h, 2h13m, 3d, 3d4h."""
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        hours, minutes = divmod(seconds // 60, 60)
-        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
-    days, hours = divmod(seconds // 3600, 24)
-    return f"{days}d{hours}h" if hours else f"{days}d"
 
 
 def verdict(checks: Sequence[Check]) -> tuple[Code, str]:

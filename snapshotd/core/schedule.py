@@ -231,6 +231,19 @@ def check_timezone(name: str) -> str | None:
     return None
 
 
+def span(seconds: int) -> str:
+    """A short human duration: 45s, 12m, 2h, 2h13m, 3d, 3d4h."""
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        hours, minutes = divmod(seconds // 60, 60)
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(seconds // 3600, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """``"30s"``, ``"15m"``, ``"1h"``, ``"2d"``, ``"1w"``, ``"1h30m"`` as a timedelta.
 

@@ -22,7 +22,7 @@ from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
-from snapshotd.core.schedule import next_due
+from snapshotd.core.schedule import next_due, span
 from snapshotd.core.table import TABLE
 from snapshotd.edge import files, metadata, operations, output, report
 from snapshotd.edge.catalog import DB_NAME, Catalog
@@ -953,7 +953,7 @@ def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:
         else:
             due = _utc(row["next_due"]) if row["next_due"] else "-"
         error = row["last_error"]["message"].splitlines()[0] if row["last_error"] else "-"
-        age = report.age(last["age_seconds"]) if last else "-"
+        age = span(last["age_seconds"]) if last else "-"
         table.append((row["domain"], row["policy"], last["name"] if last else "-", age, due, error))
     widths = [max(len(line[i]) for line in table) for i in range(5)]
     for line in table:

@@ -99,14 +99,3 @@ def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
             )
     report["domains"].sort(key=lambda d: (d["domain"], d["policy"]))
     return report
-
-
-def age(seconds: int) -> str:
-    """A short human age: 45s, 12m, 3h05m, 2d04h."""
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"

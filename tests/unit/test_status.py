@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from snapshotd.core.schedule import span
 from snapshotd.edge import report, statefile
 from snapshotd.edge.catalog import Catalog, Run, RunLog, SnapshotRow
 from snapshotd.edge.cli import main
@@ -256,10 +257,19 @@ def test_status_of_a_state_dir_never_used(
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (59, "59s"), (60, "1m"), (3599, "59m"), (3600, "1h00m"), (90061, "1d01h")],
+    [
+        (0, "0s"),
+        (119, "119s"),
+        (120, "2m"),
+        (3599, "59m"),
+        (3600, "1h"),
+        (7980, "2h13m"),
+        (172800, "2d"),
+        (190800, "2d5h"),
+    ],
 )
-def test_age(seconds: int, text: str) -> None:
-    assert report.age(seconds) == text
+def test_span(seconds: int, text: str) -> None:
+    assert span(seconds) == text
 
 
 def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
