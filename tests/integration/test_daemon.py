@@ -335,10 +335,12 @@ def test_a_hung_qemu_is_reported_and_does_not_hold_up_the_others(
         row = next(d for d in data["domains"] if d["domain"] == hung.name)
         assert row["running"] is True
         assert row["overrun"] is True
-        # The other domain goes on with the only worker while the hung call waits.
+        # The other domain goes on with the only worker while the hung call waits.  Not
+        # at full speed: with one QEMU stopped, libvirtd itself was seen to take up to
+        # 15 s over another domain's snapshot on a loaded machine.
         before = snapshots(other)[-1][0]
         daemon.wait_for(
-            lambda: snapshots(other)[-1][0] >= before + 3, 20, "the other domain's snapshots"
+            lambda: snapshots(other)[-1][0] >= before + 3, 60, "the other domain's snapshots"
         )
         assert len(snapshots(hung)) == stuck  # never a second operation on the hung domain
     finally:
