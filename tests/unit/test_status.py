@@ -7,7 +7,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -274,10 +273,12 @@ def test_span(seconds: int, text: str) -> None:
 
 def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
     state = str(tmp_path)
+    done = tmp_path / "holder-done"  # written by the holder just before it lets go
     code = (
-        "import sys, time; from snapshotd.edge import statefile\n"
+        "import pathlib, time; from snapshotd.edge import statefile\n"
         f"with statefile.domain_lock({state!r}, {UUID!r}, 'web'):\n"
-        "    print('held', flush=True); time.sleep(3)\n"
+        "    print('held', flush=True); time.sleep(1)\n"
+        f"    pathlib.Path({str(done)!r}).touch()\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -291,10 +292,10 @@ def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> Non
         assert f"domain 'web' is busy: another snapshotd process (pid {holder.pid})" in str(
             caught.value
         )
-        started = time.monotonic()
+        assert not done.exists()  # the holder is still inside its lock
         with statefile.domain_lock(state, UUID, "web", wait=30):
-            waited = time.monotonic() - started
-        assert 1.5 < waited < 10  # it waited for the holder, then got the lock
+            # Got only after the holder finished: it wrote its mark before letting go.
+            assert done.exists()
     finally:
         holder.wait(timeout=30)
 
