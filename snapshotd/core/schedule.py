@@ -231,6 +231,11 @@ def check_timezone(name: str) -> str | None:
     return None
 
 
+def utc_text(epoch: int) -> str:
+    """An instant as people read it in logs and tables: 2026-11-25 03:00:00Z."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def span(seconds: int) -> str:
     """A short human duration: 45s, 12m, 2h, 2h13m, 3d, 3d4h."""
     if seconds < 120:

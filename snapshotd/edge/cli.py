@@ -22,7 +22,7 @@ from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
-from snapshotd.core.schedule import next_due, span
+from snapshotd.core.schedule import next_due, span, utc_text
 from snapshotd.core.table import TABLE
 from snapshotd.edge import files, metadata, operations, output, report
 from snapshotd.edge.catalog import DB_NAME, Catalog
@@ -348,15 +348,21 @@ def _uri(args: argparse.Namespace, settings: Settings | None = None) -> str:
     return DEFAULT_URI
 
 
-def _settings(args: argparse.Namespace, *, policies: bool = True) -> Settings:
-    """Config, policy directory and state directory, with command-line overrides."""
-    settings = load_settings(
+def _read_settings(args: argparse.Namespace, *, policies: bool) -> Settings:
+    """Config, policy directory and state directory, with command-line overrides;
+    errors are in the result, not raised."""
+    return load_settings(
         config=args.config,
         default_config=DEFAULT_CONFIG,
         policy_dir=args.policy_dir,
         state_dir=args.state_dir,
         load_policies=policies,
     )
+
+
+def _settings(args: argparse.Namespace, *, policies: bool = True) -> Settings:
+    """The same, refusing a configuration with errors."""
+    settings = _read_settings(args, policies=policies)
     if settings.errors:
         raise RequestError(
             "the configuration is not valid (run `snapshotd check` for details):\n  "
@@ -420,13 +426,7 @@ def _dump(data: object, out: TextIO) -> None:
 
 
 def _freshness(args: argparse.Namespace) -> tuple[freshness.Code, str]:
-    settings = load_settings(
-        config=args.config,
-        default_config=DEFAULT_CONFIG,
-        policy_dir=args.policy_dir,
-        state_dir=args.state_dir,
-        load_policies=True,
-    )
+    settings = _read_settings(args, policies=True)
     if settings.errors:
         return freshness.unknown(f"configuration not valid: {settings.errors[0]}")
     monitored = [p for p in settings.policies if p.monitor is not None]
@@ -473,13 +473,7 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         code, line = _freshness(args)
         print(line, file=out)
         return int(code)
-    settings = load_settings(
-        config=args.config,
-        default_config=DEFAULT_CONFIG,
-        policy_dir=args.policy_dir,
-        state_dir=args.state_dir,
-        load_policies=True,
-    )
+    settings = _read_settings(args, policies=True)
     for error in settings.errors:
         print(str(error), file=sys.stderr)
     if settings.errors:
@@ -939,9 +933,7 @@ EXIT_NOT_RUNNING = 3  # as LSB's and systemctl's status
 
 
 def _utc(epoch: int | None) -> str:
-    if epoch is None:
-        return "-"
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return "-" if epoch is None else utc_text(epoch)
 
 
 def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:
@@ -962,13 +954,7 @@ def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    settings = load_settings(
-        config=args.config,
-        default_config=DEFAULT_CONFIG,
-        policy_dir=args.policy_dir,
-        state_dir=args.state_dir,
-        load_policies=False,
-    )
+    settings = _read_settings(args, policies=False)
     data = report.collect(settings.state_dir)
     running = data["daemon"]["running"]
     if args.json:

@@ -183,13 +183,6 @@ def catalog_items(catalog: Catalog, domain: DomainInfo, names: Sequence[str] = (
 # --- import ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Imported:
-    plan: ImportPlan
-    defined: tuple[str, ...]
-    dry_run: bool
-
-
 def _is_local(uri: str) -> bool:
     return not urlsplit(uri).netloc
 
@@ -203,9 +196,17 @@ def _existing(hv: Hypervisor, domain: str) -> dict[str, int | None]:
 
 
 def check_import(
-    hv: Hypervisor, domain: DomainInfo, items: Sequence[Item], *, current: str | None
+    hv: Hypervisor,
+    domain: DomainInfo,
+    items: Sequence[Item],
+    *,
+    current: str | None,
+    existing: dict[str, int | None] | None = None,
 ) -> ImportPlan:
-    """Every check, against the domain and what libvirt has; raises ImportRefused."""
+    """Every check, against the domain and what libvirt has; raises ImportRefused.
+
+    ``existing`` is what libvirt has (name -> creation time), when the caller has
+    just read it."""
     missing: dict[str, list[str]] = {}
     if _is_local(hv.uri):
         for item in items:
@@ -216,7 +217,7 @@ def check_import(
         items,
         domain=domain.name,
         domain_uuid=domain.uuid,
-        existing=_existing(hv, domain.name),
+        existing=_existing(hv, domain.name) if existing is None else existing,
         missing_files=missing,
         current=current,
     )
@@ -340,7 +341,7 @@ def revert(
     redefined: list[str] = []
     if snapshot not in existing:
         items = _with_ancestors(catalog, info, snapshot, existing)
-        plan = check_import(hv, info, items, current=None)
+        plan = check_import(hv, info, items, current=None, existing=existing)
         redefined = list(run_import(hv, info, plan, catalog=catalog))
     xml = hv.snapshot_xml(info.name, snapshot)
     parsed = snapxml.parse_snapshot(xml, source=f"snapshot {snapshot!r}")

@@ -30,6 +30,7 @@ from snapshotd.core.model import (
 from snapshotd.core.plan import Plan, plan_snapshot
 from snapshotd.core.policy import BeforeFailure, Policy, Quiesce
 from snapshotd.core.retention import Candidate, Verdict, evaluate
+from snapshotd.core.schedule import utc_text
 from snapshotd.edge import files, hooks, statefile
 from snapshotd.edge.catalog import Catalog, Operation, SnapshotRow
 from snapshotd.edge.hypervisor import Hypervisor, SnapshotRecord, agent_unavailable
@@ -97,19 +98,13 @@ def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, nam
     row = catalog.find(domain.uuid, name)
     if created is None and row is None:
         return
-    when = created if created is not None else row.created_at if row is not None else None
+    when = created if created is not None else row.created_at if row is not None else 0
     where = "in libvirt" if created is not None else "in snapshotd's catalog (catalog-only)"
     raise RequestError(
         f"domain {domain.name!r} already has a snapshot named {name!r} {where}, created "
-        f"{_iso(when)}; snapshotd never replaces a snapshot: choose another name, or "
+        f"{utc_text(when)}; snapshotd never replaces a snapshot: choose another name, or "
         "delete that one first"
     )
-
-
-def _iso(epoch: int | None) -> str:
-    if epoch is None:
-        return "at an unknown time"
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _create(
@@ -351,23 +346,32 @@ def snapshots_of(
     return result
 
 
-def in_use(hv: Hypervisor, domain: DomainInfo, row: SnapshotRow) -> str | None:
+Chains = list[tuple[str, list[str]]]  # (disk target, its image and backing files)
+
+
+def backing_chains(hv: Hypervisor, domain: DomainInfo) -> Chains:
+    """Each file disk's current backing chain, read once per prune."""
+    current = parse_domain(hv.domain_xml(domain.name), domain.state)
+    return [
+        (disk.target, files.backing_chain(disk.path))
+        for disk in current.disks
+        if disk.path is not None and disk.source_type == "file"
+    ]
+
+
+def in_use(chains: Chains, domain: DomainInfo, row: SnapshotRow) -> str | None:
     """Why a catalog-only snapshot's files must stay, or None when none is in use.
 
     A file stays while it is in a disk's current backing chain (an overlay the domain
     writes to, or one that a newer overlay is built on).
     """
-    current = parse_domain(hv.domain_xml(domain.name), domain.state)
-    for disk in current.disks:
-        if disk.path is None or disk.source_type != "file":
-            continue
-        chain = files.backing_chain(disk.path)
+    for target, chain in chains:
         for path in row.files:
             if files.absolute(path) in chain:
                 shown = " -> ".join(chain)
                 return (
-                    f"{path} is in {disk.target}'s current backing chain ({shown}); merge it "
-                    f"first (virsh blockcommit {domain.name} {disk.target} --active --pivot), "
+                    f"{path} is in {target}'s current backing chain ({shown}); merge it "
+                    f"first (virsh blockcommit {domain.name} {target} --active --pivot), "
                     "and the next prune deletes it"
                 )
     return None
@@ -432,11 +436,18 @@ def _delete(
 ) -> None:
     by_name = {o.candidate.name: o for o in owned}
     doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
+    chains: Chains | None = None  # read when the first catalog-only snapshot needs them
     for name in doomed:
         started = time.monotonic()
         entry = by_name[name]
         if entry.record is None and entry.row is not None:
-            _prune_catalog_only(hv, catalog, policy, domain, entry.row, report=report, now=now)
+            if chains is None:
+                try:
+                    chains = backing_chains(hv, domain)
+                except SnapshotdError as exc:
+                    report.failed.append((name, str(exc)))
+                    continue
+            _prune_catalog_only(catalog, hv, policy, domain, entry.row, chains, report, now)
             continue
         try:
             hv.delete_snapshot(domain.name, name)
@@ -455,10 +466,9 @@ def _delete(
                 now=now,
             )
             continue
-        info = by_name[name].info
+        info = entry.info
         if info.creation_time is not None:
-            row = catalog.owner(domain.uuid, name, info.creation_time)
-            _remove_memory_file(info, row.files if row is not None else ())
+            _remove_memory_file(info, entry.row.files if entry.row is not None else ())
             catalog.mark_deleted(domain.uuid, name, info.creation_time, _epoch(now))
         report.deleted.append(name)
         _log(
@@ -475,23 +485,19 @@ def _delete(
         )
 
 
-def _prune_catalog_only(
-    hv: Hypervisor,
+def _prune_catalog_only(  # noqa: PLR0917 - the prune's state, passed down once
     catalog: Catalog,
+    hv: Hypervisor,
     policy: Policy,
     domain: DomainInfo,
     row: SnapshotRow,
-    *,
+    chains: Chains,
     report: PruneReport,
     now: dt.datetime,
 ) -> None:
     """Delete a catalog-only snapshot: its files, unless the domain still uses one."""
     started = time.monotonic()
-    try:
-        why = in_use(hv, domain, row)
-    except SnapshotdError as exc:
-        report.failed.append((row.name, str(exc)))
-        return
+    why = in_use(chains, domain, row)
     if why is not None:
         report.kept.append((row.name, why))
         _log(
