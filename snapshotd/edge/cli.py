@@ -8,11 +8,11 @@ This is the one place where snapshotd's errors become exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -635,9 +635,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
                 result["note"] = made.note
             # Retention runs only after this domain got its snapshot.
             # After the snapshot, so that it counts as the newest (not as "in the future").
-            targets = tuple(d.target for d in domain.disks)
-            poll = functools.partial(hv.job_progress, domain.name, targets)
-            with output.progress(f"retention of {domain.name}", poll, sys.stderr):
+            with _retention_progress(hv.uri, domain):
                 report = operations.prune(hv, catalog, policy, domain, _now())
             result["pruned"] = report.deleted
             if report.failed:
@@ -668,6 +666,35 @@ def _print_take_result(result: dict[str, Any], out: TextIO) -> None:
         print(f"  pruned: {pruned}", file=out)
         for item in result.get("prune_failed", []):
             print(f"  could not delete {item['snapshot']}: {item['error']}", file=out)
+
+
+@contextlib.contextmanager
+def _retention_progress(uri: str, domain: DomainInfo) -> Iterator[None]:
+    """Show the progress of the merges that retention starts, on a terminal.
+
+    The block jobs are read on a second connection, opened at the first sample (so
+    only on a terminal): on the connection that runs the deletion libvirt 9.0 holds
+    the answers until the merge is over.
+    """
+    targets = tuple(d.target for d in domain.disks)
+    watcher: list[Hypervisor | None] = []
+
+    def poll() -> tuple[int, int] | None:
+        if not watcher:
+            try:
+                watcher.append(Hypervisor.open(uri))
+            except SnapshotdError:
+                watcher.append(None)  # no progress shown, the deletion goes on
+        opened = watcher[0]
+        return opened.job_progress(domain.name, targets) if opened else None
+
+    try:
+        with output.progress(f"retention of {domain.name}", poll, sys.stderr):
+            yield
+    finally:
+        for opened in watcher:
+            if opened is not None:
+                opened.close()
 
 
 def _planned_memory_file(domain: DomainInfo, request: SnapshotRequest) -> str | None:
@@ -713,10 +740,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
             for domain in domains:
                 if not policy.selector.matches(domain):
                     continue
-                label = f"retention of {domain.name}"
-                targets = tuple(d.target for d in domain.disks)
-                poll = functools.partial(hv.job_progress, domain.name, targets)
-                with output.progress(label, poll, sys.stderr):
+                with _retention_progress(hv.uri, domain):
                     reports.append(
                         operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
                     )
