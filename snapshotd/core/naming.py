@@ -8,6 +8,7 @@ is done by ``snapshotd.edge.files`` right before anything is created.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import string
@@ -20,6 +21,8 @@ from snapshotd.errors import RequestError
 # and a leading ".".
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]*")
 NAME_MAX = 200
+# The control characters: every code point below 32, and DEL.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def check_snapshot_name(name: str) -> None:
@@ -44,7 +47,7 @@ def check_file_component(component: str, what: str) -> None:
         bad = f"{component!r} names a directory"
     elif "/" in component:
         bad = "it contains '/'"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in component):
+    elif _CONTROL.search(component):
         bad = "it contains a control character (NUL, newline, ...)"
     elif component.startswith("."):
         bad = "it starts with '.' (hidden files are not created)"
@@ -58,7 +61,7 @@ def check_directory(path: str, what: str) -> str:
     """An absolute, normalised directory path with no '..' and no control characters."""
     if not path:
         raise RequestError(f"{what} is empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         raise RequestError(f"{what} {path!r} contains a control character (NUL, newline, ...)")
     if not path.startswith("/"):
         raise RequestError(f"{what} {path!r} must be an absolute path")
@@ -80,7 +83,7 @@ def template_fields(
     """
     fields: list[str] = []
     try:
-        parsed = list(string.Formatter().parse(template))
+        parsed = _parse_template(template)
     except ValueError as exc:
         raise RequestError(f"{what} {template!r} is not a valid template: {exc}") from None
     for _literal, field, spec, conversion in parsed:
@@ -97,6 +100,11 @@ def template_fields(
             raise RequestError(f"{what} {template!r}: {{{field}}} takes no format spec")
         fields.append(field)
     return fields
+
+
+@functools.lru_cache(maxsize=256)  # a policy's few templates, filled in for every domain
+def _parse_template(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    return tuple(string.Formatter().parse(template))
 
 
 def render_template(template: str, values: Mapping[str, str], what: str) -> str:

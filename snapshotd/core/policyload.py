@@ -106,7 +106,9 @@ class LocatedError:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line > 0 else self.file
+        # A file name is untrusted: a newline in it must not start a fake log line.
+        name = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in self.file)
+        where = f"{name}:{self.line}:{self.column}" if self.line > 0 else name
         if self.path:
             return f"{where}: {self.path}: {self.message}"
         return f"{where}: {self.message}"
@@ -523,8 +525,10 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
     Option(
         "workers",
         Kind.COUNT,
-        "How many snapshots the daemon takes at once, across all domains (at least 1; "
-        "never more than one at a time per domain).",
+        "How many snapshot operations (creations, and retention's deletions) the daemon "
+        "has inside libvirt at once, across all domains (at least 1; never more than one "
+        "at a time per domain).  Up to two more jobs read their domain and render their "
+        "XML meanwhile, so each is ready when a place frees.",
         default="4",
         example="4",
     ),

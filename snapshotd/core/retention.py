@@ -67,10 +67,10 @@ import datetime as dt
 import functools
 import operator
 import zoneinfo
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from typing import NamedTuple
+from itertools import islice
+from typing import NamedTuple, cast
 
 FOREIGN = "not made by this policy"
 FUTURE = "created in the future"
@@ -135,15 +135,11 @@ class Verdict(NamedTuple):
     reasons: tuple[str, ...]  # every rule that keeps it; (NO_RULE,) for a deletion
 
 
-# One entry of the history: (created in UTC, name, position in the input).  Sorted
-# ascending, so the newest is last.
-_Entry = tuple[dt.datetime, str, int]
-# What a rule keeps: (position in the history, reason).
-_Kept = Iterator[tuple[int, str]]
+# What the rules keep: position in the history -> every reason, in the rules' order.
+_Reasons = dict[int, list[str]]
 
 _UTC = dt.UTC
 _DELETE = (NO_RULE,)
-_created = operator.itemgetter(0)
 _new_verdict = tuple.__new__
 
 
@@ -158,31 +154,58 @@ def evaluate(
     now = _as_utc(now, None)
     _zone(timezone)  # refuse an unknown zone even when no period rule needs it
     kept: dict[int, list[str]] = {}  # position in the input -> why it is kept
-    history = _history(candidates, now, kept)
+    history, order = _history(candidates, now, kept)
+    names = [c.name for c in candidates]
+    verdicts = _deletions(names)  # then the kept ones put in their places
     if history:
-        rules = [_newest(history), _keep_last(retention.keep_last, history)]
-        rules += (_periodic(kind, getattr(retention, kind), history, timezone) for kind in PERIODS)
-        rules.append(_younger(retention.min_age, history, now))
-        for rule in rules:
-            for pos, why in rule:
-                index = history[pos][2]
-                if (reasons := kept.get(index)) is None:
-                    kept[index] = [why]
-                else:
-                    reasons.append(why)
-    keep = [False] * len(candidates)
-    why_all: list[tuple[str, ...]] = [_DELETE] * len(candidates)
+        # Each rule adds its reasons to the positions in the history it keeps.
+        by_pos: _Reasons = {len(history) - 1: [NEWEST]}
+        _keep_last(retention.keep_last, history, by_pos)
+        for kind in PERIODS:
+            _periodic(kind, getattr(retention, kind), history, timezone, by_pos)
+        _younger(retention.min_age, history, now, by_pos)
+        for pos, reasons in by_pos.items():
+            index = order[pos]
+            if (earlier := kept.pop(index, None)) is not None:  # a pin comes first
+                reasons[:0] = earlier
+            verdicts[index] = _kept_verdict(names[index], reasons)
     for index, reasons in kept.items():
-        keep[index] = True
-        why_all[index] = tuple(reasons)
-    # map() over tuple.__new__ builds the verdicts without a Python call for each one
-    return list(
-        map(
-            _new_verdict,
-            repeat(Verdict),
-            zip([c.name for c in candidates], keep, why_all, strict=True),
-        )
-    )
+        verdicts[index] = _kept_verdict(names[index], reasons)
+    return verdicts
+
+
+# Verdicts already made.  Snapshot names are the same across the domains of a policy
+# (the default name has the policy and the time in it, not the domain), and so are
+# most reasons, so a scheduling pass makes few distinct verdicts, and building a named
+# tuple costs several times what finding one does.  A verdict is immutable, so
+# sharing one is safe.  Each memo is bounded: when full, it starts afresh.
+_DELETED: dict[str, Verdict] = {}  # name -> its deletion verdict
+_KEPT: dict[tuple[str, bool, tuple[str, ...]], Verdict] = {}  # each verdict is its own key
+_MEMO_VERDICTS = 8192
+
+
+def _deletions(names: list[str]) -> list[Verdict]:
+    """A deletion verdict for each name."""
+    memo = _DELETED
+    if len(memo) >= _MEMO_VERDICTS:
+        memo.clear()
+    found = list(map(memo.get, names))
+    if None in found:
+        for index, verdict in enumerate(found):
+            if verdict is None:
+                name = names[index]
+                found[index] = memo[name] = _new_verdict(Verdict, (name, False, _DELETE))
+    return cast("list[Verdict]", found)
+
+
+def _kept_verdict(name: str, reasons: list[str]) -> Verdict:
+    fields = (name, True, tuple(reasons))
+    verdict = _KEPT.get(fields)
+    if verdict is None:
+        if len(_KEPT) >= _MEMO_VERDICTS:
+            _KEPT.clear()
+        verdict = _KEPT[fields] = _new_verdict(Verdict, fields)
+    return verdict
 
 
 def to_delete(
@@ -229,12 +252,42 @@ def format_duration(delta: dt.timedelta) -> str:
 
 def _history(
     candidates: Sequence[Candidate], now: dt.datetime, kept: dict[int, list[str]]
-) -> list[_Entry]:
+) -> tuple[list[dt.datetime], Sequence[int]]:
     """The owned, not-future candidates, oldest first; records foreign/future/pinned.
 
-    Written with comprehensions and C-level list methods rather than one loop with
-    branches: this is the part of a run that sees every snapshot of every domain.
+    Returns their creation times in UTC (ascending) and, for each, its position in
+    the input.  Written with comprehensions and C-level list methods rather than one
+    loop with branches: this is the part of a run that sees every snapshot of every
+    domain.  The usual history (every candidate owned, unpinned, its time in UTC)
+    skips the general passes of :func:`_sorted_history`, and when it is listed oldest
+    or newest first, with no two at the same instant (libvirt's topological order of
+    a chain of snapshots is oldest first), it needs no sort and no names either.
     """
+    times = [c.created for c in candidates]
+    count = len(times)
+    order: Sequence[int]
+    plain = [c.owned and c.pinned is None and c.created.tzinfo is _UTC for c in candidates]
+    if plain.count(True) != count:
+        return _sorted_history(candidates, now, kept)
+    if all(map(operator.lt, times, islice(times, 1, None))):
+        order = range(count)
+    elif all(map(operator.gt, times, islice(times, 1, None))):
+        times.reverse()
+        order = range(count - 1, -1, -1)
+    else:
+        history = sorted(zip(times, [c.name for c in candidates], range(count), strict=True))
+        times = [entry[0] for entry in history]
+        order = [entry[2] for entry in history]
+    while times and times[-1] > now:
+        times.pop()
+        kept[order[len(times)]] = [FUTURE]
+    return times, order[: len(times)]
+
+
+def _sorted_history(
+    candidates: Sequence[Candidate], now: dt.datetime, kept: dict[int, list[str]]
+) -> tuple[list[dt.datetime], list[int]]:
+    """:func:`_history` for any input: sorted by (time, name, position)."""
     history = [(c.created, c.name, i) for i, c in enumerate(candidates) if c.owned]
     if [entry[0].tzinfo for entry in history].count(_UTC) != len(history):
         history = [(_as_utc(when, n), n, i) for when, n, i in history]
@@ -251,7 +304,7 @@ def _history(
         for i, pin in enumerate(pins):
             if pin is not None:
                 kept.setdefault(i, []).append(f"pinned: {pin}" if pin else "pinned")
-    return history
+    return [entry[0] for entry in history], [entry[2] for entry in history]
 
 
 def _as_utc(when: dt.datetime, snapshot: str | None) -> dt.datetime:
@@ -272,44 +325,73 @@ def _zone(timezone: str) -> zoneinfo.ZoneInfo:
 # --- the rules: each says which positions of the history it keeps, and why -----------
 
 
-def _newest(history: Sequence[_Entry]) -> _Kept:
-    yield len(history) - 1, NEWEST
+def _add(by_pos: _Reasons, pos: int, why: str) -> None:
+    if (reasons := by_pos.get(pos)) is None:
+        by_pos[pos] = [why]
+    else:
+        reasons.append(why)
 
 
-def _keep_last(count: int, history: Sequence[_Entry]) -> _Kept:
+def _keep_last(count: int, history: Sequence[dt.datetime], by_pos: _Reasons) -> None:
+    kept = min(count, len(history))
     newest = len(history) - 1
-    for rank in range(1, min(count, len(history)) + 1):
-        yield newest + 1 - rank, _keep_last_reason(count, rank)
+    reasons = _keep_last_reasons(count, kept)
+    for pos, why in zip(range(newest, newest - kept, -1), reasons, strict=True):
+        if (earlier := by_pos.get(pos)) is None:
+            by_pos[pos] = [why]
+        else:
+            earlier.append(why)
 
 
-def _periodic(kind: str, count: int, history: Sequence[_Entry], timezone: str) -> _Kept:
+def _periodic(
+    kind: str, count: int, history: Sequence[dt.datetime], timezone: str, by_pos: _Reasons
+) -> None:
     """The newest snapshot of each of the last ``count`` periods that have one."""
+    if count <= 0:
+        return
+    memo = _period_memo(timezone, kind)
+    memo_get, reasons_at = memo.get, by_pos.get  # looked up once, used per period kept
     pos = len(history) - 1
     while count > 0 and pos >= 0:
-        when = history[pos][0]
-        start, end, why = _slice_period(timezone, kind, _slice_of(when))
+        when = history[pos]
+        # the 15-minute slice of UTC time that ``when`` lies in
+        slice_no = when.toordinal() * 96 + when.hour * 4 + when.minute // 15
+        if (period := memo_get(slice_no)) is None:
+            if len(memo) >= _MEMO_SLICES:
+                memo.clear()
+            period = memo[slice_no] = _slice_period(timezone, kind, slice_no)
+        start, end, why = period
         if not start <= when < end:  # a zone whose offset is not a multiple of 15 minutes
             start, _, why = _compute_period(timezone, kind, when)
-        yield pos, why
+        if (reasons := reasons_at(pos)) is None:
+            by_pos[pos] = [why]
+        else:
+            reasons.append(why)
         count -= 1
         # on to the newest snapshot before this period began
         pos -= 1
-        if pos >= 0 and history[pos][0] >= start:
-            pos = bisect.bisect_left(history, start, 0, pos, key=_created) - 1
+        if pos >= 0 and history[pos] >= start:
+            pos = bisect.bisect_left(history, start, 0, pos) - 1
 
 
-def _younger(min_age: dt.timedelta, history: Sequence[_Entry], now: dt.datetime) -> _Kept:
+def _younger(
+    min_age: dt.timedelta, history: Sequence[dt.datetime], now: dt.datetime, by_pos: _Reasons
+) -> None:
     if not min_age:
         return
     why = f"younger than min_age {format_duration(min_age)}"
-    first = bisect.bisect_right(history, now - min_age, key=_created)
+    first = bisect.bisect_right(history, now - min_age)
     for pos in range(len(history) - 1, first - 1, -1):
-        yield pos, why
+        _add(by_pos, pos, why)
 
 
-@functools.lru_cache(maxsize=1024)
-def _keep_last_reason(count: int, rank: int) -> str:
-    return f"keep_last {count} ({_ordinal(rank)})"
+@functools.lru_cache(maxsize=256)
+def _keep_last_reasons(count: int, kept: int) -> tuple[str, ...]:
+    """The reasons of ranks 1..kept (newest first) under ``keep_last count``.
+
+    ``kept`` is at most the length of a history, so a huge count costs no more.
+    """
+    return tuple(f"keep_last {count} ({_ordinal(rank)})" for rank in range(1, kept + 1))
 
 
 def _ordinal(rank: int) -> str:
@@ -327,13 +409,21 @@ def _ordinal(rank: int) -> str:
 _SLICE = dt.timedelta(minutes=15)
 
 
-def _slice_of(when: dt.datetime) -> int:
-    """The number of the 15-minute slice of UTC time that ``when`` (UTC) lies in."""
-    return when.toordinal() * 96 + when.hour * 4 + when.minute // 15
+_MEMO_SLICES = 16384  # per zone and kind: 170 days of slices; then it starts afresh
+_Period = tuple[dt.datetime, dt.datetime, str]
 
 
-@functools.lru_cache(maxsize=16384)
-def _slice_period(timezone: str, kind: str, slice_no: int) -> tuple[dt.datetime, dt.datetime, str]:
+@functools.lru_cache(maxsize=64)
+def _period_memo(timezone: str, kind: str) -> dict[int, _Period]:
+    """Slice number -> its period (:func:`_slice_period`), filled as slices are asked for.
+
+    A plain dict looked up by an int: this is asked about every period kept of every
+    domain, and building an argument tuple for a cache of three arguments costs more.
+    """
+    return {}
+
+
+def _slice_period(timezone: str, kind: str, slice_no: int) -> _Period:
     """The period of any instant in the slice (if the slice lies within one period)."""
     day, quarter = divmod(slice_no, 96)
     when = dt.datetime.fromordinal(day).replace(tzinfo=_UTC) + quarter * _SLICE

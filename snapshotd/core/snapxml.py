@@ -107,6 +107,11 @@ TOP_LEVEL = (
 
 _INDENT = "  "
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Text that is written as it is, in an element or an attribute: XML characters other
+# than the ones either escape table replaces (& < > ' " and CR, LF, tab).
+_PLAIN = re.compile(
+    "[\x20-\x21\x23-\x25\x28-\x3b\x3d\x3f-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*"
+)
 _TEXT_ESCAPES = str.maketrans(
     {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;", "\r": "&#13;"}
 )
@@ -146,6 +151,11 @@ def render_spec(spec: SnapshotSpec) -> str:
     it as none.  The text is checked with :func:`parse_snapshot` before it is
     returned, so a plan libvirt would refuse (a relative file, a memory file
     without external memory) raises :class:`XMLError` here instead.
+
+    That check is made once per distinct shape (see :func:`_shape`), not once per
+    document: a scheduling pass renders the same request for thousands of domains,
+    and their documents differ only in file paths, which the parser looks at for
+    nothing but being empty or absolute.
     """
     if not spec.name:
         raise XMLError(f"snapshot of domain {spec.domain!r}: the snapshot name is empty")
@@ -177,8 +187,50 @@ def render_spec(spec: SnapshotSpec) -> str:
         disks=tuple(disks),
     )
     text = render_info(info)
-    parse_snapshot(text, source=f"snapshot XML for {spec.name!r} of domain {spec.domain!r}")
+    shape = _shape(spec)
+    if shape not in _PARSED_SHAPES:
+        parse_snapshot(text, source=f"snapshot XML for {spec.name!r} of domain {spec.domain!r}")
+        if len(_PARSED_SHAPES) >= _SHAPES_KEPT:
+            _PARSED_SHAPES.clear()
+        _PARSED_SHAPES[shape] = None
     return text
+
+
+# Shapes of render_spec documents that parse_snapshot has accepted (a bounded memo;
+# a dict because the daemon's job threads render concurrently and dict updates are
+# atomic).  A refused shape is never recorded, so its error is raised every time,
+# naming the spec at hand.
+_PARSED_SHAPES: dict[tuple[object, ...], None] = {}
+_SHAPES_KEPT = 4096
+_PATH_MAX = 4096
+
+
+def _path_kind(path: str | None) -> str | None:
+    """What the parser can tell about a path: absent, empty, absolute, or not.
+
+    Its first character says all of that (``""`` empty, ``"/"`` absolute, anything
+    else relative).  A path longer than PATH_MAX is its own kind, so that a limit
+    of the XML parser on attribute length is never assumed away.
+    """
+    if path is None:
+        return None
+    return path[:1] if len(path) <= _PATH_MAX else path
+
+
+def _shape(spec: SnapshotSpec) -> tuple[object, ...]:
+    """Everything in ``spec`` that decides whether its rendered XML parses.
+
+    Two specs with the same shape render to documents that differ only in the
+    (escaped, hence well-formed) text of file paths whose kinds (:func:`_path_kind`)
+    are the same, and the parser refuses either both or neither.
+    """
+    return (
+        spec.name,
+        spec.description,
+        spec.memory,
+        _path_kind(spec.memory_file),
+        tuple((d.target, d.location, d.new_format, _path_kind(d.new_file)) for d in spec.disks),
+    )
 
 
 def render_info(info: SnapshotInfo) -> str:
@@ -199,7 +251,7 @@ def render_info(info: SnapshotInfo) -> str:
 
     def element(depth: int, tag: str, value: str | None) -> None:
         if value is not None:
-            add(depth, f"<{tag}>{_text(value, f'{what}: <{tag}>')}</{tag}>")
+            add(depth, f"<{tag}>{_escape(value, _TEXT_ESCAPES, what, tag)}</{tag}>")
 
     element(1, "name", info.name)
     element(1, "description", info.description)
@@ -332,20 +384,25 @@ def _source_element(disk: SnapshotDisk, where: str) -> list[str] | None:
 
 def _attrs(where: str, tag: str, **values: str | None) -> str:
     return "".join(
-        f" {key}='{_escape(value, _ATTR_ESCAPES, f'{where}: <{tag} {key}=...>')}'"
+        f" {key}='{_escape(value, _ATTR_ESCAPES, where, tag, key)}'"
         for key, value in values.items()
         if value is not None
     )
 
 
-def _text(value: str, where: str) -> str:
-    return _escape(value, _TEXT_ESCAPES, where)
+def _escape(value: str, table: dict[int, str], where: str, tag: str, key: str | None = None) -> str:
+    """``value`` escaped for an element's text (or attribute ``key``), or XMLError.
 
-
-def _escape(value: str, table: dict[int, str], where: str) -> str:
+    The error names ``where``, the element and the attribute.
+    """
+    if _PLAIN.fullmatch(value) is not None:
+        return value  # nothing to escape, nothing to refuse: most names and paths
     bad = _NOT_XML_CHAR.search(value)
     if bad is not None:
-        raise XMLError(f"{where}: character U+{ord(bad.group()):04X} cannot be written in XML")
+        place = f"<{tag}>" if key is None else f"<{tag} {key}=...>"
+        raise XMLError(
+            f"{where}: {place}: character U+{ord(bad.group()):04X} cannot be written in XML"
+        )
     return value.translate(table)
 
 

@@ -15,6 +15,7 @@ values of the DISK_ONLY flag, and "omit/no" means either.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 from snapshotd.core.model import Location, Method, Request
@@ -169,6 +170,7 @@ TABLE: tuple[Row, ...] = (
 )
 
 
+@functools.cache  # a few dozen combinations, asked for once per domain of every run
 def lookup(online: bool, memory: Request, disk: Request, disk_only: bool) -> Row:
     """The one row of the seed's table that covers this request."""
     for row in TABLE:

@@ -2,6 +2,18 @@
 
 One SQLite database in the state directory (``catalog.sqlite``), in WAL mode with
 synchronous=FULL, so a record that was committed survives kill -9 and power loss.
+Three writes are lighter, committed without an fsync of their own (synchronous=NORMAL
+for that transaction): the daemon's "run in progress" marker right before libvirt is
+asked (RunLog.start), its end (RunLog.finish) and the operations log.  They survive
+kill -9 all the same (WAL pages live in the page cache, not in the process), and
+become power-safe with the next full commit: a snapshot's own record, written right
+after libvirt returns, is one, and it carries every commit before it.  Power loss can
+only lose a tail of commits, so it never leaves a record without the marker before
+it.  What power loss can cost: an operations log line; a finished run that looks
+unfinished (the next start reconciles it with libvirt); or, between the marker and
+the record, the marker, and then a snapshot libvirt made in that window is not adopted
+at the next start (it stays in libvirt, unowned, never pruned) and its slot is taken
+again.  Snapshot records themselves are always committed with synchronous=FULL.
 The directory is made 0700 and the database 0600: it holds snapshot XML.
 
 What makes a snapshot "ours": a row with the same domain UUID, snapshot name and
@@ -75,8 +87,12 @@ CREATE TABLE IF NOT EXISTS runs (
 _CREATING = threading.Lock()
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 if it does not exist yet.
+# Database files this process has already given the schema: later opens skip it.
+_READY: set[str] = set()
+
+
+def _create_private(path: Path) -> bool:
+    """Create the database file 0600 if it does not exist yet; True if it was created.
 
     Only ever opens and closes the file when it did not exist: closing any
     descriptor of a database file drops every POSIX lock this process holds on
@@ -88,8 +104,9 @@ def _create_private(path: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
-            return
+            return False
         os.close(fd)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,23 +141,35 @@ class Operation:
 class Catalog:
     """The catalog database.  Use as a context manager, or call close()."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, shared: bool = False) -> None:
+        """Open (creating if needed) the catalog in ``state_dir``.
+
+        ``shared``: the connection may be handed from thread to thread (never used by
+        two at once), as the daemon's pool of connections does.
+        """
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
-        _create_private(path)
+        created = _create_private(path)
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, check_same_thread=not shared
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        # executescript commits on its own; every statement in it is idempotent.
-        self._db.executescript(_SCHEMA)
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        # The daemon opens the catalog once per snapshot: the schema is written the
+        # first time this process opens the file (and whenever it had to create it).
+        key = f"{self.path}:{path.stat().st_ino}"
+        if created or key not in _READY:
+            # executescript commits on its own; every statement in it is idempotent.
+            self._db.executescript(_SCHEMA)
+            with self.transaction():
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            _READY.add(key)
 
     def close(self) -> None:
         self._db.close()
@@ -160,14 +189,22 @@ class Catalog:
         return self._db
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, *, fsync: bool = True) -> Iterator[None]:
+        """One write transaction; ``fsync=False`` commits it with synchronous=NORMAL:
+        durable against a crash of the process, power-safe from the next full commit."""
+        if not fsync:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if not fsync:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     # --- snapshots -------------------------------------------------------------------
 
@@ -250,7 +287,7 @@ class Catalog:
     # --- operations ---------------------------------------------------------------------
 
     def record_operation(self, op: Operation) -> None:
-        with self.transaction():
+        with self.transaction(fsync=False):  # a log line: see the module docstring
             self._db.execute(
                 """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
                        snapshot, outcome, message, duration_ms)
@@ -321,7 +358,8 @@ class RunLog:
         return [r for r in self.all() if r.in_progress is not None]
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
-        with self._catalog.transaction():
+        # Right before libvirt: no fsync of its own (see the module docstring).
+        with self._catalog.transaction(fsync=False):
             self._catalog.db.execute(
                 """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
                        in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -336,7 +374,8 @@ class RunLog:
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
     ) -> None:
         """End the run in progress: with ``slot`` it served that slot; ``error`` says why not."""
-        with self._catalog.transaction():
+        # No fsync of its own: if power loss takes it, the next start reconciles the run.
+        with self._catalog.transaction(fsync=False):
             if slot is not None:
                 self._catalog.db.execute(
                     """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd import __version__
-from snapshotd.core import freshness, snapxml
+from snapshotd.core import freshness, naming, snapxml
 from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.policy import Policy
@@ -66,6 +66,52 @@ def _when(text: str) -> dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
+# Names and paths are checked here, as the arguments are parsed: a bad one is refused
+# (exit 2, naming the option) before any connection to libvirt or any file is made.
+
+
+def _domain_arg(text: str) -> str:
+    bad = [
+        what for what, sign in (("'/'", "/"), ("a newline", "\n"), ("NUL", "\0")) if sign in text
+    ]
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; give a domain's name or UUID (virsh list --all)"
+        )
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name a libvirt domain: libvirt allows no {' or '.join(bad)} in "
+            "domain names; give the domain's name or UUID (virsh list --all)"
+        )
+    return text
+
+
+def _snapshot_name_arg(text: str) -> str:
+    try:
+        naming.check_snapshot_name(text)
+    except RequestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _directory_arg(text: str) -> str:
+    try:
+        naming.check_directory(text, "snapshot directory")
+    except RequestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _out_arg(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; name the directory to write to")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} contains a control character (newline, NUL, ...); name another directory"
+        )
+    return text
+
+
 def _connect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -111,10 +157,13 @@ def _snapshot_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--disk-only", action="store_true", help="no memory: a disk snapshot (DISK_ONLY)"
     )
-    group.add_argument("--name", help="snapshot name (default: snapshotd-<UTC time>)")
+    group.add_argument(
+        "--name", type=_snapshot_name_arg, help="snapshot name (default: snapshotd-<UTC time>)"
+    )
     group.add_argument("--description", help="snapshot description")
     group.add_argument(
         "--directory",
+        type=_directory_arg,
         help="where external memory and disk files go; may use {domain} "
         "(default: disk overlays beside their image; external memory needs it)",
     )
@@ -186,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connect(plan)
     _paths(plan)
-    plan.add_argument("--domain", "-d", help="domain name or UUID")
+    plan.add_argument("--domain", "-d", type=_domain_arg, help="domain name or UUID")
     plan.add_argument("--policy", "-p", help="only this policy")
     plan.add_argument("--at", type=_when, help="pretend it is this time (ISO 8601)")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
@@ -201,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connect(take)
     _paths(take)
-    take.add_argument("--domain", "-d", help="domain name or UUID")
+    take.add_argument("--domain", "-d", type=_domain_arg, help="domain name or UUID")
     take.add_argument("--policy", "-p", help="take this policy's snapshot")
     take.add_argument("--json", action="store_true", help="machine-readable output")
     _snapshot_options(take)
@@ -215,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     _connect(prune)
     _paths(prune)
     prune.add_argument("--policy", "-p", help="only this policy (default: all)")
-    prune.add_argument("--domain", "-d", help="only this domain (default: all it selects)")
+    prune.add_argument(
+        "--domain", "-d", type=_domain_arg, help="only this domain (default: all it selects)"
+    )
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted")
     prune.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -258,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connect(lst)
     _paths(lst)
-    lst.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    lst.add_argument("--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.add_argument(
         "--tree", action="store_true", help="the hierarchy, as virsh snapshot-list --tree draws it"
@@ -277,8 +328,10 @@ def _metadata_parsers(sub: Any) -> None:
         "index.json naming the current one. Files are written 0600.",
     )
     _connect(exp)
-    exp.add_argument("--domain", "-d", required=True, help="domain name or UUID")
-    exp.add_argument("--out", metavar="DIR", help="directory (default: ./DOMAIN-snapshots)")
+    exp.add_argument("--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID")
+    exp.add_argument(
+        "--out", metavar="DIR", type=_out_arg, help="directory (default: ./DOMAIN-snapshots)"
+    )
     exp.add_argument(
         "--secure", action="store_true", help="include secrets (VIR_DOMAIN_SNAPSHOT_XML_SECURE)"
     )
@@ -293,7 +346,9 @@ def _metadata_parsers(sub: Any) -> None:
     )
     _connect(imp)
     _paths(imp)
-    imp.add_argument("--domain", "-d", help="domain name or UUID (optional with --dry-run)")
+    imp.add_argument(
+        "--domain", "-d", type=_domain_arg, help="domain name or UUID (optional with --dry-run)"
+    )
     imp.add_argument("sources", nargs="*", metavar="DIR|FILE", help="export directories or files")
     imp.add_argument(
         "--from-catalog",
@@ -314,7 +369,7 @@ def _metadata_parsers(sub: Any) -> None:
         "(METADATA_ONLY), which lets libvirt migrate the domain.",
     )
     _connect(rep)
-    rep.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    rep.add_argument("--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID")
     rep.add_argument("--to", metavar="URI", required=True, help="the destination connection")
     rep.add_argument("--remove-source-metadata", action="store_true")
 
@@ -326,7 +381,7 @@ def _metadata_parsers(sub: Any) -> None:
     )
     _connect(rev)
     _paths(rev)
-    rev.add_argument("--domain", "-d", required=True, help="domain name or UUID")
+    rev.add_argument("--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID")
     rev.add_argument("snapshot", help="the snapshot's name")
     state = rev.add_mutually_exclusive_group()
     state.add_argument("--running", action="store_true", help="running afterwards")

@@ -7,6 +7,8 @@ an event arrives on its queue, never polling the schedule:
 * ``stop``     SIGTERM or SIGINT;
 * ``domains``  a connection's domain list changed (connect, lifecycle event);
 * ``done``     a worker finished a snapshot job;
+* ``settled``  a connection's runs left unfinished by a previous process (kill -9, a
+  watchdog restart) were reconciled with libvirt: until then those keys get no job;
 * ``wake``     anything else that wants the loop to look again.
 
 Libvirt calls never run on the main loop: each URI has a ``Link`` thread that
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -55,6 +59,11 @@ log = logging.getLogger("snapshotd")
 RETRY_BACKOFF = (10.0, 30.0, 60.0, 300.0)
 RECONNECT_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
+# Jobs started beyond ``workers``: they prepare while the others are inside libvirt, and
+# wait at the Gate for their turn to call it.
+PREPARE_AHEAD = 2
+RECONNECT_WAIT = 60.0  # how long a job cut off by a lost connection waits for the next
+SETTLE_POLL = 0.5  # seconds between looks at a job a previous process left running
 
 
 def _utc(epoch: float) -> dt.datetime:
@@ -211,17 +220,67 @@ class Paths:
     connect: tuple[str, ...] = ()
 
 
+class Gate:
+    """At most ``limit`` libvirt operations (snapshot creations, deletions) at once.
+
+    Jobs prepare (read the domain, check the name, render and check the XML) outside
+    the gate, so the next job is ready the moment a place frees.  A job reported as
+    overrun is written off: its place goes to the others although its call has not
+    returned (its later release is then a no-op).
+    """
+
+    def __init__(self, limit: int = 1) -> None:
+        self._changed = threading.Condition()
+        self._limit = limit
+        self._held: set[object] = set()
+
+    def set_limit(self, limit: int) -> None:
+        with self._changed:
+            self._limit = max(1, limit)
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, token: object) -> Iterator[None]:
+        with self._changed:
+            while len(self._held) >= self._limit:
+                self._changed.wait()
+            self._held.add(token)
+        try:
+            yield
+        finally:
+            self.forfeit(token)
+
+    def forfeit(self, token: object) -> None:
+        with self._changed:
+            self._held.discard(token)
+            self._changed.notify_all()
+
+    @property
+    def holders(self) -> int:
+        with self._changed:
+            return len(self._held)
+
+
 class Daemon:
     """The main loop.  ``run()`` returns the process exit status."""
 
     def __init__(
-        self, paths: Paths, *, notifier: Notifier | None = None, workers: int | None = None
+        self,
+        paths: Paths,
+        *,
+        notifier: Notifier | None = None,
+        workers: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.paths = paths
+        # The wall clock (epoch seconds) that schedules and snapshot names are read from;
+        # tests step it to prove how a clock stepped backward or forward is handled.
+        self.clock = clock
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._workers = workers  # None: the config's ``workers``
         self.limit = 1
+        self.gate = Gate(1)  # libvirt operations at once: ``workers``
         self.policies: dict[str, Policy] = {}
         self.domains: dict[str, list[DomainInfo]] = {}
         self.due: dict[Key, Due] = {}
@@ -233,6 +292,12 @@ class Daemon:
         self._stopping = False
         self._stop_at = 0.0
         self._reconciled: set[str] = set()
+        # Keys whose last run a previous process left unfinished: not dispatched until
+        # _reconcile has settled it with libvirt (else a catch-up could serve its slot twice).
+        self._unsettled: set[Key] = set()
+        self._pool: dict[str, list[Catalog]] = {}  # see _pooled_catalog
+        self._keys_cache: tuple[Any, list[tuple[Key, Policy, DomainInfo]]] | None = None
+        self._pool_lock = threading.Lock()
         self._started_at = time.time()
         self._status_file: StatusWriter | None = None
         self.metrics = Metrics()
@@ -283,13 +348,52 @@ class Daemon:
             raise RuntimeError("the daemon has no settings yet")
         return self.settings.state_dir
 
+    @contextlib.contextmanager
+    def _pooled_catalog(self) -> Iterator[Catalog]:
+        """A catalog connection for one job, kept open for the next job afterwards.
+
+        Opening SQLite costs more than a snapshot's whole planning; connections are
+        per state directory (a reload may change it) and used by one job at a time.
+        """
+        state_dir = self._state_dir()
+        with self._pool_lock:
+            idle = self._pool.setdefault(state_dir, [])
+            catalog = idle.pop() if idle else None
+        if catalog is None:
+            catalog = Catalog(state_dir, shared=True)
+        try:
+            yield catalog
+        except BaseException:
+            catalog.close()  # a failure may have left it mid-transaction: not reused
+            raise
+        with self._pool_lock:
+            self._pool.setdefault(state_dir, []).append(catalog)
+
     def _keys(self) -> list[tuple[Key, Policy, DomainInfo]]:
+        """Every (policy, domain) pair a policy selects.
+
+        Worked out again only when the policies or a URI's domain list were replaced
+        (both are only ever replaced, never changed in place): every wake-up asks, and
+        one libvirt event of any domain on the host is a wake-up.
+        """
+        basis = (self.policies, tuple(self.domains.items()))
+        cached = self._keys_cache
+        if (
+            cached is not None
+            and cached[0][0] is basis[0]
+            and len(cached[0][1]) == len(basis[1])
+            and all(
+                a[0] == b[0] and a[1] is b[1] for a, b in zip(cached[0][1], basis[1], strict=True)
+            )
+        ):
+            return cached[1]
         keys = []
         for uri, domains in self.domains.items():
             for domain in domains:
                 for policy in self.policies.values():
                     if policy.selector.matches(domain):
                         keys.append((Key(policy.name, uri, domain.uuid), policy, domain))
+        self._keys_cache = (basis, keys)
         return keys
 
     def _schedule(self, runs: RunLog, now: float) -> None:
@@ -315,9 +419,9 @@ class Daemon:
     def _dispatch(self, runs: RunLog, now: float) -> None:
         ready = sorted(((d.at, k) for k, d in self.due.items() if d.at <= now), key=lambda x: x[0])
         for _at, key in ready:
-            if self._stopping or self.inflight >= self.limit:
+            if self._stopping or self.inflight >= self.limit + PREPARE_AHEAD:
                 break  # the rest stay due and go as soon as a worker is free
-            if self._busy(key.uuid):
+            if self._busy(key.uuid) or key in self._unsettled:
                 continue
             policy = self.policies.get(key.policy)
             domain = self._domain(key)
@@ -328,6 +432,14 @@ class Daemon:
             if hv is None:
                 continue  # not connected: the key stays due and runs after reconnect
             due = self.due.pop(key)
+            if due.retries == 0:
+                # The loop may wake long after the slot it planned for (the clock was
+                # stepped forward, or the host slept): the run serves the latest slot
+                # that has passed, so the stale one does not get a run of its own and
+                # then a catch-up run right after it.
+                later = decide(policy.schedule, due.slot, _utc(now))
+                if later.due and later.slot is not None:
+                    due.slot, due.reason = later.slot, later.reason
             skip = policy.selector.skip_reason(domain)
             if skip is not None:
                 log.info("%s: skipped by %s: %s", domain.name, policy.name, skip)
@@ -337,7 +449,7 @@ class Daemon:
             self.jobs[key] = Job(key, domain.name, mono, mono + self._operation_timeout(), now)
             threading.Thread(
                 target=self._job,
-                args=(key, policy, domain, hv, due),
+                args=(key, policy, domain, hv.gated(functools.partial(self.gate.hold, key)), due),
                 name=f"job {domain.name}",
                 daemon=True,
             ).start()
@@ -352,6 +464,7 @@ class Daemon:
             if job.overrun or mono < job.deadline:
                 continue
             job.overrun = True
+            self.gate.forfeit(job.key)  # its place at the gate goes to the others
             seconds = int(mono - job.started)
             message = (
                 f"{job.domain}: snapshot by {job.key.policy} still running after {seconds} s "
@@ -382,9 +495,9 @@ class Daemon:
         started = time.monotonic()
         outcome: tuple[str, Any]
         try:
-            with Catalog(self._state_dir()) as catalog:
+            with self._pooled_catalog() as catalog:
                 runs = RunLog(catalog)
-                now = dt.datetime.now(dt.UTC)
+                now = _utc(self.clock())
                 name = policy.snapshot_name(domain.name, now)
                 runs.start(
                     Run(policy.name, domain.uuid, key.uri, domain.name),
@@ -395,8 +508,11 @@ class Daemon:
                 try:
                     made = operations.snapshot_with_hooks(hv, catalog, policy, domain, now)
                 except SnapshotdError as exc:
+                    if self._made_before_the_link_broke(exc, key, hv, catalog, runs, name):
+                        self.events.put(("done", (key, due, ("ok", None))))
+                        return
                     runs.finish(
-                        policy.name, domain.uuid, slot=None, error=str(exc), now=int(time.time())
+                        policy.name, domain.uuid, slot=None, error=str(exc), now=int(self.clock())
                     )
                     self.metrics.failed.labels(policy=policy.name).inc()
                     raise
@@ -410,7 +526,7 @@ class Daemon:
                     domain.uuid,
                     slot=int(due.slot.timestamp()),
                     error=None,
-                    now=int(time.time()),
+                    now=int(self.clock()),
                 )
                 ms = int((time.monotonic() - started) * 1000)
                 fields = {"policy": policy.name, "domain": domain.name, "uri": key.uri}
@@ -426,7 +542,7 @@ class Daemon:
                 if made.note:
                     log_event(log, logging.WARNING, f"{domain.name}: {made.note}", **fields)
                 pruning = time.monotonic()
-                report = operations.prune(hv, catalog, policy, domain, dt.datetime.now(dt.UTC))
+                report = operations.prune(hv, catalog, policy, domain, _utc(self.clock()))
                 self.metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
                 self.metrics.pruned.labels(policy=policy.name).inc(len(report.deleted))
                 for deleted in report.deleted:
@@ -487,9 +603,44 @@ class Daemon:
                     self._settle(hv, catalog, runs, run, run.in_progress)
         except Exception:
             log.exception("%s: reconciling unfinished runs failed", uri)
+        finally:
+            self.events.put(("settled", uri))
 
-    @staticmethod
-    def _settle(hv: Hypervisor, catalog: Catalog, runs: RunLog, run: Run, name: str) -> None:
+    def _made_before_the_link_broke(  # noqa: PLR0917 - the job's state, passed once
+        self,
+        exc: SnapshotdError,
+        key: Key,
+        hv: Hypervisor,
+        catalog: Catalog,
+        runs: RunLog,
+        name: str,
+    ) -> bool:
+        """A snapshot call cut off by a lost connection (libvirtd restarted under it).
+
+        Whether libvirt made the snapshot cannot be known until libvirtd answers again,
+        so this waits (up to RECONNECT_WAIT) for the Link's new connection and settles
+        the run as a restart would: adopted when libvirt has the snapshot (True), closed
+        as interrupted when not (False: the error stands and the retry takes the slot,
+        so a slot never gets two snapshots).
+        """
+        if not (isinstance(exc, LibvirtError) and exc.transient) or hv.alive():
+            return False
+        link = self.links.get(key.uri)
+        deadline = time.monotonic() + RECONNECT_WAIT
+        fresh = None
+        while link is not None and fresh is None and time.monotonic() < deadline:
+            candidate = link.hypervisor
+            if candidate is not None and candidate is not hv and candidate.alive():
+                fresh = candidate
+            else:
+                time.sleep(0.2)
+        run = runs.get(key.policy, key.uuid)
+        if fresh is None or run is None or run.in_progress != name:
+            return False
+        self._settle(fresh, catalog, runs, run, name)
+        return catalog.find(key.uuid, name) is not None
+
+    def _settle(self, hv: Hypervisor, catalog: Catalog, runs: RunLog, run: Run, name: str) -> None:
         now = int(time.time())
         try:
             names = {r.name for r in hv.list_snapshots(run.domain_uuid)}
@@ -510,6 +661,20 @@ class Daemon:
                 now=now,
             )
             return
+        # libvirt lists a snapshot as soon as it starts making it: one still being made
+        # (its job outlived the process that asked) is recorded once it is complete.
+        waited_until = time.monotonic() + self._operation_timeout()
+        while hv.has_job(run.domain_uuid):
+            if time.monotonic() > waited_until:
+                log.warning(
+                    "%s: libvirt is still busy with the domain after %d s; recording "
+                    "snapshot %s as libvirt describes it now",
+                    run.domain_name,
+                    int(self._operation_timeout()),
+                    name,
+                )
+                break
+            time.sleep(SETTLE_POLL)
         operations.adopt(hv, catalog, run.domain_uuid, name, policy=run.policy)
         log.info("%s: snapshot %s was made before an interruption; recorded", run.domain_name, name)
         runs.finish(run.policy, run.domain_uuid, slot=run.in_progress_slot, error=None, now=now)
@@ -528,10 +693,12 @@ class Daemon:
         policy = self.policies.get(key.policy)
         if kind == "transient":
             backoff = RETRY_BACKOFF[min(due.retries, len(RETRY_BACKOFF) - 1)]
-            self.due[key] = Due(time.time() + backoff, due.slot, f"retry: {error}", due.retries + 1)
+            self.due[key] = Due(
+                self.clock() + backoff, due.slot, f"retry: {error}", due.retries + 1
+            )
         elif kind == "failed" and policy is not None:
             # A permanent failure is not retried for the same slot: on to the next one.
-            slot = next_due(policy.schedule, max(due.slot, _utc(time.time())))
+            slot = next_due(policy.schedule, max(due.slot, _utc(self.clock())))
             delay = jitter_for(policy.schedule, f"{policy.name}/{key.uuid}", slot)
             self.due[key] = Due((slot + delay).timestamp(), slot, f"after failure: {error}")
         if error:
@@ -610,6 +777,7 @@ class Daemon:
             raise RuntimeError("no settings after the first load")
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
+        self.gate.set_limit(self.limit)
         self._status_file = StatusWriter(self.settings.state_dir)
         if self.settings.metrics_address:
             try:
@@ -631,8 +799,14 @@ class Daemon:
         return watcher
 
     def _timeout(self, now: float) -> float:
-        """How long the loop may sleep: until the next due time, a watchdog ping or a stop check."""
-        timeout = min((d.at for d in self.due.values()), default=now + 3600) - now
+        """How long the loop may sleep: until the next due time, a watchdog ping or a stop check.
+
+        Called after this pass's dispatch: a key that is due by ``now`` and still waits is
+        blocked (no free worker, its domain busy or unsettled, not connected), and only an
+        event frees it (done, settled, link, domains, reload), which wakes the loop anyway.
+        Counting it here would make the loop spin while a backlog waits for workers.
+        """
+        timeout = min((d.at for d in self.due.values() if d.at > now), default=now + 3600) - now
         mono = time.monotonic()
         for job in self.jobs.values():
             if not job.overrun:
@@ -653,14 +827,12 @@ class Daemon:
             raise
         catalog = Catalog(self._state_dir())
         runs = RunLog(catalog)
+        self._unsettled = {Key(r.policy, r.uri, r.domain_uuid) for r in runs.unfinished()}
         ready = False
         try:
             while True:
-                now = time.time()
-                self._check_overruns()
-                self._schedule(runs, now)
-                self._dispatch(runs, now)
-                self._update_status(now)
+                now = self.clock()
+                self.tick(runs, now)
                 if not ready and (self.domains or not self.links):
                     ready = True
                     self.notifier.ready(self.status.line())
@@ -682,8 +854,20 @@ class Daemon:
             for link in self.links.values():
                 link.stop()
             catalog.close()
+            with self._pool_lock:
+                for idle in self._pool.values():
+                    for pooled in idle:
+                        pooled.close()
+                self._pool.clear()
             lock.release()
         return 0
+
+    def tick(self, runs: RunLog, now: float) -> None:
+        """One pass of the loop at wall time ``now``: overruns, due times, jobs, status."""
+        self._check_overruns()
+        self._schedule(runs, now)
+        self._dispatch(runs, now)
+        self._update_status(now)
 
     def _lock(self) -> DaemonLock:
         """The state directory's lock, taken before anything else happens."""
@@ -715,6 +899,10 @@ class Daemon:
         elif kind == "done":
             key, due, outcome = payload
             self._finished(key, due, outcome)
+        elif kind == "settled":
+            for key in [k for k in self._unsettled if k.uri == payload]:
+                self._unsettled.discard(key)
+                self.due.pop(key, None)  # planned from its run before that was settled
         elif kind == "link":
             uri, up, error = payload
             self.connected[uri] = (up, error)

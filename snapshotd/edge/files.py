@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 from snapshotd.core.model import CreateFlag, SnapshotSpec
@@ -130,15 +131,25 @@ def remove_files(paths: tuple[str, ...]) -> list[str]:
     return removed
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, *, fsync: bool = True) -> None:
     """Replace ``path`` atomically with ``text``, mode 0600: write, fsync, rename.
 
-    Never writes through a symlink at the temporary name.
+    ``fsync=False`` for files that are made again anyway (the daemon's status): a
+    crash may then leave the old or an empty file, never a mixture.
+
+    The temporary file gets a fresh random name, created exclusively (O_EXCL), so
+    nothing planted beside ``path`` is written through or clobbered; it is removed if
+    anything fails.
     """
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    temp.replace(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -17,7 +17,7 @@ import re
 import threading
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +31,7 @@ from snapshotd.errors import LibvirtError, NotFoundError
 DEFAULT_URI = "qemu:///system"
 KEEPALIVE_INTERVAL = 5  # seconds of silence before a keepalive probe is sent
 KEEPALIVE_COUNT = 3  # unanswered probes before the connection counts as dead
+MAX_HANDLES = 4096  # domain handles kept by UUID per connection (then the cache starts over)
 
 
 # --- import-time checks: our copies of libvirt's numbers must match the bindings ----------
@@ -152,6 +153,9 @@ def _convert(
     code = int(exc.get_error_code() or 0)
     domain_code = int(exc.get_error_domain() or 0)
     message = str(exc.get_error_message() or exc)
+    if code == libvirt.VIR_ERR_NO_DOMAIN and domain is not None:
+        # Also from a call on a kept handle whose domain was undefined since.
+        return NotFoundError(_no_domain(domain))
     if code in _NOT_FOUND_CODES and missing is not None:
         return NotFoundError(missing)
     return LibvirtError(
@@ -241,6 +245,7 @@ class Hypervisor:
         self._conn: Any = conn
         self._uri = uri
         self._callbacks: list[int] = []
+        self._handles: dict[str, Any] = {}  # virDomain by lower-case UUID: see _lookup
 
     @classmethod
     def open(cls, uri: str = DEFAULT_URI) -> Hypervisor:
@@ -328,6 +333,12 @@ class Hypervisor:
             )
             conn.registerCloseCallback(closed, None)
 
+    def gated(self, hold: Callable[[], AbstractContextManager[object]]) -> Hypervisor:
+        """This connection, for one job whose snapshot creations and deletions each run
+        inside ``hold()`` (the daemon's limit on libvirt operations at once).  Closing
+        the returned object leaves the connection open."""
+        return _Gated(self, hold)
+
     def alive(self) -> bool:
         """Is the connection still usable (libvirt's own view, keepalive included)?"""
         conn = self._conn
@@ -387,33 +398,75 @@ class Hypervisor:
         return parse_domain(str(dom.XMLDesc(0)), state)
 
     def _lookup(self, name_or_uuid: str) -> Any:
+        """The virDomain for a UUID (first, as virsh does) or a name.
+
+        Handles found by UUID are kept: libvirt resolves every call on a handle by its
+        UUID, so a kept handle is as good as a fresh lookup (and a domain undefined
+        since then is reported as not found by the call itself).  Handles found by
+        name are not kept: a name can be given to another domain.
+        """
         conn = self._open_conn
         by_uuid = _is_uuid(name_or_uuid)
-        missing = f"domain {name_or_uuid!r} not found: no domain has that name" + (
-            " or UUID" if by_uuid else ""
-        )
-        try:
+        if by_uuid:
+            key = name_or_uuid.lower()
+            kept = self._handles.get(key)
+            if kept is not None:
+                return kept
+            try:
+                found = conn.lookupByUUIDString(name_or_uuid)
+            except libvirt.libvirtError as exc:
+                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise _convert(exc, "look up domain", name_or_uuid, None) from exc
+            else:
+                if len(self._handles) >= MAX_HANDLES:
+                    self._handles.clear()
+                self._handles[key] = found
+                return found
+        with _calling("look up domain", name_or_uuid, _no_domain(name_or_uuid)):
             return conn.lookupByName(name_or_uuid)
+
+    def domain_state(self, uuid: str) -> DomainState | None:
+        """The domain's state now (one call to libvirt), or None if it is gone."""
+        try:
+            dom = self._lookup(uuid)
+        except NotFoundError:
+            return None
+        try:
+            return DomainState.from_libvirt(int(dom.state()[0]))
         except libvirt.libvirtError as exc:
-            if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN or not by_uuid:
-                raise _convert(exc, "look up domain", name_or_uuid, missing) from exc
-        with _calling("look up domain", name_or_uuid, missing):
-            return conn.lookupByUUIDString(name_or_uuid)
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise _convert(exc, "read domain state", uuid, None) from exc
 
     # --- snapshots ------------------------------------------------------------------------
 
-    def create_snapshot(self, domain: str, xml: str, flags: CreateFlag) -> str:
+    def create_snapshot(
+        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+    ) -> str:
         """Create a snapshot from ``<domainsnapshot>`` XML; return libvirt's XML of it.
 
         With CreateFlag.NO_METADATA libvirt keeps nothing it could describe, so the
-        request ``xml`` is returned unchanged.
+        request ``xml`` is returned unchanged.  ``uuid``, when known, finds the domain
+        (``domain`` then only names it in errors).
         """
-        dom = self._lookup(domain)
+        return self.create_snapshot_secure(domain, xml, flags, uuid=uuid)[0]
+
+    def create_snapshot_secure(
+        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+    ) -> tuple[str, str]:
+        """As create_snapshot, and also the snapshot's secure XML (secrets included: for
+        the catalog only), both read from the snapshot libvirt returned."""
+        dom = self._lookup(uuid or domain)
         with _calling("create snapshot", domain, f"domain {domain!r} not found"):
-            snapshot = dom.snapshotCreateXML(xml, int(flags))
+            snapshot = self._create_call(dom, xml, int(flags))
             if CreateFlag.NO_METADATA in flags:
-                return xml
-            return str(snapshot.getXMLDesc(0))
+                return xml, xml
+            plain = str(snapshot.getXMLDesc(0))
+            return plain, str(snapshot.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+
+    def _create_call(self, dom: Any, xml: str, flags: int) -> Any:
+        """virDomainSnapshotCreateXML itself (the one step a gated connection limits)."""
+        return dom.snapshotCreateXML(xml, flags)
 
     def snapshot_xml(self, domain: str, snapshot: str, *, secure: bool = False) -> str:
         """One snapshot's XML; ``secure`` includes secrets (needs a privileged connection)."""
@@ -491,6 +544,19 @@ class Hypervisor:
         found = re.search(r"<creationTime>(\d+)</creationTime>", text)
         return int(found.group(1)) if found else 0
 
+    def has_job(self, domain: str) -> bool:
+        """Is libvirt running a job on the domain now (a snapshot being made, say)?
+
+        virDomainGetJobInfo answers at once, also during a snapshot job.  False when
+        the domain is gone or libvirt cannot say: the caller then goes on without
+        waiting.
+        """
+        try:
+            info = self._lookup(domain).jobInfo()
+        except (libvirt.libvirtError, LibvirtError, NotFoundError):
+            return False
+        return int(info[0]) != int(libvirt.VIR_DOMAIN_JOB_NONE)
+
     def job_progress(self, domain: str, targets: tuple[str, ...] = ()) -> tuple[int, int] | None:
         """(bytes done, bytes in all) of the block jobs on ``targets`` now, or None.
 
@@ -530,6 +596,36 @@ class Hypervisor:
         dom = self._lookup(domain)
         with _calling(f"look up snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
             return dom.snapshotLookupByName(snapshot, 0)
+
+
+class _Gated(Hypervisor):
+    """A job's view of a shared connection: see Hypervisor.gated."""
+
+    def __init__(
+        self, inner: Hypervisor, hold: Callable[[], AbstractContextManager[object]]
+    ) -> None:
+        super().__init__(inner._conn, inner.uri)
+        self._handles = inner._handles  # the same connection: the same handles
+        self._inner = inner
+        self._hold = hold
+
+    def _create_call(self, dom: Any, xml: str, flags: int) -> Any:
+        with self._hold():
+            return self._inner._create_call(dom, xml, flags)
+
+    def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
+        with self._hold():
+            super().delete_snapshot(domain, snapshot, metadata_only=metadata_only)
+
+    def close(self) -> None:
+        """The connection belongs to the Hypervisor this was made from."""
+        self._conn = None
+
+
+def _no_domain(name_or_uuid: str) -> str:
+    return f"domain {name_or_uuid!r} not found: no domain has that name" + (
+        " or UUID" if _is_uuid(name_or_uuid) else ""
+    )
 
 
 def _no_snapshot(domain: str, snapshot: str) -> str:

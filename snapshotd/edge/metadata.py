@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
 from snapshotd.core.model import DomainInfo, DomainState, SnapshotInfo
+from snapshotd.core.naming import is_inside
 from snapshotd.edge import files
 from snapshotd.edge.catalog import Catalog
 from snapshotd.edge.hypervisor import Hypervisor
@@ -125,11 +127,30 @@ def _read_document(path: Path, docs: Documents) -> None:
     docs.items.append(Item(source, info, text))
 
 
+def _stays_inside(directory: Path, path: Path, docs: Documents) -> bool:
+    """False (and a problem) when ``path`` resolves, through a symlink, outside
+    ``directory``: an export directory's files are read only from inside it."""
+    real, root = os.path.realpath(path), os.path.realpath(directory)
+    if is_inside(real, root):
+        return True
+    docs.problems.append(
+        Problem(
+            str(path),
+            f"is a symlink to {real}, outside {directory}; not read (name that file "
+            "itself to import it)",
+        )
+    )
+    return False
+
+
 def _read_directory(directory: Path, docs: Documents) -> None:
     index_path = directory / INDEX
-    if not index_path.exists():
+    if not os.path.lexists(index_path):
         for path in sorted(directory.glob("*.xml")):
-            _read_document(path, docs)
+            if _stays_inside(directory, path, docs):
+                _read_document(path, docs)
+        return
+    if not _stays_inside(directory, index_path, docs):
         return
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -141,10 +162,17 @@ def _read_directory(directory: Path, docs: Documents) -> None:
     if index.get("current") is not None:
         docs.current = str(index["current"])
     for name in names:
-        if "/" in name or name.startswith("."):
-            docs.problems.append(Problem(str(index_path), f"names a file outside it: {name!r}"))
+        if "/" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+            docs.problems.append(
+                Problem(
+                    str(index_path),
+                    f"names a file outside it, or not a plain file name: {name!r}; "
+                    "nothing was read for it",
+                )
+            )
             continue
-        _read_document(directory / name, docs)
+        if _stays_inside(directory, directory / name, docs):
+            _read_document(directory / name, docs)
 
 
 def read_documents(paths: Sequence[str]) -> Documents:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from snapshotd.core.schedule import utc_text
 from snapshotd.edge import files, hooks, statefile
 from snapshotd.edge.catalog import Catalog, Operation, SnapshotRow
 from snapshotd.edge.hypervisor import Hypervisor, SnapshotRecord, agent_unavailable
-from snapshotd.errors import LibvirtError, RequestError, SnapshotdError
+from snapshotd.errors import LibvirtError, NotFoundError, RequestError, SnapshotdError
 
 SCHEMA = Path(snapxml.SCHEMA_PATH)
 
@@ -87,14 +88,69 @@ def create(
     """
     plan = plan_snapshot(domain, request)
     with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+        # The name first: a name already taken (perhaps by the process this one waited
+        # for) is the refusal that holds whatever state the domain is in now.
         _refuse_taken_name(hv, catalog, domain, plan.spec.name)
+        _still_as_planned(hv, catalog, domain, plan.spec.name, policy=policy, now=now)
         return _create(hv, catalog, domain, plan, policy=policy, now=now)
+
+
+class DomainChanged(RequestError):
+    """The domain was shut down, started or undefined after its snapshot was planned.
+
+    Nothing was changed: the snapshot is skipped, and the next due time plans it anew.
+    """
+
+
+def _still_as_planned(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    name: str,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> None:
+    """Read the domain again under its lock, right before libvirt is asked.
+
+    The plan was made from a state read earlier (the daemon's domain list, or before a
+    before hook ran); a snapshot planned for a running domain cannot be taken of one
+    that has stopped since, nor of one that is gone.
+    """
+    started = time.monotonic()
+    state = hv.domain_state(domain.uuid)
+    if state is domain.state:
+        return
+    if state is None:
+        why = "was undefined"
+    else:
+        why = f"changed from {domain.state.value} to {state.value}"
+    message = (
+        f"domain {domain.name!r} ({domain.uuid}) {why} after snapshot {name!r} was "
+        "planned: skipped, nothing was changed; the next due time plans it again"
+    )
+    _log(
+        catalog,
+        hv,
+        "create",
+        "skipped",
+        policy=policy,
+        domain=domain,
+        snapshot=name,
+        message=message,
+        started=started,
+        now=now,
+    )
+    raise DomainChanged(message)
 
 
 def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, name: str) -> None:
     """A snapshot name is never reused: libvirt would refuse it half-way, and the
     catalog would hold two snapshots by one name."""
-    created = hv.snapshot_created(domain.name, name)
+    try:
+        created = hv.snapshot_created(domain.uuid, name)
+    except NotFoundError:
+        return  # the domain is gone: _still_as_planned says so
     row = catalog.find(domain.uuid, name)
     if created is None and row is None:
         return
@@ -125,9 +181,13 @@ def _create(
     before = None if keeps_metadata else hv.domain_xml(spec.domain, secure=True)
     started = time.monotonic()
     try:
-        returned = hv.create_snapshot(spec.domain, xml, spec.flags)
+        returned, secure = hv.create_snapshot_secure(spec.domain, xml, spec.flags, uuid=domain.uuid)
     except SnapshotdError as exc:
         files.remove_dirs(made_dirs)
+        mismatch = _leftovers(hv, spec)
+        if mismatch is not None:
+            exc.message = f"{exc.message}; {mismatch}"
+            exc.args = (exc.message,)
         _log(
             catalog,
             hv,
@@ -142,7 +202,7 @@ def _create(
         )
         raise
     if before is None:
-        stored = hv.snapshot_xml(spec.domain, spec.name, secure=True)
+        stored = secure
     else:
         online = domain.state is not DomainState.SHUTOFF
         stored = snapxml.render_catalog_only(
@@ -177,6 +237,42 @@ def _create(
         now=now,
     )
     return Created(plan, info)
+
+
+def _leftovers(hv: Hypervisor, spec: SnapshotSpec) -> str | None:
+    """After a failed create: what libvirt and the disk hold that the snapshot was to make.
+
+    libvirt 9.0 removes the files of a snapshot it failed to make, also when QEMU
+    died half-way, but a crash of libvirtd itself, or another version, can leave an
+    overlay or a memory file behind, or the snapshot's metadata without its success
+    being reported.  snapshotd deletes none of it (a domain may already write to an
+    overlay): it names what it found and what the admin should check.
+    """
+    left = [path for path in spec.new_files if os.path.lexists(path)]
+    listed: bool | None
+    try:
+        listed = hv.snapshot_created(spec.domain, spec.name) is not None
+    except SnapshotdError:
+        listed = None  # the connection or the domain is gone: judge by the files
+    if not left and not listed:
+        return None
+    found = []
+    if listed:
+        found.append(f"libvirt lists snapshot {spec.name!r} although creating it failed")
+    if left:
+        known = {
+            False: " (libvirt has no snapshot that names them)",
+            None: " (libvirt could not be asked whether a snapshot names them)",
+        }
+        found.append(
+            "files the snapshot was to create exist: " + ", ".join(left) + known.get(listed, "")
+        )
+    return (
+        "; ".join(found)
+        + f". snapshotd deleted nothing: check `virsh domblklist {spec.domain}` and "
+        f"`virsh snapshot-list {spec.domain}`; remove a file only when no disk or snapshot "
+        "uses it, or delete the snapshot with `virsh snapshot-delete`"
+    )
 
 
 def adopt(hv: Hypervisor, catalog: Catalog, domain: str, name: str, *, policy: str | None) -> None:

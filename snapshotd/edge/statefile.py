@@ -6,7 +6,7 @@
                  running daemon from a stale file by trying the lock.
 ``status.json``  what the main loop knows and the catalog does not: the policies
                  in force, load errors, connections, each key's next due time and
-                 the jobs in flight.  Replaced atomically (write, fsync, rename),
+                 the jobs in flight.  Replaced atomically (write, rename; no fsync),
                  and only when its content changes, so an idle daemon writes
                  nothing.
 
@@ -98,14 +98,20 @@ class StatusWriter:
     """Writes ``status.json`` when, and only when, its content changed."""
 
     state_dir: str
-    _last: str | None = None
+    _last: str | None = None  # the content last written, in compact form
 
     def write(self, status: dict[str, Any]) -> bool:
-        text = json.dumps(status, indent=1, sort_keys=True) + "\n"
-        if text == self._last:
+        # Compared compactly: without indent, json uses its C encoder, many times faster
+        # than the Python one that indent needs, and the daemon asks on every wake-up
+        # (a libvirt event of any domain on the host is one).
+        compact = json.dumps(status, sort_keys=True)
+        if compact == self._last:
             return False
-        files.write_private(Path(self.state_dir) / STATUS_NAME, text)
-        self._last = text
+        text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+        # No fsync: the daemon writes it again at start, and it changes with every job;
+        # an fsync here would compete with the disk flushes of the snapshots themselves.
+        files.write_private(Path(self.state_dir) / STATUS_NAME, text, fsync=False)
+        self._last = compact
         return True
 
 
@@ -134,10 +140,12 @@ def domain_lock(state_dir: str, uuid: str, domain: str, wait: float = LOCK_WAIT)
     if not _UUID.fullmatch(uuid):
         raise SnapshotdError(f"domain {domain!r}: unexpected UUID {uuid!r}")
     directory = Path(state_dir) / "locks"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(
-        directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-    )
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        fd = os.open(directory / f"{uuid}.lock", flags, 0o600)
+    except FileNotFoundError:  # the first lock in this state directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / f"{uuid}.lock", flags, 0o600)
     try:
         deadline = time.monotonic() + wait
         while True:

@@ -174,10 +174,18 @@ def test_schedule_runs_on_time_prunes_and_reloads(
     # Snapshots every 3 s; retention keeps the newest two.
     daemon.wait_for(lambda: len(snapshots(dom)) >= 2, 20, "two snapshots")
     first_times = [t for t, _, _ in snapshots(dom)]
+    # Later snapshots came, and retention brought the count back to two.  (Between a
+    # snapshot and its prune there are briefly three, so the count is awaited, not
+    # sampled once.)
     daemon.wait_for(
-        lambda: snapshots(dom) and snapshots(dom)[-1][0] >= first_times[-1] + 5, 20, "pruning"
+        lambda: (
+            len(now := snapshots(dom)) == 2
+            and now[0][0] > first_times[-1]
+            and now[-1][0] >= first_times[-1] + 5
+        ),
+        20,
+        "pruning",
     )
-    assert len(snapshots(dom)) == 2
 
     # Edit in place: the next snapshot carries the new description.
     write_policy(daemon, "fast", policy(dom, extra='  description: "second"'))
@@ -228,35 +236,6 @@ def test_kill_9_and_restart_catches_up_once(domain_factory: DomainFactory, daemo
     # come on top of it in these two seconds.
     assert count + 1 <= len(snapshots(dom)) <= count + 2
     assert daemon.stop() == 0
-
-
-def test_sigterm_during_a_snapshot_exits_0_without_half_made_files(
-    domain_factory: DomainFactory, daemon: Daemon
-) -> None:
-    dom = domain_factory(state="running", memory_mib=256)
-    snaps = dom.directory / "snaps"
-    extra = f"  memory: external\n  directory: {snaps}"
-    body = policy(dom, every="2s", extra=extra, keep=10, states="  states: [running]")
-    write_policy(daemon, "slow", body)
-    daemon.start()
-    daemon.wait_ready()
-    # SIGTERM as soon as a memory file exists that libvirt does not list yet, that
-    # is, while the snapshot is being taken.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        known = {name for _, name, _ in snapshots(dom)}
-        files = list(snaps.glob("*.memory")) if snaps.is_dir() else []
-        if any(not any(n in f.name for n in known) for f in files):
-            break
-        time.sleep(0.01)
-    assert daemon.stop() == 0
-    # The snapshot in flight was finished, not abandoned: every file in the
-    # directory belongs to a snapshot that libvirt knows.
-    names = {name for _, name, _ in snapshots(dom)}
-    assert names
-    for path in snaps.iterdir():
-        assert any(name in path.name for name in names), path
-    assert any("STOPPING=1" in m for m in daemon.messages)
 
 
 def test_a_domain_defined_while_running_is_scheduled(

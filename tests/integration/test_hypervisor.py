@@ -248,6 +248,31 @@ def test_unknown_domain_is_not_found(hypervisor: Hypervisor, session_prefix: str
             call()
 
 
+def test_a_domain_found_by_uuid_and_then_redefined_or_undefined(
+    hypervisor: Hypervisor, domain_factory: DomainFactory, libvirt_conn: Any
+) -> None:
+    """Handles kept by UUID follow the UUID: a redefinition is seen, an undefinition
+    is reported as not found, and a new domain by the old name is not mistaken for it."""
+    made = domain_factory([DiskSpec()], "shutoff")
+    uuid = made.dom.UUIDString()
+    assert hypervisor.domain_state(uuid) is DomainState.SHUTOFF
+    assert hypervisor.domain(uuid).name == made.name
+    xml = made.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    # Redefined with the same UUID and a new description: the kept handle sees it.
+    libvirt_conn.defineXML(xml.replace("</name>", "</name><description>again</description>", 1))
+    assert "again" in hypervisor.domain_xml(uuid, inactive=True)
+    made.dom.undefine()
+    assert hypervisor.domain_state(uuid) is None
+    with pytest.raises(NotFoundError, match="not found"):
+        hypervisor.domain_xml(uuid)
+    with pytest.raises(NotFoundError, match="not found"):
+        hypervisor.snapshot_created(uuid, "any")
+    # The same name, a new UUID: looking up the old UUID still finds nothing.
+    libvirt_conn.defineXML(xml.replace(f"<uuid>{uuid}</uuid>", "", 1))
+    assert hypervisor.domain(made.name).uuid != uuid
+    assert hypervisor.domain_state(uuid) is None
+
+
 def test_unknown_snapshot_is_not_found(
     hypervisor: Hypervisor, domain_factory: DomainFactory
 ) -> None:

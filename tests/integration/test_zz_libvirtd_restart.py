@@ -10,10 +10,24 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.integration.cli import REPO
+import libvirt
+
+from snapshotd.edge.catalog import Catalog, Run, RunLog
+from tests.integration.cli import REPO, files_under
 from tests.integration.domains import DomainFactory
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
+from tests.integration.test_faults_libvirt import (
+    catalog_snapshots,
+    configure,
+    mid_memory_save,
+    names,
+    operations,
+    query,
+    serving,
+)
+from tests.integration.test_progress import noisy_domain
 
 
 def restart_libvirtd() -> float:
@@ -59,6 +73,81 @@ def test_daemon_reconnects_after_libvirtd_restart(
         assert len(names) == len(set(names))
         log = daemon.log.read_text()
         assert "connection closed" in log or "not connected" in log or "cannot list" in log
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+
+
+def test_fault_01_libvirtd_restarted_in_the_middle_of_a_snapshot(
+    domain_factory: DomainFactory, libvirt_conn: Any, tmp_path: Path
+) -> None:
+    """1. libvirtd restarted in the middle of a snapshot: reconnect, reconcile, no
+    duplicate, next due snapshot happens.
+
+    In the middle: an external memory snapshot of a guest whose RAM holds 512 MiB of
+    random bytes, while the daemon's run record says it is in progress and its memory
+    file is less than half written.
+    """
+    dom = noisy_domain(domain_factory, libvirt_conn)
+    bystander = domain_factory(state="shutoff")
+    snaps = dom.directory / "snaps"
+    (tmp_path / "policies").mkdir(mode=0o755)
+    daemon = Daemon(tmp_path)
+    try:
+        configure(daemon, "workers: 2\n")
+        extra = f"  memory: external\n  directory: {snaps}"
+        states = "  states: [running]"
+        write_policy(daemon, "mid", policy(dom, every="1h", extra=extra, keep=50, states=states))
+        write_policy(daemon, "by", policy(bystander, every="2s", keep=50))
+        # The policy ran before, two hours ago: its catch-up slot is due at the start
+        # (and the next one not for up to an hour).
+        seeded = int(time.time()) // 3600 * 3600 - 7200
+        with Catalog(str(daemon.state)) as catalog:
+            runs = RunLog(catalog)
+            runs.start(Run("mid", dom.uuid, "qemu:///system", dom.name), "seed", seeded, seeded)
+            runs.finish("mid", dom.uuid, slot=seeded, error=None, now=seeded)
+        before_files = files_under(dom.directory)
+        daemon.start()
+        daemon.wait_ready()
+        cut, memory = mid_memory_save(daemon, dom, snaps)
+        restart_libvirtd()
+        for scratch in (dom, bystander):  # the session's connection reconnects itself
+            scratch.dom = domain_factory.conn.lookupByUUIDString(scratch.uuid)
+
+        def served() -> bool:
+            rows = query(
+                daemon,
+                "SELECT last_slot, in_progress FROM runs WHERE domain_uuid = ?",
+                dom.uuid,
+            )
+            return bool(rows) and rows[0][0] > seeded and rows[0][1] is None
+
+        # The hour's slot is served after the restart: once.
+        daemon.wait_for(served, 90, "the slot served after libvirtd came back")
+        log = daemon.log.read_text()
+        assert "connection closed" in log or "cannot list" in log or "not connected" in log
+        (made,) = names(dom)  # no duplicate: one snapshot for the one slot
+        assert catalog_snapshots(daemon, dom) == {made}
+        failures = [o for o in operations(daemon, dom) if o[1] == "failed"]
+        if made == cut:
+            # libvirt finished it before it went down: adopted after the reconnect.
+            assert f"snapshot {cut} was made before an interruption; recorded" in log
+        else:
+            # Reconciled with the new connection: libvirt never made it, so the retry
+            # took the slot under a new name.
+            assert f"snapshot {cut} was interrupted before libvirt made it" in log
+            (failure,) = failures
+            message = failure[3] or ""
+            assert failure[2] == cut
+            assert dom.name in message
+            assert "transient" in message
+            if memory.exists():  # what libvirtd left is named, and kept
+                assert f"files the snapshot was to create exist: {memory}" in message
+                assert "snapshotd deleted nothing" in message
+        # Nothing lost: every file from before is still there.
+        assert before_files <= files_under(dom.directory)
+        assert dom.state() == libvirt.VIR_DOMAIN_RUNNING
+        serving(daemon, bystander)
         assert daemon.stop() == 0
     finally:
         daemon.close()

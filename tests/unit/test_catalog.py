@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge.catalog import DB_NAME, Catalog, Operation, SnapshotRow
+from snapshotd.edge.catalog import DB_NAME, Catalog, Operation, RunLog, SnapshotRow
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -137,3 +137,53 @@ def test_opening_the_catalog_again_keeps_other_connections_locks(tmp_path: Path)
         first.close()
     with Catalog(str(tmp_path)) as reopened:
         assert [r.name for r in reopened.snapshots()] == ["p-0", "p-1", "p-2"]
+
+
+def test_the_run_marker_survives_kill_9_and_later_writes_are_full_sync(tmp_path: Path) -> None:
+    # RunLog.start commits without its own fsync (synchronous=NORMAL, WAL): a crash of
+    # the process must still leave the marker for the next start to reconcile, and the
+    # connection must be back to synchronous=FULL for the snapshot record that follows.
+    script = (
+        "import os, sys\n"
+        "from snapshotd.edge.catalog import Catalog, Run, RunLog\n"
+        "c = Catalog(sys.argv[1])\n"
+        "RunLog(c).start(Run('p', sys.argv[2], 'qemu:///system', 'web'), 'p-1', 60, 61)\n"
+        "sync = c.db.execute('PRAGMA synchronous').fetchone()[0]\n"
+        "print(sync, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), UUID],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9
+    assert proc.stdout.strip() == "2"  # FULL
+    with Catalog(str(tmp_path)) as catalog:
+        (run,) = RunLog(catalog).unfinished()
+    assert (run.policy, run.domain_uuid, run.in_progress, run.in_progress_slot) == (
+        "p",
+        UUID,
+        "p-1",
+        60,
+    )
+
+
+def test_a_failed_unsynced_transaction_rolls_back_and_restores_full_sync(tmp_path: Path) -> None:
+    def insert_then_fail(catalog: Catalog) -> None:
+        with catalog.transaction(fsync=False):
+            catalog.db.execute(
+                "INSERT INTO runs (policy, domain_uuid, uri, domain_name) VALUES (?, ?, ?, ?)",
+                ("p", UUID, "qemu:///system", "web"),
+            )
+            raise RuntimeError("boom")
+
+    with Catalog(str(tmp_path)) as catalog:
+        with pytest.raises(RuntimeError, match="boom"):
+            insert_then_fail(catalog)
+        assert RunLog(catalog).all() == []
+        assert catalog.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 from snapshotd.edge import files
 
 
@@ -53,3 +55,26 @@ def test_remove_files_never_follows_a_symlink(tmp_path: Path) -> None:
     assert removed == [str(plain)]
     assert keep.read_text() == "precious"
     assert link.is_symlink()
+
+
+def test_write_private_replaces_a_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    target = tmp_path / "out" / "index.json"
+    target.parent.mkdir()
+    target.symlink_to(victim)
+    files.write_private(target, "new\n")
+    assert victim.read_text() == "keep me\n"
+    assert not target.is_symlink()
+    assert target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in target.parent.iterdir()) == ["index.json"]
+
+
+def test_write_private_leaves_no_temporary_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    target.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        files.write_private(target, "bad \udc80 text")  # a lone surrogate cannot be encoded
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]

@@ -300,3 +300,33 @@ def test_a_broken_config_does_not_send_settings_to_a_guessed_directory(tmp_path:
         f"{config}:1:1: policy_dri: unknown option 'policy_dri'; did you mean 'policy_dir'?"
     ]
     assert settings.policies == ()
+
+
+def test_a_reload_parses_only_changed_files_and_sees_every_change(
+    policies: Path, tmp_path: Path
+) -> None:
+    """Parse results are reused by path and content, never across either."""
+    write(policies / "a.yaml")
+    write(policies / "b.yaml", "schedule:\n  every: 2h\n")
+    first = load_policy_dir(str(policies))
+    assert first.ok, messages(first)
+    again = load_policy_dir(str(policies))
+    assert [p is q for p, q in zip(first.policies, again.policies, strict=True)] == [True, True]
+    # The same text under another name is that name's policy, not a's.
+    twin = tmp_path / "twin.d"
+    twin.mkdir(mode=0o755)
+    twin.chmod(0o755)
+    write(twin / "c.yaml")
+    assert names(load_policy_dir(str(twin))) == ["c"]
+    # An edit is parsed anew.
+    write(policies / "a.yaml", "schedule:\n  every: 3h\n")
+    edited = load_policy_dir(str(policies))
+    assert edited.policies[0] is not first.policies[0]
+    assert edited.policies[0].schedule != first.policies[0].schedule
+    # An error is reported every time, not only on the load that first met it.
+    write(policies / "b.yaml", "schedule: [not, a, mapping]\n")
+    for _ in range(2):
+        broken = load_policy_dir(str(policies))
+        assert names(broken) == ["a"]
+        assert len(broken.errors) == 1
+        assert "b.yaml" in messages(broken)[0]

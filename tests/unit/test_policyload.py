@@ -162,6 +162,13 @@ def test_error_format() -> None:
     assert str(LocatedError("/p/web.yaml", 0, 0, "", "mode")) == "/p/web.yaml: mode"
 
 
+def test_control_characters_in_a_file_name_are_shown_escaped() -> None:
+    error = LocatedError("/p/a\nFAKE: ok\x1b[2J.yaml", 2, 1, "", "bad")
+    assert str(error) == "/p/a\\nFAKE: ok\\x1b[2J.yaml:2:1: bad"
+    assert "\n" not in str(error)
+    assert str(LocatedError("/p/h\u00e9.yaml", 1, 1, "", "x")) == "/p/h\u00e9.yaml:1:1: x"
+
+
 def test_positions_are_one_based_like_an_editor() -> None:
     text = 'schedule:\n  every: 1h\nsnapshot:\n    memory:   "internl"\n'
     (message,) = errors(text)

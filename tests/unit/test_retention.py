@@ -809,3 +809,34 @@ def test_dense_hourly_histories_match_the_model(hours: list[int], zone: str, cou
     assert {i for i, v in enumerate(verdicts) if v.keep} == model_kept(
         retention, candidates, now, zone
     )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 40 * 24 * 4), min_size=1, max_size=120),
+    retentions,
+    st.sampled_from(ZONES),
+    st.sampled_from(["oldest first", "newest first", "shuffled"]),
+    st.randoms(use_true_random=False),
+)
+def test_plain_histories_in_any_listing_order_match_the_general_path(
+    quarters: list[int], retention: Retention, zone: str, listing: str, rnd: random.Random
+) -> None:
+    """Owned, unpinned UTC histories skip the general passes (and, listed oldest or
+    newest first with no ties, the sort): their verdicts and reasons must be exactly
+    those of the same instants written in another zone, which take the general path."""
+    names = [f"s{k:03d}" for k in range(len(quarters))]
+    rnd.shuffle(names)  # equal instants get their names in any order
+    candidates = [
+        Candidate(name, BASE + q * 15 * MINUTE, True)
+        for name, q in zip(names, quarters, strict=True)
+    ]
+    if listing == "shuffled":
+        rnd.shuffle(candidates)
+    else:
+        candidates.sort(key=lambda c: c.created, reverse=listing == "newest first")
+    now = BASE + 30 * 24 * HOUR  # some snapshots lie in the future
+    elsewhere = [
+        Candidate(c.name, c.created.astimezone(zoneinfo.ZoneInfo(BERLIN)), True) for c in candidates
+    ]
+    assert evaluate(retention, candidates, now, zone) == evaluate(retention, elsewhere, now, zone)

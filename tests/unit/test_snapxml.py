@@ -921,3 +921,22 @@ def test_catalog_only_xml_is_redefinable(online: bool, state: str) -> None:
     assert "web01.qcow2'" in info.domain_xml
     without = parse_snapshot(render_catalog_only(planned, online=online, created=1))
     assert without.domain_xml is None
+
+
+def test_render_spec_checks_each_new_shape_and_never_remembers_a_refusal() -> None:
+    """The parse-back check is made once per shape: documents that differ only in the
+    text of absolute paths share one; a relative or empty path is another shape."""
+
+    def external(path: str) -> SnapshotSpec:
+        return spec(disks=(DiskPlan("vda", Location.EXTERNAL, "x", new_file=path),))
+
+    for path in ("/images/a.qcow2", "/images/b.qcow2"):
+        assert f"<source file='{path}'/>" in render_spec(external(path))
+    for _ in range(2):
+        with pytest.raises(XMLError, match=r"image path 'b\.qcow2' must be an absolute path"):
+            render_spec(external("b.qcow2"))
+    memory = spec(memory=Location.EXTERNAL, memory_file="/m/state")
+    assert "<memory snapshot='external' file='/m/state'/>" in render_spec(memory)
+    for _ in range(2):
+        with pytest.raises(XMLError, match="memory file '' must be an absolute path"):
+            render_spec(spec(memory=Location.EXTERNAL, memory_file=""))
