@@ -11,6 +11,8 @@ Fixtures:
   hypervisor      (session)  snapshotd's Hypervisor on qemu:///system
   domain_factory  (function) DomainFactory: call it to make a scratch domain; every domain
                              it made is removed after the test, pass or fail
+  daemon          (function) test_daemon.Daemon in tmp_path: `snapshotd run` with its own
+                             NOTIFY_SOCKET, policy and state directories; stopped after
 At the end of the session every domain with the session's prefix is removed, whatever
 happened before.
 """
@@ -22,13 +24,16 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 import pytest
 
 from snapshotd.edge.hypervisor import Hypervisor
 from tests.integration.domains import DomainFactory
+
+if TYPE_CHECKING:
+    from tests.integration.test_daemon import Daemon
 
 URI = "qemu:///system"
 # Images live where libvirtd (and, on a real host, AppArmor or SELinux) expects guest
@@ -133,3 +138,17 @@ def domain_factory(_session_domains: DomainFactory) -> Iterator[DomainFactory]:
 def hypervisor() -> Iterator[Hypervisor]:
     with Hypervisor.open(URI) as hv:
         yield hv
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A `snapshotd run` harness in tmp_path (tests/integration/test_daemon.py's Daemon),
+    stopped and cleaned up after the test, pass or fail."""
+    from tests.integration.test_daemon import Daemon  # noqa: PLC0415 - a test module's class
+
+    (tmp_path / "policies").mkdir(mode=0o755)
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()

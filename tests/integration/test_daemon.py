@@ -10,12 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import libvirt
-import pytest
 from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -103,16 +102,6 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.sock.close()
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    (tmp_path / "policies").mkdir(mode=0o755)
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def write_policy(daemon: Daemon, name: str, body: str, *, rename: bool = False) -> None:

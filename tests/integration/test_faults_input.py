@@ -16,7 +16,6 @@ import sqlite3
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,6 @@ from tests.integration.test_daemon import Daemon, free_port, metrics_text, polic
 INVALID = REPO / "tests" / "policies" / "invalid"
 QUICKLY = 10.0  # seconds: generous; a hang or an exponential blow-up goes far past it
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    (tmp_path / "policies").mkdir(mode=0o755)
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def config_file(root: Path, text: str = "connect: [qemu:///system]\n") -> Path:

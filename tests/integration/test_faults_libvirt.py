@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,6 @@ from tests.integration.test_daemon import Daemon, policy, snapshots, write_polic
 from tests.integration.test_progress import noisy_domain
 
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    (tmp_path / "policies").mkdir(mode=0o755)
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def configure(daemon: Daemon, extra: str = "") -> Path:

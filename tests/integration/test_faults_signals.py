@@ -14,13 +14,11 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import libvirt
-import pytest
 from lxml import etree
 
 from snapshotd.edge.catalog import DB_NAME, Catalog, Run, RunLog
@@ -31,16 +29,6 @@ from tests.integration.conftest import URI
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
 from tests.integration.test_progress import noisy_domain
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    (tmp_path / "policies").mkdir(mode=0o755)
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def _read(daemon: Daemon, query: str, *args: object) -> list[tuple[Any, ...]]:

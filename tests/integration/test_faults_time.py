@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +71,6 @@ def _catalog_names(state: Path, uuid: str) -> set[str]:
 
 def _files(dom: ScratchDomain) -> set[str]:
     return {str(p.relative_to(dom.directory)) for p in dom.directory.rglob("*") if p.is_file()}
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    (tmp_path / "policies").mkdir(mode=0o755)
-    d = Daemon(tmp_path)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 # --- 11: the clock stepped backward and forward -----------------------------------------

@@ -108,8 +108,10 @@ def test_fault_01_libvirtd_restarted_in_the_middle_of_a_snapshot(
             runs.finish("mid", dom.uuid, slot=seeded, error=None, now=seeded)
         before_files = files_under(dom.directory)
         daemon.start()
-        daemon.wait_ready()
+        # The catch-up starts in the daemon's first pass, before READY: watch for it
+        # from the start (the memory file is half written about half a second later).
         cut, memory = mid_memory_save(daemon, dom, snaps)
+        daemon.wait_ready()
         restart_libvirtd()
         for scratch in (dom, bystander):  # the session's connection reconnects itself
             scratch.dom = domain_factory.conn.lookupByUUIDString(scratch.uuid)
