@@ -63,8 +63,7 @@ class Probe:
 
 class TimedHypervisor(Hypervisor):
     """snapshotd's Hypervisor, unchanged but for a clock around the libvirt call itself
-    (``_create_call`` is virDomainSnapshotCreateXML and nothing else; the daemon's
-    gated connection calls it through this object)."""
+    (``_create_call`` is virDomainSnapshotCreateXML and nothing else)."""
 
     probe: Probe
 

@@ -525,10 +525,8 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
     Option(
         "workers",
         Kind.COUNT,
-        "How many snapshot operations (creations, and retention's deletions) the daemon "
-        "has inside libvirt at once, across all domains (at least 1; never more than one "
-        "at a time per domain).  Up to two more jobs read their domain and render their "
-        "XML meanwhile, so each is ready when a place frees.",
+        "How many snapshots the daemon takes at once, across all domains (at least 1; "
+        "never more than one at a time per domain).",
         default="4",
         example="4",
     ),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import logging
 import os
 import queue
@@ -59,9 +58,6 @@ log = logging.getLogger("snapshotd")
 RETRY_BACKOFF = (10.0, 30.0, 60.0, 300.0)
 RECONNECT_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
-# Jobs started beyond ``workers``: they prepare while the others are inside libvirt, and
-# wait at the Gate for their turn to call it.
-PREPARE_AHEAD = 2
 RECONNECT_WAIT = 60.0  # how long a job cut off by a lost connection waits for the next
 SETTLE_POLL = 0.5  # seconds between looks at a job a previous process left running
 
@@ -220,47 +216,6 @@ class Paths:
     connect: tuple[str, ...] = ()
 
 
-class Gate:
-    """At most ``limit`` libvirt operations (snapshot creations, deletions) at once.
-
-    Jobs prepare (read the domain, check the name, render and check the XML) outside
-    the gate, so the next job is ready the moment a place frees.  A job reported as
-    overrun is written off: its place goes to the others although its call has not
-    returned (its later release is then a no-op).
-    """
-
-    def __init__(self, limit: int = 1) -> None:
-        self._changed = threading.Condition()
-        self._limit = limit
-        self._held: set[object] = set()
-
-    def set_limit(self, limit: int) -> None:
-        with self._changed:
-            self._limit = max(1, limit)
-            self._changed.notify_all()
-
-    @contextlib.contextmanager
-    def hold(self, token: object) -> Iterator[None]:
-        with self._changed:
-            while len(self._held) >= self._limit:
-                self._changed.wait()
-            self._held.add(token)
-        try:
-            yield
-        finally:
-            self.forfeit(token)
-
-    def forfeit(self, token: object) -> None:
-        with self._changed:
-            self._held.discard(token)
-            self._changed.notify_all()
-
-    @property
-    def holders(self) -> int:
-        with self._changed:
-            return len(self._held)
-
-
 class Daemon:
     """The main loop.  ``run()`` returns the process exit status."""
 
@@ -280,7 +235,6 @@ class Daemon:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._workers = workers  # None: the config's ``workers``
         self.limit = 1
-        self.gate = Gate(1)  # libvirt operations at once: ``workers``
         self.policies: dict[str, Policy] = {}
         self.domains: dict[str, list[DomainInfo]] = {}
         self.due: dict[Key, Due] = {}
@@ -419,7 +373,7 @@ class Daemon:
     def _dispatch(self, runs: RunLog, now: float) -> None:
         ready = sorted(((d.at, k) for k, d in self.due.items() if d.at <= now), key=lambda x: x[0])
         for _at, key in ready:
-            if self._stopping or self.inflight >= self.limit + PREPARE_AHEAD:
+            if self._stopping or self.inflight >= self.limit:
                 break  # the rest stay due and go as soon as a worker is free
             if self._busy(key.uuid) or key in self._unsettled:
                 continue
@@ -449,7 +403,7 @@ class Daemon:
             self.jobs[key] = Job(key, domain.name, mono, mono + self._operation_timeout(), now)
             threading.Thread(
                 target=self._job,
-                args=(key, policy, domain, hv.gated(functools.partial(self.gate.hold, key)), due),
+                args=(key, policy, domain, hv, due),
                 name=f"job {domain.name}",
                 daemon=True,
             ).start()
@@ -464,7 +418,6 @@ class Daemon:
             if job.overrun or mono < job.deadline:
                 continue
             job.overrun = True
-            self.gate.forfeit(job.key)  # its place at the gate goes to the others
             seconds = int(mono - job.started)
             message = (
                 f"{job.domain}: snapshot by {job.key.policy} still running after {seconds} s "
@@ -777,7 +730,6 @@ class Daemon:
             raise RuntimeError("no settings after the first load")
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
-        self.gate.set_limit(self.limit)
         self._status_file = StatusWriter(self.settings.state_dir)
         if self.settings.metrics_address:
             try:

@@ -295,7 +295,12 @@ def test_a_hung_qemu_is_reported_and_does_not_hold_up_the_others(
             lambda: "still running after" in daemon.log.read_text(), 20, "the overrun report"
         )
         assert "operation_timeout 3 s" in daemon.log.read_text()
-        assert any("last error: " + hung.name in m for m in daemon.messages)
+        # The STATUS line follows the log line in the same pass of the loop.
+        daemon.wait_for(
+            lambda: any("last error: " + hung.name in m for m in daemon.messages),
+            10,
+            "the overrun in the STATUS line",
+        )
         stuck = len(snapshots(hung))
         code, data = status(daemon)
         assert code == 0
