@@ -594,7 +594,7 @@ class Daemon:
         return catalog.find(key.uuid, name) is not None
 
     def _settle(self, hv: Hypervisor, catalog: Catalog, runs: RunLog, run: Run, name: str) -> None:
-        now = int(time.time())
+        now = int(self.clock())
         try:
             names = {r.name for r in hv.list_snapshots(run.domain_uuid)}
         except SnapshotdError as exc:
