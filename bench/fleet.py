@@ -57,10 +57,10 @@ from bench.common import (
     table,
     write_json,
 )
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.config.policyload import parse_policy
 from snapshotd.core.plan import plan_snapshot
-from snapshotd.core.policyload import parse_policy
 from snapshotd.core.snapxml import render_spec
-from snapshotd.edge.hypervisor import Hypervisor
 
 POLICY = """name: bench-fleet
 domains:

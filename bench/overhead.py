@@ -41,12 +41,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import URI, load_average, machine, ratio, scratch, spread, table, write_json
+from snapshotd.adapters import logs
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.catalog import open_catalog
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
-from snapshotd.edge import logs
-from snapshotd.edge.catalog import Catalog, RunLog
-from snapshotd.edge.daemon import Daemon, Due, Key, Link, Paths
-from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.daemon.loop import Daemon, Due, Key, Link, Paths
 
 KINDS = {
     "external disk-only": 'memory: "no"\n  disks: external\n  disk_only: true',
@@ -107,8 +107,8 @@ class Bench:
         self.daemon = daemon
         self.hv = hv
         self.bare_conn = bare_conn
-        self.catalog = Catalog(daemon.settings.state_dir if daemon.settings else "")
-        self.runs = RunLog(self.catalog)
+        self.catalog = open_catalog(daemon.settings.state_dir if daemon.settings else "")
+        self.runs = self.catalog.runs
         self.counter = 0
 
     def snapshotd(self, policy: Policy, domain: DomainInfo) -> tuple[float, float, float, str]:

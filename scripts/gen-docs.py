@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the documents made from the code (snapshotd/edge/docgen.py).
+"""Write the documents made from the code (snapshotd/docgen.py).
 
 .venv/bin/python scripts/gen-docs.py          # write them
 .venv/bin/python scripts/gen-docs.py --check  # exit 1 if any is out of date
@@ -14,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from snapshotd.core.policyload import schema_markdown  # noqa: E402 - after the path is set
-from snapshotd.edge import docgen  # noqa: E402 - the same
+from snapshotd import docgen  # noqa: E402 - the same
+from snapshotd.config.policyload import schema_markdown  # noqa: E402 - after the path is set
 
 BEGIN = "<!-- BEGIN state_table_examples() -->"
 END = "<!-- END state_table_examples() -->"

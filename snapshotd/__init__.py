@@ -1,12 +1,14 @@
 """snapshotd: scheduled, policy-driven libvirt domain snapshots.
 
-The package is split in two:
+The folders are the architecture (docs/architecture.md draws it):
 
-* ``snapshotd.core``: pure code (models, the state table, planning, snapshot
-  XML, naming).  It never imports libvirt, never reads the clock and never
-  touches the filesystem.
-* ``snapshotd.edge``: the I/O edges (the libvirt connection, file checks, the
-  command line).  Each edge module owns exactly one kind of I/O.
+* ``snapshotd.core``: pure decisions (models, the state table, planning, snapshot
+  XML, schedules, retention).  No libvirt, no clock, no filesystem.
+* ``snapshotd.config``: policy files and snapshotd.yaml as text -> typed objects.
+* ``snapshotd.adapters``: I/O, one kind each (libvirt, files, hooks, systemd, ...).
+* ``snapshotd.catalog``: the durable record, behind one interface.
+* ``snapshotd.actions``: what snapshotd does, composed from the above.
+* ``snapshotd.daemon``: ``snapshotd run``.  ``snapshotd.cli``: the command line.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """Allow ``python -m snapshotd``."""
 
-from snapshotd.edge.cli import main
+from snapshotd.cli.main import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 Names and paths come from policy files, the command line and libvirt (domain
 names, disk paths), so all of them are treated as untrusted.  This module only
 looks at strings; the filesystem half of the checks (symlinks, existing files)
-is done by ``snapshotd.edge.files`` right before anything is created.
+is done by ``snapshotd.adapters.files`` right before anything is created.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 import pytest
 
-from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.adapters.hypervisor import Hypervisor
 from tests.integration.domains import DomainFactory
 
 if TYPE_CHECKING:

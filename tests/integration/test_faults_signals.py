@@ -21,10 +21,10 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from snapshotd.edge.catalog import DB_NAME, Catalog, Run, RunLog
-from snapshotd.edge.daemon import STOP_GRACE, Paths
-from snapshotd.edge.daemon import Daemon as DaemonLoop
-from snapshotd.edge.hypervisor import Hypervisor
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.catalog.sqlite import DB_NAME, Catalog, Run, RunLog
+from snapshotd.daemon.loop import STOP_GRACE, Paths
+from snapshotd.daemon.loop import Daemon as DaemonLoop
 from tests.integration.conftest import URI
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy

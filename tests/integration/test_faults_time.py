@@ -22,9 +22,9 @@ import libvirt
 import pytest
 from lxml import etree
 
-from snapshotd.edge.catalog import Catalog, Run, RunLog
-from snapshotd.edge.daemon import Daemon as Loop
-from snapshotd.edge.daemon import Link, Paths
+from snapshotd.catalog.sqlite import Catalog, Run, RunLog
+from snapshotd.daemon.loop import Daemon as Loop
+from snapshotd.daemon.loop import Link, Paths
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, snapshots, write_policy

@@ -1,4 +1,4 @@
-"""snapshotd.edge.hypervisor against the real libvirtd (qemu:///system) and real QEMU domains."""
+"""snapshotd.adapters.hypervisor against the real libvirtd (qemu:///system) and QEMU domains."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import libvirt
 import pytest
 from lxml import etree
 
+from snapshotd.adapters.hypervisor import Hypervisor, SnapshotRecord
 from snapshotd.core.model import CreateFlag, DomainState
-from snapshotd.edge.hypervisor import Hypervisor, SnapshotRecord
 from snapshotd.errors import LibvirtError, NotFoundError
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain, remove_domain
 

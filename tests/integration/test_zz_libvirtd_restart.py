@@ -14,7 +14,7 @@ from typing import Any
 
 import libvirt
 
-from snapshotd.edge.catalog import Catalog, Run, RunLog
+from snapshotd.catalog.sqlite import Catalog, Run, RunLog
 from tests.integration.cli import REPO, files_under
 from tests.integration.domains import DomainFactory
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy

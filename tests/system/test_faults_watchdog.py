@@ -26,7 +26,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from snapshotd.edge.catalog import DB_NAME, Catalog, Run, RunLog
+from snapshotd.catalog.sqlite import DB_NAME, Catalog, Run, RunLog
 from tests.system.conftest import SystemdNamespace
 from tests.system.test_unit import (
     IMAGES,

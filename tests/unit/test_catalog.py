@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge.catalog import DB_NAME, Catalog, Operation, RunLog, SnapshotRow
+from snapshotd.catalog.sqlite import DB_NAME, Catalog, Operation, RunLog, SnapshotRow
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -81,7 +81,7 @@ def test_records_survive_reopen_and_wal_mode(tmp_path: Path) -> None:
 def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
-        "from snapshotd.edge.catalog import Catalog\n"
+        "from snapshotd.catalog.sqlite import Catalog\n"
         "from tests.unit.test_catalog import row\n"
         "c = Catalog(sys.argv[1])\n"
         "c.record_snapshot(row('p-9', 9000))\n"
@@ -145,7 +145,7 @@ def test_the_run_marker_survives_kill_9_and_later_writes_are_full_sync(tmp_path:
     # connection must be back to synchronous=FULL for the snapshot record that follows.
     script = (
         "import os, sys\n"
-        "from snapshotd.edge.catalog import Catalog, Run, RunLog\n"
+        "from snapshotd.catalog.sqlite import Catalog, Run, RunLog\n"
         "c = Catalog(sys.argv[1])\n"
         "RunLog(c).start(Run('p', sys.argv[2], 'qemu:///system', 'web'), 'p-1', 60, 61)\n"
         "sync = c.db.execute('PRAGMA synchronous').fetchone()[0]\n"

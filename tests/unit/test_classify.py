@@ -9,7 +9,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from snapshotd.edge.hypervisor import classify
+from snapshotd.adapters.hypervisor import classify
 
 V = libvirt
 CASES = [

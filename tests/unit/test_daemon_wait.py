@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from snapshotd.edge.daemon import Daemon, Due, Job, Key, Paths
+from snapshotd.daemon.loop import Daemon, Due, Job, Key, Paths
 
 NOW = 1_795_000_000.0
 SLOT = dt.datetime.fromtimestamp(NOW, dt.UTC)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.core.policyload import CONFIG_SCHEMA, POLICY_SCHEMA
+from snapshotd import docgen
+from snapshotd.config.policyload import CONFIG_SCHEMA, POLICY_SCHEMA
 from snapshotd.core.table import TABLE
-from snapshotd.edge import docgen
 
 REPO = Path(__file__).resolve().parents[2]
 

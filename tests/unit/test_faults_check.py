@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snapshotd.core.policyload import POLICY_SCHEMA, Kind
-from snapshotd.edge import cli
+from snapshotd.cli import main as cli
+from snapshotd.config.policyload import POLICY_SCHEMA, Kind
 
 FUZZ = settings(
     max_examples=150,

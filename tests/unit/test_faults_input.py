@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge import cli
+from snapshotd.cli import main as cli
 
 DEAD = "qemu+unix:///system?socket=/nonexistent/snapshotd-faults/none.sock"
 

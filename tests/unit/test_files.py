@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge import files
+from snapshotd.adapters import files
 
 
 def qcow2(path: Path, backing: str | None) -> None:

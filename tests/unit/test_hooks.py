@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge import hooks
+from snapshotd.adapters import hooks
 
 CONTEXT = hooks.Context(
     policy="nightly",

@@ -1,4 +1,4 @@
-"""snapshotd.edge.logs: the stderr line, the journald fields, sanitize_uri, the XML guard."""
+"""snapshotd.adapters.logs: the stderr line, the journald fields, sanitize_uri, the XML guard."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from snapshotd.edge import logs
-from snapshotd.edge.logs import WITHHELD, log_event, quote, sanitize_uri, setup
+from snapshotd.adapters import logs
+from snapshotd.adapters.logs import WITHHELD, log_event, quote, sanitize_uri, setup
 
 SNAPSHOT_XML = (
     "<domainsnapshot><name>s1</name><disks><disk name='vda'>"
@@ -315,6 +315,6 @@ def test_guard_lets_names_through() -> None:
 
 def test_guard_covers_child_loggers() -> None:
     logger, stream = _stderr_logger()
-    logging.getLogger("snapshotd.edge.operations").info("xml: %s", DOMAIN_XML)
+    logging.getLogger("snapshotd.actions.snapshot").info("xml: %s", DOMAIN_XML)
     assert logger.handlers
     assert stream.getvalue() == f"WARNING {WITHHELD}\n"

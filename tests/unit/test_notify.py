@@ -1,4 +1,4 @@
-"""snapshotd.edge.notify against a real AF_UNIX datagram socket."""
+"""snapshotd.adapters.notify against a real AF_UNIX datagram socket."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge.notify import STATUS_MAX, Notifier, status_text
+from snapshotd.adapters.notify import STATUS_MAX, Notifier, status_text
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import os
 import pty
 import time
 
-from snapshotd.edge import output
+from snapshotd.cli import output
 
 
 def read_all(fd: int) -> str:

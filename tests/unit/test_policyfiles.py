@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.core.policy import Policy
-from snapshotd.core.policyload import MAX_BYTES, Config
-from snapshotd.edge.policyfiles import (
+from snapshotd.adapters.configfiles import (
     LoadResult,
     load_config,
     load_policy_dir,
     load_settings,
     read_trusted,
 )
+from snapshotd.config.policyload import MAX_BYTES, Config
+from snapshotd.core.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534

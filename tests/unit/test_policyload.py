@@ -13,10 +13,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapshotd.core import policyload
-from snapshotd.core.model import DomainState, Request
-from snapshotd.core.policy import Metadata, Policy, Quiesce, Selector, SnapshotSettings
-from snapshotd.core.policyload import (
+from snapshotd.config import policyload
+from snapshotd.config.policyload import (
     CONFIG_SCHEMA,
     MAX_BYTES,
     POLICY_SCHEMA,
@@ -28,6 +26,8 @@ from snapshotd.core.policyload import (
     parse_policy,
     schema_markdown,
 )
+from snapshotd.core.model import DomainState, Request
+from snapshotd.core.policy import Metadata, Policy, Quiesce, Selector, SnapshotSettings
 from snapshotd.core.retention import Retention
 from snapshotd.core.schedule import Schedule
 
@@ -599,7 +599,7 @@ def test_docs_hold_the_generated_reference() -> None:
     generated = text.split(BEGIN)[1].split(END)[0]
     assert generated == "\n" + schema_markdown(), (
         "docs/policies.md is out of date: replace the text between the markers with the "
-        "output of: python -c 'from snapshotd.core.policyload import schema_markdown; "
+        "output of: python -c 'from snapshotd.config.policyload import schema_markdown; "
         'print(schema_markdown(), end="")\''
     )
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from snapshotd.actions import report
+from snapshotd.adapters import statefile
+from snapshotd.catalog.sqlite import Catalog, Run, RunLog, SnapshotRow
+from snapshotd.cli.main import main
 from snapshotd.core.schedule import span
-from snapshotd.edge import report, statefile
-from snapshotd.edge.catalog import Catalog, Run, RunLog, SnapshotRow
-from snapshotd.edge.cli import main
 from snapshotd.errors import SnapshotdError
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -48,7 +49,7 @@ def test_the_lock_is_seen_from_another_process(tmp_path: Path) -> None:
     lock.acquire()
     try:
         code = (
-            "import sys; from snapshotd.edge import statefile; "
+            "import sys; from snapshotd.adapters import statefile; "
             f"print(statefile.daemon_pid({str(tmp_path)!r}))"
         )
         seen = subprocess.run(
@@ -275,7 +276,7 @@ def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> Non
     state = str(tmp_path)
     done = tmp_path / "holder-done"  # written by the holder just before it lets go
     code = (
-        "import pathlib, time; from snapshotd.edge import statefile\n"
+        "import pathlib, time; from snapshotd.adapters import statefile\n"
         f"with statefile.domain_lock({state!r}, {UUID!r}, 'web'):\n"
         "    print('held', flush=True); time.sleep(1)\n"
         f"    pathlib.Path({str(done)!r}).touch()\n"

@@ -1,4 +1,4 @@
-"""snapshotd.edge.watch with real inotify on tmp_path."""
+"""snapshotd.adapters.watch with real inotify on tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.edge.watch import PolicyWatcher
+from snapshotd.adapters.watch import PolicyWatcher
 
 DEBOUNCE = 0.2
 MARGIN = 0.5  # scheduling slack on a busy test machine

@@ -16,7 +16,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from snapshotd.edge.logs import log_event
+from snapshotd.adapters.logs import log_event
 
 log = logging.getLogger("snapshotd")
 

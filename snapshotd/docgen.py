@@ -15,12 +15,12 @@ import re
 from collections.abc import Iterator
 
 from snapshotd import __version__
+from snapshotd.cli.main import build_parser
+from snapshotd.config.policyload import CONFIG_SCHEMA, POLICY_SCHEMA, Kind, Option
 from snapshotd.core import snapxml
 from snapshotd.core.model import DiskInfo, DomainInfo, DomainState, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
-from snapshotd.core.policyload import CONFIG_SCHEMA, POLICY_SCHEMA, Kind, Option
 from snapshotd.core.table import TABLE, Row
-from snapshotd.edge.cli import build_parser
 from snapshotd.errors import PlanError
 
 EXAMPLE_DOMAIN = "web"

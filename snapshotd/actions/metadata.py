@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from snapshotd.adapters import files
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog.sqlite import Catalog
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
 from snapshotd.core.model import DomainInfo, DomainState, SnapshotInfo
 from snapshotd.core.naming import is_inside
-from snapshotd.edge import files
-from snapshotd.edge.catalog import Catalog
-from snapshotd.edge.hypervisor import Hypervisor
-from snapshotd.edge.logs import sanitize_uri
 from snapshotd.errors import RequestError, SnapshotdError, XMLError
 
 INDEX = "index.json"

@@ -13,7 +13,7 @@ The rules, as sshd's StrictModes has them for its keys:
   opened descriptor (``fstat``), so it cannot be swapped between check and read;
   it must be a regular file of at most ``MAX_BYTES`` bytes of UTF-8.
 
-The text is then handed to ``snapshotd.core.policyload``, which does the rest.
+The text is then handed to ``snapshotd.config.policyload``, which does the rest.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapshotd.core.policy import Policy
-from snapshotd.core.policyload import (
+from snapshotd.config.policyload import (
     MAX_BYTES,
     Config,
     LocatedError,
@@ -33,6 +32,7 @@ from snapshotd.core.policyload import (
     parse_config,
     parse_policy,
 )
+from snapshotd.core.policy import Policy
 
 DEFAULT_CONFIG = "/etc/snapshotd/snapshotd.yaml"
 SUFFIXES = (".yaml", ".yml")

@@ -188,6 +188,11 @@ class Catalog:
     def db(self) -> sqlite3.Connection:
         return self._db
 
+    @property
+    def runs(self) -> RunLog:
+        """The runs table: where each (policy, domain) stream stands."""
+        return RunLog(self)
+
     @contextlib.contextmanager
     def transaction(self, *, fsync: bool = True) -> Iterator[None]:
         """One write transaction; ``fsync=False`` commits it with synchronous=NORMAL:

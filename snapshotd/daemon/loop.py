@@ -39,17 +39,18 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from snapshotd.actions import policyrun, prune, snapshot
+from snapshotd.adapters.configfiles import Settings, load_settings
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.adapters.logs import log_event, sanitize_uri
+from snapshotd.adapters.metrics import Metrics
+from snapshotd.adapters.notify import Notifier
+from snapshotd.adapters.statefile import DaemonLock, StatusWriter
+from snapshotd.catalog import Catalog, open_catalog
+from snapshotd.catalog.sqlite import Run, RunLog
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
 from snapshotd.core.schedule import decide, jitter_for, next_due
-from snapshotd.edge import operations
-from snapshotd.edge.catalog import Catalog, Run, RunLog
-from snapshotd.edge.hypervisor import Hypervisor
-from snapshotd.edge.logs import log_event, sanitize_uri
-from snapshotd.edge.metrics import Metrics
-from snapshotd.edge.notify import Notifier
-from snapshotd.edge.policyfiles import Settings, load_settings
-from snapshotd.edge.statefile import DaemonLock, StatusWriter
 from snapshotd.errors import LibvirtError, SnapshotdError
 
 log = logging.getLogger("snapshotd")
@@ -314,7 +315,7 @@ class Daemon:
             idle = self._pool.setdefault(state_dir, [])
             catalog = idle.pop() if idle else None
         if catalog is None:
-            catalog = Catalog(state_dir, shared=True)
+            catalog = open_catalog(state_dir, shared=True)
         try:
             yield catalog
         except BaseException:
@@ -449,7 +450,7 @@ class Daemon:
         outcome: tuple[str, Any]
         try:
             with self._pooled_catalog() as catalog:
-                runs = RunLog(catalog)
+                runs = catalog.runs
                 now = _utc(self.clock())
                 name = policy.snapshot_name(domain.name, now)
                 runs.start(
@@ -459,7 +460,7 @@ class Daemon:
                     int(now.timestamp()),
                 )
                 try:
-                    made = operations.snapshot_with_hooks(hv, catalog, policy, domain, now)
+                    made = policyrun.snapshot_with_hooks(hv, catalog, policy, domain, now)
                 except SnapshotdError as exc:
                     if self._made_before_the_link_broke(exc, key, hv, catalog, runs, name):
                         self.events.put(("done", (key, due, ("ok", None))))
@@ -495,7 +496,7 @@ class Daemon:
                 if made.note:
                     log_event(log, logging.WARNING, f"{domain.name}: {made.note}", **fields)
                 pruning = time.monotonic()
-                report = operations.prune(hv, catalog, policy, domain, _utc(self.clock()))
+                report = prune.prune(hv, catalog, policy, domain, _utc(self.clock()))
                 self.metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
                 self.metrics.pruned.labels(policy=policy.name).inc(len(report.deleted))
                 for deleted in report.deleted:
@@ -548,8 +549,8 @@ class Daemon:
         catch-up takes it again.  Nothing is deleted.
         """
         try:
-            with Catalog(self._state_dir()) as catalog:
-                runs = RunLog(catalog)
+            with open_catalog(self._state_dir()) as catalog:
+                runs = catalog.runs
                 for run in runs.unfinished():
                     if run.uri != uri or run.in_progress is None:
                         continue
@@ -628,7 +629,7 @@ class Daemon:
                 )
                 break
             time.sleep(SETTLE_POLL)
-        operations.adopt(hv, catalog, run.domain_uuid, name, policy=run.policy)
+        snapshot.adopt(hv, catalog, run.domain_uuid, name, policy=run.policy)
         log.info("%s: snapshot %s was made before an interruption; recorded", run.domain_name, name)
         runs.finish(run.policy, run.domain_uuid, slot=run.in_progress_slot, error=None, now=now)
 
@@ -777,8 +778,8 @@ class Daemon:
         except BaseException:
             lock.release()
             raise
-        catalog = Catalog(self._state_dir())
-        runs = RunLog(catalog)
+        catalog = open_catalog(self._state_dir())
+        runs = catalog.runs
         self._unsettled = {Key(r.policy, r.uri, r.domain_uuid) for r in runs.unfinished()}
         ready = False
         try:

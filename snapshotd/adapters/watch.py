@@ -10,7 +10,7 @@ its queue).  An exception it raises is logged and the watching goes on.
 
 What counts as activity: creating, writing (on close), deleting, renaming into or
 out of, and changing the mode or owner of an entry whose name is a policy file
-name as ``snapshotd.edge.policyfiles`` reads them (``*.yaml``/``*.yml``, not hidden,
+name as ``snapshotd.adapters.configfiles`` reads them (``*.yaml``/``*.yml``, not hidden,
 not an editor backup).  So a vim swap file or a ``web.yaml.tmp`` being written
 wakes nobody, while the ``os.replace`` that puts it in place does.  A kernel queue
 overflow counts as activity too.
@@ -50,7 +50,7 @@ from typing import Any
 import inotify_simple  # type: ignore[import-untyped]
 
 # The policy loader's own rule for which names are policy files; one rule for both.
-from snapshotd.edge.policyfiles import _is_policy_file
+from snapshotd.adapters.configfiles import _is_policy_file
 
 log = logging.getLogger("snapshotd.watch")
 

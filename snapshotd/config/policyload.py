@@ -1,7 +1,7 @@
 """Policy files and snapshotd.yaml: YAML text in, a typed value or located errors out.
 
 Pure: the functions here take the text and the file's name; reading files (size
-cap, owners, modes, symlinks) is ``snapshotd.edge.policyfiles``.
+cap, owners, modes, symlinks) is ``snapshotd.adapters.configfiles``.
 
 Every option is described once, as data, in ``POLICY_SCHEMA`` and
 ``CONFIG_SCHEMA`` (path, type, default, description, example); the validator and

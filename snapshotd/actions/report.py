@@ -9,11 +9,10 @@ success and last error, from the ``runs`` and ``snapshots`` tables).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from snapshotd.edge import statefile
-from snapshotd.edge.catalog import DB_NAME, Catalog, RunLog
+from snapshotd.adapters import statefile
+from snapshotd.catalog import catalog_exists, open_catalog
 
 
 def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
@@ -39,16 +38,16 @@ def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
         "last_error": written.get("last_error"),
         "domains": [],
     }
-    if not (Path(state_dir) / DB_NAME).exists():
+    if not catalog_exists(state_dir):
         return report
     scheduled = {(s["policy"], s["domain_uuid"]): s for s in written.get("scheduled", [])}
     inflight = {(s["policy"], s["domain_uuid"]): s for s in written.get("running", [])}
-    with Catalog(state_dir) as catalog:
+    with open_catalog(state_dir) as catalog:
         rows = {}
         for row in catalog.snapshots():
             if row.policy is not None:
                 rows[(row.policy, row.domain_uuid)] = row  # oldest first: the last one wins
-        for run in RunLog(catalog).all():
+        for run in catalog.runs.all():
             key = (run.policy, run.domain_uuid)
             last = rows.get(key)
             error = None

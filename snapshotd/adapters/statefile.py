@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snapshotd.edge import files
+from snapshotd.adapters import files
 from snapshotd.errors import SnapshotdError
 
 LOCK_NAME = "daemon.lock"

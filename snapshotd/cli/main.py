@@ -13,10 +13,16 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd import __version__
+from snapshotd.actions import metadata, policyrun, prune, report, snapshot
+from snapshotd.adapters import files
+from snapshotd.adapters.configfiles import Settings, load_settings
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog import Catalog, catalog_exists, open_catalog
+from snapshotd.cli import output
 from snapshotd.core import freshness, naming, snapxml
 from snapshotd.core.model import DomainInfo, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
@@ -24,11 +30,6 @@ from snapshotd.core.policy import Policy
 from snapshotd.core.retention import describe
 from snapshotd.core.schedule import next_due, span, utc_text
 from snapshotd.core.table import TABLE
-from snapshotd.edge import files, metadata, operations, output, report
-from snapshotd.edge.catalog import DB_NAME, Catalog
-from snapshotd.edge.hypervisor import Hypervisor
-from snapshotd.edge.logs import sanitize_uri
-from snapshotd.edge.policyfiles import Settings, load_settings
 from snapshotd.errors import PlanError, RequestError, SnapshotdError
 
 DEFAULT_URI = "qemu:///system"
@@ -255,20 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     take.add_argument("--json", action="store_true", help="machine-readable output")
     _snapshot_options(take)
 
-    prune = sub.add_parser(
+    prune_parser = sub.add_parser(
         "prune",
         help="apply retention now",
         description="Delete, through libvirt, the snapshots that no retention rule keeps. "
         "Only snapshots snapshotd made under the policy are ever considered.",
     )
-    _connect(prune)
-    _paths(prune)
-    prune.add_argument("--policy", "-p", help="only this policy (default: all)")
-    prune.add_argument(
+    _connect(prune_parser)
+    _paths(prune_parser)
+    prune_parser.add_argument("--policy", "-p", help="only this policy (default: all)")
+    prune_parser.add_argument(
         "--domain", "-d", type=_domain_arg, help="only this domain (default: all it selects)"
     )
-    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted")
-    prune.add_argument("--json", action="store_true", help="machine-readable output")
+    prune_parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
+    prune_parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     run = sub.add_parser(
         "run",
@@ -487,10 +488,10 @@ def _freshness(args: argparse.Namespace) -> tuple[freshness.Code, str]:
     monitored = [p for p in settings.policies if p.monitor is not None]
     if not monitored:
         return freshness.unknown("no policy has monitor: (warn/crit)")
-    if not Path(settings.state_dir, DB_NAME).exists():
+    if not catalog_exists(settings.state_dir):
         newest: dict[tuple[str, str], int] = {}
     else:
-        with Catalog(settings.state_dir) as catalog:
+        with open_catalog(settings.state_dir) as catalog:
             newest = {}
             for row in catalog.snapshots():
                 if row.policy is not None:
@@ -571,7 +572,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     at = args.at or _now()
     entries: list[dict[str, Any]] = []
     hosts: list[dict[str, Any]] = []
-    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+    with Hypervisor.open(_uri(args, settings)) as hv, open_catalog(settings.state_dir) as catalog:
         domains = [hv.domain(args.domain)] if args.domain else hv.list_domains()
         for domain in domains:
             chosen = [p for p in policies if p.selector.matches(domain)]
@@ -612,13 +613,13 @@ def _plan_entry(
         try:
             request = policy.request(domain, at, quiesce=policy.quiesces(domain))
             plan = plan_snapshot(domain, request)
-            xml = operations.render_checked(plan.spec)
+            xml = snapshot.render_checked(plan.spec)
         except SnapshotdError as exc:
             entry["refused"] = str(exc)
         else:
             entry["snapshot"] = output.plan_dict(plan, domain.state.value, xml)
     if policy.retention is not None:
-        report = operations.prune(hv, catalog, policy, domain, at, dry_run=True)
+        report = prune.prune(hv, catalog, policy, domain, at, dry_run=True)
         entry["retention"] = describe(policy.retention)
         entry["would_delete"] = report.to_delete
     return entry
@@ -651,7 +652,7 @@ def _plan_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     with Hypervisor.open(_uri(args)) as hv:
         domain = hv.domain(args.domain)
         plan = plan_snapshot(domain, _adhoc_request(args))
-        xml = operations.render_checked(plan.spec)
+        xml = snapshot.render_checked(plan.spec)
         files.check_targets(plan.spec, create_dirs=False)
     if args.json:
         _dump(output.plan_dict(plan, domain.state.value, xml), out)
@@ -671,7 +672,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
     now = _now()
     results: list[dict[str, Any]] = []
     failed = False
-    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+    with Hypervisor.open(_uri(args, settings)) as hv, open_catalog(settings.state_dir) as catalog:
         for domain in _selected(hv, policy, args.domain):
             result: dict[str, Any] = {"domain": domain.name, "policy": policy.name}
             results.append(result)
@@ -680,7 +681,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
                 result.update(outcome="skipped", reason=skip)
                 continue
             try:
-                made = operations.snapshot_with_hooks(hv, catalog, policy, domain, now)
+                made = policyrun.snapshot_with_hooks(hv, catalog, policy, domain, now)
             except SnapshotdError as exc:
                 failed = True
                 result.update(outcome="failed", error=str(exc))
@@ -691,7 +692,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
             # Retention runs only after this domain got its snapshot.
             # After the snapshot, so that it counts as the newest (not as "in the future").
             with _retention_progress(hv.uri, domain):
-                report = operations.prune(hv, catalog, policy, domain, _now())
+                report = prune.prune(hv, catalog, policy, domain, _now())
             result["pruned"] = report.deleted
             if report.failed:
                 failed = True
@@ -763,14 +764,14 @@ def _planned_memory_file(domain: DomainInfo, request: SnapshotRequest) -> str | 
 
 def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     state_dir = _settings(args, policies=False).state_dir
-    with Hypervisor.open(_uri(args)) as hv, Catalog(state_dir) as catalog:
+    with Hypervisor.open(_uri(args)) as hv, open_catalog(state_dir) as catalog:
         domain = hv.domain(args.domain)
         request = _adhoc_request(args)
         memory_file = _planned_memory_file(domain, request)
         ram = domain.memory_kib * 1024 if domain.memory_kib else None
         label = f"memory of {domain.name}"
         with output.progress(label, output.file_progress(memory_file, ram), sys.stderr):
-            made = operations.create(hv, catalog, domain, request, policy=None, now=_now())
+            made = snapshot.create(hv, catalog, domain, request, policy=None, now=_now())
     if args.json:
         result = output.snapshot_dict(made.info)
         result.update(
@@ -787,7 +788,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     policies = [_policy(settings, args.policy)] if args.policy else list(settings.policies)
     now = _now()
     reports = []
-    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+    with Hypervisor.open(_uri(args, settings)) as hv, open_catalog(settings.state_dir) as catalog:
         domains = [hv.domain(args.domain)] if args.domain else hv.list_domains()
         for policy in policies:
             if policy.retention is None:
@@ -797,7 +798,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
                     continue
                 with _retention_progress(hv.uri, domain):
                     reports.append(
-                        operations.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
+                        prune.prune(hv, catalog, policy, domain, now, dry_run=args.dry_run)
                     )
     failed = any(r.failed for r in reports)
     if args.json:
@@ -849,8 +850,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         item["catalog_only"] = False
         rows.append((info, item))
     listed = {rec.name for rec in records}
-    if Path(settings.state_dir, DB_NAME).exists():
-        with Catalog(settings.state_dir) as catalog:
+    if catalog_exists(settings.state_dir):
+        with open_catalog(settings.state_dir) as catalog:
             for row in catalog.snapshots(domain_uuid=domain.uuid):
                 if row.libvirt_metadata or row.name in listed:
                     continue
@@ -951,7 +952,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
         domain = hv.domain(args.domain)
         items = list(docs.items)
         if settings is not None:
-            with Catalog(settings.state_dir) as catalog:
+            with open_catalog(settings.state_dir) as catalog:
                 existing = {r.name for r in hv.list_snapshots(domain.name)}
                 chosen = metadata.catalog_items(catalog, domain, args.snapshot)
                 items += [i for i in chosen if i.name not in existing or args.snapshot]
@@ -964,7 +965,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
         if args.dry_run:
             return EXIT_OK
         if settings is not None:
-            with Catalog(settings.state_dir) as catalog:
+            with open_catalog(settings.state_dir) as catalog:
                 defined = metadata.run_import(hv, domain, plan, catalog=catalog)
         else:
             defined = metadata.run_import(hv, domain, plan)
@@ -997,7 +998,7 @@ def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args, policies=False)
-    with Hypervisor.open(_uri(args, settings)) as hv, Catalog(settings.state_dir) as catalog:
+    with Hypervisor.open(_uri(args, settings)) as hv, open_catalog(settings.state_dir) as catalog:
         redefined = metadata.revert(
             hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused
         )
@@ -1069,7 +1070,9 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(args: argparse.Namespace, _out: TextIO) -> int:
-    from snapshotd.edge import daemon, logs, notify, watch  # noqa: PLC0415 - only `run` needs them
+    # Only `run` needs these: the other verbs start without loading the daemon.
+    from snapshotd.adapters import logs, notify, watch  # noqa: PLC0415
+    from snapshotd.daemon import loop as daemon  # noqa: PLC0415
 
     logs.setup()
     paths = daemon.Paths(

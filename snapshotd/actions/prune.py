@@ -1,0 +1,256 @@
+"""One prune: libvirt's snapshots of a domain -> ownership from the catalog ->
+retention's verdicts -> libvirt deletes the ones no rule keeps, oldest first."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapshotd.actions.snapshot import epoch, log_operation
+from snapshotd.adapters import files, statefile
+from snapshotd.adapters.hypervisor import Hypervisor, SnapshotRecord
+from snapshotd.catalog.sqlite import Catalog, SnapshotRow
+from snapshotd.core import snapxml
+from snapshotd.core.domain import parse_domain
+from snapshotd.core.model import (
+    DomainInfo,
+    SnapshotInfo,
+)
+from snapshotd.core.policy import Policy
+from snapshotd.core.retention import Candidate, Verdict, evaluate
+from snapshotd.errors import SnapshotdError
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """One of a domain's snapshots as retention sees it."""
+
+    record: SnapshotRecord | None  # None: catalog-only (NO_METADATA), libvirt has nothing
+    info: SnapshotInfo
+    candidate: Candidate
+    row: SnapshotRow | None = None  # the catalog's row, when the snapshot is ours
+
+
+@dataclass(slots=True)
+class PruneReport:
+    policy: str
+    domain: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, error)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why) despite retention
+    dry_run: bool = False
+
+    @property
+    def to_delete(self) -> list[str]:
+        return [v.name for v in self.verdicts if not v.keep]
+
+
+def snapshots_of(
+    hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo
+) -> list[Owned]:
+    """The domain's snapshots, each marked owned (by this policy) or not: libvirt's, and
+    the policy's catalog-only ones (NO_METADATA) that libvirt does not list."""
+    result = []
+    listed = set()
+    for record in hv.list_snapshots(domain.name):
+        info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
+        row = catalog.owner(domain.uuid, record.name, info.creation_time)
+        owned = row is not None and row.policy == policy.name
+        created = dt.datetime.fromtimestamp(info.creation_time or 0, dt.UTC)
+        result.append(Owned(record, info, Candidate(record.name, created, owned), row))
+        listed.add(record.name)
+    for row in catalog.snapshots(domain_uuid=domain.uuid, policy=policy.name):
+        if row.libvirt_metadata or row.name in listed:
+            continue
+        info = snapxml.parse_snapshot(row.xml, source=f"catalog snapshot {row.name!r}")
+        created = dt.datetime.fromtimestamp(row.created_at, dt.UTC)
+        result.append(Owned(None, info, Candidate(row.name, created, True), row))
+    return result
+
+
+Chains = list[tuple[str, list[str]]]  # (disk target, its image and backing files)
+
+
+def backing_chains(hv: Hypervisor, domain: DomainInfo) -> Chains:
+    """Each file disk's current backing chain, read once per prune."""
+    current = parse_domain(hv.domain_xml(domain.name), domain.state)
+    return [
+        (disk.target, files.backing_chain(disk.path))
+        for disk in current.disks
+        if disk.path is not None and disk.source_type == "file"
+    ]
+
+
+def in_use(chains: Chains, domain: DomainInfo, row: SnapshotRow) -> str | None:
+    """Why a catalog-only snapshot's files must stay, or None when none is in use.
+
+    A file stays while it is in a disk's current backing chain (an overlay the domain
+    writes to, or one that a newer overlay is built on).
+    """
+    for target, chain in chains:
+        for path in row.files:
+            if files.absolute(path) in chain:
+                shown = " -> ".join(chain)
+                return (
+                    f"{path} is in {target}'s current backing chain ({shown}); merge it "
+                    f"first (virsh blockcommit {domain.name} {target} --active --pivot), "
+                    "and the next prune deletes it"
+                )
+    return None
+
+
+def _remove_memory_file(info: SnapshotInfo, made: tuple[str, ...]) -> None:
+    """libvirt 9.0 leaves an external snapshot's memory file behind when it deletes it.
+
+    The file is removed only when the catalog says snapshotd's own snapshot created
+    it; disk overlays are libvirt's to merge and remove.
+    """
+    path = info.memory_file
+    if path is None or path not in made:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        Path(path).unlink()
+
+
+def prune(
+    hv: Hypervisor,
+    catalog: Catalog,
+    policy: Policy,
+    domain: DomainInfo,
+    now: dt.datetime,
+    *,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Apply the policy's retention to one domain: delete what no rule keeps.
+
+    The verdicts are reached and carried out under the domain's lock, so no other
+    snapshotd process creates or deletes one of its snapshots in between.
+    """
+    report = PruneReport(policy.name, domain.name, dry_run=dry_run)
+    retention = policy.retention
+    if retention is None:
+        return report
+
+    def judge() -> list[Owned]:
+        owned = snapshots_of(hv, catalog, policy, domain)
+        report.verdicts = evaluate(
+            retention, [o.candidate for o in owned], now, policy.schedule.timezone
+        )
+        return owned
+
+    if dry_run:
+        judge()
+        return report
+    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+        _delete(hv, catalog, policy, domain, judge(), report=report, now=now)
+    return report
+
+
+def _delete(
+    hv: Hypervisor,
+    catalog: Catalog,
+    policy: Policy,
+    domain: DomainInfo,
+    owned: list[Owned],
+    *,
+    report: PruneReport,
+    now: dt.datetime,
+) -> None:
+    by_name = {o.candidate.name: o for o in owned}
+    doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
+    chains: Chains | None = None  # read when the first catalog-only snapshot needs them
+    for name in doomed:
+        started = time.monotonic()
+        entry = by_name[name]
+        if entry.record is None and entry.row is not None:
+            if chains is None:
+                try:
+                    chains = backing_chains(hv, domain)
+                except SnapshotdError as exc:
+                    report.failed.append((name, str(exc)))
+                    continue
+            _prune_catalog_only(catalog, hv, policy, domain, entry.row, chains, report, now)
+            continue
+        try:
+            hv.delete_snapshot(domain.name, name)
+        except SnapshotdError as exc:
+            report.failed.append((name, str(exc)))
+            log_operation(
+                catalog,
+                hv,
+                "delete",
+                "failed",
+                policy=policy.name,
+                domain=domain,
+                snapshot=name,
+                message=str(exc),
+                started=started,
+                now=now,
+            )
+            continue
+        info = entry.info
+        if info.creation_time is not None:
+            _remove_memory_file(info, entry.row.files if entry.row is not None else ())
+            catalog.mark_deleted(domain.uuid, name, info.creation_time, epoch(now))
+        report.deleted.append(name)
+        log_operation(
+            catalog,
+            hv,
+            "delete",
+            "ok",
+            policy=policy.name,
+            domain=domain,
+            snapshot=name,
+            message=None,
+            started=started,
+            now=now,
+        )
+
+
+def _prune_catalog_only(  # noqa: PLR0917 - the prune's state, passed down once
+    catalog: Catalog,
+    hv: Hypervisor,
+    policy: Policy,
+    domain: DomainInfo,
+    row: SnapshotRow,
+    chains: Chains,
+    report: PruneReport,
+    now: dt.datetime,
+) -> None:
+    """Delete a catalog-only snapshot: its files, unless the domain still uses one."""
+    started = time.monotonic()
+    why = in_use(chains, domain, row)
+    if why is not None:
+        report.kept.append((row.name, why))
+        log_operation(
+            catalog,
+            hv,
+            "delete",
+            "kept",
+            policy=policy.name,
+            domain=domain,
+            snapshot=row.name,
+            message=why,
+            started=started,
+            now=now,
+        )
+        return
+    files.remove_files(row.files)
+    catalog.mark_deleted(domain.uuid, row.name, row.created_at, epoch(now))
+    report.deleted.append(row.name)
+    log_operation(
+        catalog,
+        hv,
+        "delete",
+        "ok",
+        policy=policy.name,
+        domain=domain,
+        snapshot=row.name,
+        message="catalog-only: files removed",
+        started=started,
+        now=now,
+    )

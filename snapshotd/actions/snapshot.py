@@ -1,0 +1,324 @@
+"""One snapshot: plan -> XML (checked against libvirt's schema) -> files checked ->
+libvirt creates it -> the catalog records it.  Also adopt, for a snapshot libvirt made
+that the catalog does not know yet (made just before a crash).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from snapshotd.adapters import files, statefile
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.catalog.sqlite import Catalog, Operation, SnapshotRow
+from snapshotd.core import snapxml
+from snapshotd.core.model import (
+    CreateFlag,
+    DomainInfo,
+    DomainState,
+    SnapshotInfo,
+    SnapshotRequest,
+    SnapshotSpec,
+)
+from snapshotd.core.plan import Plan, plan_snapshot
+from snapshotd.core.schedule import utc_text
+from snapshotd.errors import NotFoundError, RequestError, SnapshotdError
+
+SCHEMA = Path(snapxml.SCHEMA_PATH)
+
+
+@functools.cache
+def _schema() -> etree.RelaxNG | None:
+    return snapxml.load_schema(str(SCHEMA)) if SCHEMA.exists() else None
+
+
+def render_checked(spec: SnapshotSpec) -> str:
+    """The snapshot XML for a plan; it must satisfy libvirt's own schema before it is sent."""
+    xml = snapxml.render_spec(spec)
+    schema = _schema()
+    if schema is not None:
+        problems = snapxml.validate(xml, schema)
+        if problems:
+            raise SnapshotdError(
+                "internal error: the generated snapshot XML does not match libvirt's schema "
+                f"({SCHEMA}): {'; '.join(problems)}"
+            )
+    return xml
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A snapshot that libvirt made and the catalog recorded."""
+
+    plan: Plan
+    info: SnapshotInfo
+    note: str | None = None  # e.g. why quiesce was dropped
+
+
+def epoch(now: dt.datetime) -> int:
+    return int(now.timestamp())
+
+
+def create(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    request: SnapshotRequest,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> Created:
+    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal.
+
+    Holds the domain's lock (shared with other snapshotd processes on the same state
+    directory) from the name check to the catalog record.
+    """
+    plan = plan_snapshot(domain, request)
+    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+        # The name first: a name already taken (perhaps by the process this one waited
+        # for) is the refusal that holds whatever state the domain is in now.
+        _refuse_taken_name(hv, catalog, domain, plan.spec.name)
+        _still_as_planned(hv, catalog, domain, plan.spec.name, policy=policy, now=now)
+        return _create(hv, catalog, domain, plan, policy=policy, now=now)
+
+
+class DomainChanged(RequestError):
+    """The domain was shut down, started or undefined after its snapshot was planned.
+
+    Nothing was changed: the snapshot is skipped, and the next due time plans it anew.
+    """
+
+
+def _still_as_planned(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    name: str,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> None:
+    """Read the domain again under its lock, right before libvirt is asked.
+
+    The plan was made from a state read earlier (the daemon's domain list, or before a
+    before hook ran); a snapshot planned for a running domain cannot be taken of one
+    that has stopped since, nor of one that is gone.
+    """
+    started = time.monotonic()
+    state = hv.domain_state(domain.uuid)
+    if state is domain.state:
+        return
+    if state is None:
+        why = "was undefined"
+    else:
+        why = f"changed from {domain.state.value} to {state.value}"
+    message = (
+        f"domain {domain.name!r} ({domain.uuid}) {why} after snapshot {name!r} was "
+        "planned: skipped, nothing was changed; the next due time plans it again"
+    )
+    log_operation(
+        catalog,
+        hv,
+        "create",
+        "skipped",
+        policy=policy,
+        domain=domain,
+        snapshot=name,
+        message=message,
+        started=started,
+        now=now,
+    )
+    raise DomainChanged(message)
+
+
+def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+    """A snapshot name is never reused: libvirt would refuse it half-way, and the
+    catalog would hold two snapshots by one name."""
+    try:
+        created = hv.snapshot_created(domain.uuid, name)
+    except NotFoundError:
+        return  # the domain is gone: _still_as_planned says so
+    row = catalog.find(domain.uuid, name)
+    if created is None and row is None:
+        return
+    when = created if created is not None else row.created_at if row is not None else 0
+    where = "in libvirt" if created is not None else "in snapshotd's catalog (catalog-only)"
+    raise RequestError(
+        f"domain {domain.name!r} already has a snapshot named {name!r} {where}, created "
+        f"{utc_text(when)}; snapshotd never replaces a snapshot: choose another name, or "
+        "delete that one first"
+    )
+
+
+def _create(
+    hv: Hypervisor,
+    catalog: Catalog,
+    domain: DomainInfo,
+    plan: Plan,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> Created:
+    spec = plan.spec
+    xml = render_checked(spec)
+    made_dirs = files.check_targets(spec, create_dirs=True)
+    keeps_metadata = CreateFlag.NO_METADATA not in spec.flags
+    # For NO_METADATA the catalog writes what libvirt would have kept, including the
+    # domain definition from before the snapshot changes its disks.
+    before = None if keeps_metadata else hv.domain_xml(spec.domain, secure=True)
+    started = time.monotonic()
+    try:
+        returned, secure = hv.create_snapshot_secure(spec.domain, xml, spec.flags, uuid=domain.uuid)
+    except SnapshotdError as exc:
+        files.remove_dirs(made_dirs)
+        mismatch = _leftovers(hv, spec)
+        if mismatch is not None:
+            exc.message = f"{exc.message}; {mismatch}"
+            exc.args = (exc.message,)
+        log_operation(
+            catalog,
+            hv,
+            "create",
+            "failed",
+            policy=policy,
+            domain=domain,
+            snapshot=spec.name,
+            message=str(exc),
+            started=started,
+            now=now,
+        )
+        raise
+    if before is None:
+        stored = secure
+    else:
+        online = domain.state is not DomainState.SHUTOFF
+        stored = snapxml.render_catalog_only(
+            spec, online=online, created=epoch(now), domain_xml=before
+        )
+        returned = snapxml.render_catalog_only(spec, online=online, created=epoch(now))
+    info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
+    catalog.record_snapshot(
+        SnapshotRow(
+            uri=hv.uri,
+            domain_uuid=domain.uuid,
+            domain_name=domain.name,
+            name=spec.name,
+            created_at=info.creation_time if info.creation_time is not None else epoch(now),
+            policy=policy,
+            parent=info.parent,
+            xml=stored,
+            files=spec.new_files,
+            libvirt_metadata=keeps_metadata,
+        )
+    )
+    log_operation(
+        catalog,
+        hv,
+        "create",
+        "ok",
+        policy=policy,
+        domain=domain,
+        snapshot=spec.name,
+        message=None,
+        started=started,
+        now=now,
+    )
+    return Created(plan, info)
+
+
+def _leftovers(hv: Hypervisor, spec: SnapshotSpec) -> str | None:
+    """After a failed create: what libvirt and the disk hold that the snapshot was to make.
+
+    libvirt 9.0 removes the files of a snapshot it failed to make, also when QEMU
+    died half-way, but a crash of libvirtd itself, or another version, can leave an
+    overlay or a memory file behind, or the snapshot's metadata without its success
+    being reported.  snapshotd deletes none of it (a domain may already write to an
+    overlay): it names what it found and what the admin should check.
+    """
+    left = [path for path in spec.new_files if os.path.lexists(path)]
+    listed: bool | None
+    try:
+        listed = hv.snapshot_created(spec.domain, spec.name) is not None
+    except SnapshotdError:
+        listed = None  # the connection or the domain is gone: judge by the files
+    if not left and not listed:
+        return None
+    found = []
+    if listed:
+        found.append(f"libvirt lists snapshot {spec.name!r} although creating it failed")
+    if left:
+        known = {
+            False: " (libvirt has no snapshot that names them)",
+            None: " (libvirt could not be asked whether a snapshot names them)",
+        }
+        found.append(
+            "files the snapshot was to create exist: " + ", ".join(left) + known.get(listed, "")
+        )
+    return (
+        "; ".join(found)
+        + f". snapshotd deleted nothing: check `virsh domblklist {spec.domain}` and "
+        f"`virsh snapshot-list {spec.domain}`; remove a file only when no disk or snapshot "
+        "uses it, or delete the snapshot with `virsh snapshot-delete`"
+    )
+
+
+def adopt(hv: Hypervisor, catalog: Catalog, domain: str, name: str, *, policy: str | None) -> None:
+    """Record a snapshot libvirt has but the catalog lacks (made just before a crash)."""
+    info_domain = hv.domain(domain)
+    returned = hv.snapshot_xml(domain, name)
+    info = snapxml.parse_snapshot(returned, source=f"snapshot {name!r} from libvirt")
+    if catalog.owner(info_domain.uuid, name, info.creation_time) is not None:
+        return
+    files_made = tuple(
+        d.source_file for d in info.disks if d.snapshot == "external" and d.source_file
+    )
+    memory = (info.memory_file,) if info.memory_file else ()
+    catalog.record_snapshot(
+        SnapshotRow(
+            uri=hv.uri,
+            domain_uuid=info_domain.uuid,
+            domain_name=info_domain.name,
+            name=name,
+            created_at=info.creation_time or 0,
+            policy=policy,
+            parent=info.parent,
+            xml=hv.snapshot_xml(domain, name, secure=True),
+            files=files_made + memory,
+            libvirt_metadata=True,
+        )
+    )
+
+
+def log_operation(
+    catalog: Catalog,
+    hv: Hypervisor,
+    operation: str,
+    outcome: str,
+    *,
+    policy: str | None,
+    domain: DomainInfo,
+    snapshot: str | None,
+    message: str | None,
+    started: float,
+    now: dt.datetime,
+) -> None:
+    catalog.record_operation(
+        Operation(
+            at=epoch(now),
+            uri=hv.uri,
+            operation=operation,
+            outcome=outcome,
+            policy=policy,
+            domain_uuid=domain.uuid,
+            domain_name=domain.name,
+            snapshot=snapshot,
+            message=message,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    )
