@@ -44,9 +44,10 @@ from bench.common import URI, load_average, machine, ratio, scratch, spread, tab
 from snapshotd.adapters import logs
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import open_catalog
+from snapshotd.config.settings import Overrides
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
-from snapshotd.daemon.loop import Daemon, Due, Key, Link, Paths
+from snapshotd.daemon.loop import Daemon, Due, Key, Link
 
 KINDS = {
     "external disk-only": 'memory: "no"\n  disks: external\n  disk_only: true',
@@ -83,7 +84,7 @@ class Sample:
     whole_job: list[float] = field(default_factory=list)
 
 
-def _write_policies(root: Path, domains: dict[str, str]) -> Paths:
+def _write_policies(root: Path, domains: dict[str, str]) -> Overrides:
     policies = root / "policies"
     policies.mkdir(parents=True)
     for i, (kind, domain) in enumerate(domains.items()):
@@ -99,7 +100,7 @@ def _write_policies(root: Path, domains: dict[str, str]) -> Paths:
     config = root / "snapshotd.yaml"
     config.write_text(f"connect: [{URI}]\n", encoding="utf-8")
     config.chmod(0o644)
-    return Paths(str(config), str(policies), str(root / "state"))
+    return Overrides(str(config), str(policies), str(root / "state"))
 
 
 class Bench:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 
 from snapshotd import __version__
-from snapshotd.cli.main import build_parser
+from snapshotd.cli.parser import build_parser
 from snapshotd.config.policyload import CONFIG_SCHEMA, POLICY_SCHEMA, Kind, Option
 from snapshotd.core import snapxml
 from snapshotd.core.model import DiskInfo, DomainInfo, DomainState, Request, SnapshotRequest

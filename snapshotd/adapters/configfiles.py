@@ -21,20 +21,19 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from snapshotd.config.policyload import (
     MAX_BYTES,
-    Config,
     LocatedError,
     check_set,
     parse_config,
     parse_policy,
 )
+from snapshotd.config.settings import DEFAULT_CONFIG, Overrides, Settings
 from snapshotd.core.policy import Policy
 
-DEFAULT_CONFIG = "/etc/snapshotd/snapshotd.yaml"
 SUFFIXES = (".yaml", ".yml")
 
 
@@ -238,13 +237,13 @@ def _parse(text: str, path: str, parsed: _Parsed) -> Policy | list[LocatedError]
 
 def load_config(
     path: str = DEFAULT_CONFIG, *, required: bool = False
-) -> Config | list[LocatedError]:
+) -> Settings | list[LocatedError]:
     """snapshotd.yaml, checked like a policy file.
 
     A missing file gives the defaults unless ``required`` (a path the user named).
     """
     if not required and not os.path.lexists(path):
-        return Config()
+        return Settings(config=path)
     parent = str(Path(path).absolute().parent)
     try:
         problem = untrusted(Path(parent).stat(), parent)
@@ -258,56 +257,33 @@ def load_config(
     return parse_config(text, path)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the daemon and the CLI read before they start: snapshotd.yaml with
-    the command line's overrides applied, and the policies it points to."""
-
-    config_source: str  # the file read, or a note that the defaults apply
-    policy_dir: str
-    state_dir: str
-    connect: tuple[str, ...]
-    policies: tuple[Policy, ...] = ()
-    workers: int = 4
-    operation_timeout: float = 600.0  # seconds
-    metrics_address: str | None = None
-    errors: tuple[LocatedError, ...] = ()
-    ignored: tuple[str, ...] = ()
-
-
 def load_settings(
+    overrides: Overrides = Overrides(),  # noqa: B008 - frozen, so one shared default is safe
     *,
-    config: str | None = None,
     default_config: str = DEFAULT_CONFIG,
-    policy_dir: str | None = None,
-    state_dir: str | None = None,
     load_policies: bool = True,
 ) -> Settings:
-    """snapshotd.yaml (``config``, which must exist, or ``default_config``, which may
-    not), overridden by ``policy_dir`` and ``state_dir``, and with ``load_policies``
-    the policy directory.  Errors are collected, never raised."""
-    path = config if config is not None else default_config
-    loaded = load_config(path, required=config is not None)
+    """snapshotd.yaml (``overrides.config``, which must exist, or ``default_config``, which
+    may not), with the overrides applied, and with ``load_policies`` the policy directory.
+    Errors are collected in the result, never raised."""
+    path = overrides.config if overrides.config is not None else default_config
+    loaded = load_config(path, required=overrides.config is not None)
     errors: list[LocatedError] = []
-    if isinstance(loaded, Config):
-        daemon = loaded
-        source = path if loaded.source is not None else f"{path} (absent: built-in defaults)"
+    if isinstance(loaded, Settings):
+        settings = loaded
     else:
-        daemon, source = Config(), path
+        settings = Settings(config=path, config_found=True)
         errors.extend(loaded)
-    directory = policy_dir if policy_dir is not None else daemon.policy_dir
+    directory = overrides.policy_dir if overrides.policy_dir is not None else settings.policy_dir
     # A broken snapshotd.yaml may name another directory: do not guess which.
-    guessing = errors and policy_dir is None
+    guessing = errors and overrides.policy_dir is None
     result = load_policy_dir(directory) if load_policies and not guessing else LoadResult((), ())
     errors.extend(result.errors)
-    return Settings(
-        config_source=source,
+    return replace(
+        settings,
         policy_dir=directory,
-        state_dir=state_dir if state_dir is not None else daemon.state_dir,
-        connect=daemon.connect,
-        workers=daemon.workers,
-        operation_timeout=daemon.operation_timeout.total_seconds(),
-        metrics_address=daemon.metrics_address,
+        state_dir=overrides.state_dir if overrides.state_dir is not None else settings.state_dir,
+        connect=overrides.connect or settings.connect,
         policies=result.policies,
         errors=tuple(errors),
         ignored=result.ignored,

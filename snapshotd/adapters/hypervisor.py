@@ -24,11 +24,11 @@ from typing import Any, Self
 
 import libvirt
 
+from snapshotd.config.settings import DEFAULT_URI
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
 from snapshotd.errors import LibvirtError, NotFoundError
 
-DEFAULT_URI = "qemu:///system"
 KEEPALIVE_INTERVAL = 5  # seconds of silence before a keepalive probe is sent
 KEEPALIVE_COUNT = 3  # unanswered probes before the connection counts as dead
 MAX_HANDLES = 4096  # domain handles kept by UUID per connection (then the cache starts over)

@@ -40,6 +40,14 @@ from typing import Any, Protocol, cast
 
 import yaml
 
+from snapshotd.config.settings import (
+    DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_POLICY_DIR,
+    DEFAULT_STATE_DIR,
+    DEFAULT_URI,
+    DEFAULT_WORKERS,
+    Settings,
+)
 from snapshotd.core import naming, schedule
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.plan import REFUSED_STATES
@@ -55,7 +63,7 @@ from snapshotd.core.policy import (
     SnapshotSettings,
     render_name,
 )
-from snapshotd.core.retention import Retention
+from snapshotd.core.retention import Retention, format_duration
 from snapshotd.core.schedule import Schedule
 from snapshotd.core.table import INVALID_ADVICE, UNSUPPORTED_ADVICE, Outcome, Row, lookup
 from snapshotd.errors import RequestError
@@ -495,9 +503,6 @@ POLICY_SCHEMA: tuple[Option, ...] = (
     ),
 )
 
-DEFAULT_POLICY_DIR = "/etc/snapshotd/policies.d"
-DEFAULT_STATE_DIR = "/var/lib/snapshotd"
-DEFAULT_CONNECT = ("qemu:///system",)
 
 CONFIG_SCHEMA: tuple[Option, ...] = (
     Option(
@@ -519,15 +524,15 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         "connect",
         Kind.STRINGS,
         "The libvirt connection URIs to take snapshots on, as `virsh -c` takes them.",
-        default='["qemu:///system"]',
-        example='["qemu:///system"]',
+        default=f'["{DEFAULT_URI}"]',
+        example=f'["{DEFAULT_URI}"]',
     ),
     Option(
         "workers",
         Kind.COUNT,
         "How many snapshots the daemon takes at once, across all domains (at least 1; "
         "never more than one at a time per domain).",
-        default="4",
+        default=str(DEFAULT_WORKERS),
         example="4",
     ),
     Option(
@@ -538,7 +543,7 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         "worker is handed to the next job.  The libvirt call itself cannot be cancelled "
         "safely, so the domain gets no other operation until it returns; what it made "
         "is then recorded as usual.  At least 1s.",
-        default="10m",
+        default=format_duration(DEFAULT_OPERATION_TIMEOUT),
         example="30m",
     ),
     Option(
@@ -550,19 +555,6 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         default_note="none: no metrics are served",
     ),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """snapshotd.yaml: the daemon's own settings."""
-
-    policy_dir: str = DEFAULT_POLICY_DIR
-    state_dir: str = DEFAULT_STATE_DIR
-    connect: tuple[str, ...] = DEFAULT_CONNECT
-    workers: int = 4
-    operation_timeout: dt.timedelta = dt.timedelta(minutes=10)
-    metrics_address: str | None = None
-    source: str | None = None  # the file it came from; None for the built-in defaults
 
 
 # --------------------------------------------------------------------------
@@ -1715,11 +1707,11 @@ def _build_policy(r: _Reader, name: str, filename: str, retention: Retention | N
     )
 
 
-def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
-    """snapshotd.yaml's text -> Config, or every problem found.  Empty means defaults."""
+def parse_config(text: str, filename: str) -> Settings | list[LocatedError]:
+    """snapshotd.yaml's text -> Settings, or every problem found.  Empty means defaults."""
     r = _read(text, filename, CONFIG_SCHEMA)
     if r is None:
-        return Config(source=filename)
+        return Settings(config=filename, config_found=True)
     if not r.errors and r.count("workers") < 1:
         node, path = r.where("workers")
         r.error(node, path, "must be at least 1")
@@ -1734,14 +1726,15 @@ def parse_config(text: str, filename: str) -> Config | list[LocatedError]:
         r.error(node, path, "must be at least 1s")
     if r.errors:
         return r.sorted_errors()
-    return Config(
+    return Settings(
         workers=r.count("workers"),
         operation_timeout=r.duration("operation_timeout"),
         metrics_address=r.opt_text("metrics_address"),
         policy_dir=naming.check_directory(r.text("policy_dir"), "policy_dir"),
         state_dir=naming.check_directory(r.text("state_dir"), "state_dir"),
         connect=tuple(dict.fromkeys(r.texts("connect"))),
-        source=filename,
+        config=filename,
+        config_found=True,
     )
 
 
@@ -1821,7 +1814,6 @@ __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "POLICY_SCHEMA",
-    "Config",
     "Kind",
     "LocatedError",
     "Option",

@@ -40,7 +40,7 @@ from types import FrameType
 from typing import Any
 
 from snapshotd.actions import policyrun, prune, snapshot
-from snapshotd.adapters.configfiles import Settings, load_settings
+from snapshotd.adapters.configfiles import load_settings
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import log_event, sanitize_uri
 from snapshotd.adapters.metrics import Metrics
@@ -48,6 +48,7 @@ from snapshotd.adapters.notify import Notifier
 from snapshotd.adapters.statefile import DaemonLock, StatusWriter
 from snapshotd.catalog import Catalog, open_catalog
 from snapshotd.catalog.sqlite import Run, RunLog
+from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Settings
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
 from snapshotd.core.schedule import decide, jitter_for, next_due
@@ -209,26 +210,18 @@ class Link:
         self._wanted.set()
 
 
-@dataclass(frozen=True, slots=True)
-class Paths:
-    config: str | None
-    policy_dir: str | None
-    state_dir: str | None
-    connect: tuple[str, ...] = ()
-
-
 class Daemon:
     """The main loop.  ``run()`` returns the process exit status."""
 
     def __init__(
         self,
-        paths: Paths,
+        overrides: Overrides,
         *,
         notifier: Notifier | None = None,
         workers: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.paths = paths
+        self.overrides = overrides
         # The wall clock (epoch seconds) that schedules and snapshot names are read from;
         # tests step it to prove how a clock stepped backward or forward is handled.
         self.clock = clock
@@ -268,12 +261,7 @@ class Daemon:
     # --- settings -----------------------------------------------------------------
 
     def _load(self) -> Settings:
-        return load_settings(
-            config=self.paths.config,
-            policy_dir=self.paths.policy_dir,
-            state_dir=self.paths.state_dir,
-            load_policies=True,
-        )
+        return load_settings(self.overrides)
 
     def reload(self, *, first: bool = False) -> bool:
         """Load config and policies; apply them only when the whole set is valid.
@@ -410,7 +398,9 @@ class Daemon:
             ).start()
 
     def _operation_timeout(self) -> float:
-        return self.settings.operation_timeout if self.settings is not None else 600.0
+        settings = self.settings
+        timeout = settings.operation_timeout if settings is not None else DEFAULT_OPERATION_TIMEOUT
+        return timeout.total_seconds()
 
     def _check_overruns(self) -> None:
         """Report each job that has run past ``operation_timeout``, once."""
@@ -740,7 +730,7 @@ class Daemon:
                 # Snapshots matter more than metrics: go on, and say so everywhere.
                 log.error("metrics not served on %s: %s", self.settings.metrics_address, exc)
                 self.status.last_error = f"metrics not served: {exc}"[:120]
-        for uri in self.paths.connect or self.settings.connect:
+        for uri in self.settings.connect:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()
         if watcher_factory is None:

@@ -23,7 +23,8 @@ from lxml import etree
 
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog.sqlite import DB_NAME, Catalog, Run, RunLog
-from snapshotd.daemon.loop import STOP_GRACE, Paths
+from snapshotd.config.settings import Overrides
+from snapshotd.daemon.loop import STOP_GRACE
 from snapshotd.daemon.loop import Daemon as DaemonLoop
 from tests.integration.conftest import URI
 from tests.integration.domains import DomainFactory, ScratchDomain
@@ -261,7 +262,7 @@ def test_fault_17_a_snapshot_libvirt_is_still_making_is_recorded_once_complete(
         config = root / "snapshotd.yaml"
         config.write_text(f"connect: [{URI}]\n")
         config.chmod(0o644)
-        loop = DaemonLoop(Paths(str(config), str(root / "policies"), str(root / "state")))
+        loop = DaemonLoop(Overrides(str(config), str(root / "policies"), str(root / "state")))
         assert loop.reload(first=True)
         with Catalog(str(root / "state")) as catalog, Hypervisor.open(URI) as hv:
             runs = RunLog(catalog)

@@ -23,8 +23,9 @@ import pytest
 from lxml import etree
 
 from snapshotd.catalog.sqlite import Catalog, Run, RunLog
+from snapshotd.config.settings import Overrides
 from snapshotd.daemon.loop import Daemon as Loop
-from snapshotd.daemon.loop import Link, Paths
+from snapshotd.daemon.loop import Link
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, snapshots, write_policy
@@ -94,7 +95,7 @@ class Driven:
 
     def __init__(self, root: Path, clock: SteppedClock) -> None:
         config = _settings(root)
-        paths = Paths(str(config), str(root / "policies"), str(root / "state"))
+        paths = Overrides(str(config), str(root / "policies"), str(root / "state"))
         self.clock = clock
         self.loop = Loop(paths, workers=1, clock=clock)
         assert self.loop.reload(first=True)

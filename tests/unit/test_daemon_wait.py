@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from snapshotd.daemon.loop import Daemon, Due, Job, Key, Paths
+from snapshotd.config.settings import Overrides
+from snapshotd.daemon.loop import Daemon, Due, Job, Key
 
 NOW = 1_795_000_000.0
 SLOT = dt.datetime.fromtimestamp(NOW, dt.UTC)
@@ -19,7 +20,7 @@ def key(n: int) -> Key:
 
 def busy_daemon() -> Daemon:
     """workers 1, one job in flight (deadline in 600 s), one more key due and waiting."""
-    daemon = Daemon(Paths(None, None, None), clock=lambda: NOW)
+    daemon = Daemon(Overrides(), clock=lambda: NOW)
     daemon.limit = 1
     mono = time.monotonic()
     daemon.jobs[key(1)] = Job(key(1), "a", mono, mono + 600, NOW)

@@ -14,7 +14,8 @@ from snapshotd.adapters.configfiles import (
     load_settings,
     read_trusted,
 )
-from snapshotd.config.policyload import MAX_BYTES, Config
+from snapshotd.config.policyload import MAX_BYTES
+from snapshotd.config.settings import Overrides, Settings
 from snapshotd.core.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,7 +240,9 @@ def test_read_trusted_returns_the_text(tmp_path: Path) -> None:
 
 
 def test_a_missing_config_means_the_defaults(tmp_path: Path) -> None:
-    assert load_config(str(tmp_path / "snapshotd.yaml")) == Config()
+    assert load_config(str(tmp_path / "snapshotd.yaml")) == Settings(
+        config=str(tmp_path / "snapshotd.yaml")
+    )
 
 
 def test_a_missing_config_that_was_asked_for_is_an_error(tmp_path: Path) -> None:
@@ -251,7 +254,7 @@ def test_a_missing_config_that_was_asked_for_is_an_error(tmp_path: Path) -> None
 
 def test_the_example_config_loads() -> None:
     path = REPO / "config" / "snapshotd.yaml"
-    assert load_config(str(path), required=True) == Config(source=str(path))
+    assert load_config(str(path), required=True) == Settings(config=str(path), config_found=True)
 
 
 def test_a_config_others_can_write_is_refused(tmp_path: Path) -> None:
@@ -274,7 +277,7 @@ def test_a_config_in_a_writable_directory_is_refused(tmp_path: Path) -> None:
 def test_settings_apply_overrides_and_collect_errors(tmp_path: Path, policies: Path) -> None:
     config = write(tmp_path / "snapshotd.yaml", f"policy_dir: {policies}\nstate_dir: /srv/s\n")
     write(policies / "web.yaml")
-    settings = load_settings(config=str(config))
+    settings = load_settings(Overrides(config=str(config)))
     assert settings.errors == ()
     assert (settings.policy_dir, settings.state_dir) == (str(policies), "/srv/s")
     assert settings.connect == ("qemu:///system",)
@@ -283,7 +286,8 @@ def test_settings_apply_overrides_and_collect_errors(tmp_path: Path, policies: P
     assert settings.config_source == str(config)
 
     other = load_settings(
-        config=str(config), policy_dir=str(tmp_path / "none"), state_dir="/x", load_policies=True
+        Overrides(config=str(config), policy_dir=str(tmp_path / "none"), state_dir="/x"),
+        load_policies=True,
     )
     assert other.state_dir == "/x"
     assert "does not exist" in str(other.errors[0])
@@ -295,7 +299,7 @@ def test_settings_apply_overrides_and_collect_errors(tmp_path: Path, policies: P
 
 def test_a_broken_config_does_not_send_settings_to_a_guessed_directory(tmp_path: Path) -> None:
     config = write(tmp_path / "snapshotd.yaml", "policy_dri: /srv/p\n")
-    settings = load_settings(config=str(config))
+    settings = load_settings(Overrides(config=str(config)))
     assert [str(e) for e in settings.errors] == [
         f"{config}:1:1: policy_dri: unknown option 'policy_dri'; did you mean 'policy_dir'?"
     ]

@@ -18,7 +18,6 @@ from snapshotd.config.policyload import (
     CONFIG_SCHEMA,
     MAX_BYTES,
     POLICY_SCHEMA,
-    Config,
     Kind,
     LocatedError,
     check_set,
@@ -26,6 +25,7 @@ from snapshotd.config.policyload import (
     parse_policy,
     schema_markdown,
 )
+from snapshotd.config.settings import Settings
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.policy import Metadata, Policy, Quiesce, Selector, SnapshotSettings
 from snapshotd.core.retention import Retention
@@ -75,7 +75,7 @@ def test_every_example_policy_is_valid(path: Path) -> None:
 def test_example_daemon_settings_are_valid_and_the_defaults() -> None:
     path = CONFIG / "snapshotd.yaml"
     result = parse_config(path.read_text(), str(path))
-    assert result == Config(source=str(path))
+    assert result == Settings(config=str(path), config_found=True)
 
 
 def test_examples_say_what_they_promise() -> None:
@@ -525,18 +525,19 @@ def test_duplicate_names_across_files_name_both_files() -> None:
 
 
 def test_config_defaults_and_values() -> None:
-    assert parse_config("", "c.yaml") == Config(source="c.yaml")
-    assert parse_config("# nothing\n", "c.yaml") == Config(source="c.yaml")
+    assert parse_config("", "c.yaml") == Settings(config="c.yaml", config_found=True)
+    assert parse_config("# nothing\n", "c.yaml") == Settings(config="c.yaml", config_found=True)
     result = parse_config(
         "policy_dir: /srv/policies/\nstate_dir: /srv/state\n"
         "connect: [qemu:///system, 'qemu+ssh://root@b/system']\n",
         "c.yaml",
     )
-    assert result == Config(
+    assert result == Settings(
         policy_dir="/srv/policies",
         state_dir="/srv/state",
         connect=("qemu:///system", "qemu+ssh://root@b/system"),
-        source="c.yaml",
+        config="c.yaml",
+        config_found=True,
     )
 
 
@@ -612,7 +613,7 @@ def test_schema_markdown_mentions_every_option() -> None:
 
 def test_config_workers() -> None:
     config = policyload.parse_config("workers: 2\n", "c.yaml")
-    assert isinstance(config, policyload.Config)
+    assert isinstance(config, Settings)
     assert config.workers == 2
     errors = policyload.parse_config("workers: 0\n", "c.yaml")
     assert isinstance(errors, list)
@@ -620,9 +621,9 @@ def test_config_workers() -> None:
 
 
 def test_config_operation_timeout() -> None:
-    assert policyload.Config().operation_timeout == dt.timedelta(minutes=10)
+    assert Settings().operation_timeout == dt.timedelta(minutes=10)
     config = policyload.parse_config("operation_timeout: 90s\n", "c.yaml")
-    assert isinstance(config, policyload.Config)
+    assert isinstance(config, Settings)
     assert config.operation_timeout == dt.timedelta(seconds=90)
     errors = policyload.parse_config("operation_timeout: 0s\n", "c.yaml")
     assert isinstance(errors, list)
