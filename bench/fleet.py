@@ -58,7 +58,7 @@ from bench.common import (
     write_json,
 )
 from snapshotd.adapters.hypervisor import Hypervisor
-from snapshotd.config.policyload import parse_policy
+from snapshotd.config.load import parse_policy
 from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.snapxml import render_spec
 

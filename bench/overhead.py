@@ -7,13 +7,13 @@ external disk-only, and internal with memory.  Rounds alternate, on the same dom
   bare       dom.snapshotCreateXML(xml, flags) on a plain libvirt connection, with the
              XML and flags snapshotd sent in its previous round (only the name differs);
   snapshotd  the daemon's own path: the key is put in Daemon.due as due now, the real
-             Daemon._dispatch starts the real worker (Daemon._job: catalog runs record,
-             hooks, plan, name check, schema check, files, libvirt, catalog records,
-             retention), and the loop's "done" event is awaited.
+             Daemon._dispatch starts the real worker (daemon/jobs.py's Worker: catalog
+             runs record, hooks, plan, name check, schema check, files, libvirt, catalog
+             records, retention), and the loop's JobDone event is awaited.
 
 Timed for snapshotd: from _dispatch (the daemon has decided the snapshot is due) to
 snapshotCreateXML returning (Hypervisor._create_call, which is that call alone, takes
-the time), and to the job's "done" event (everything the job does after libvirt returned).
+the time), and to the job's JobDone event (everything the job does after libvirt returned).
 Pairs run AB, BA, AB, ... so drift and the growing chain hit both alike.  Between rounds,
 outside the timed region, each snapshot is deleted (internal: for real, so the qcow2's
 snapshot table stays the same size; external: metadata only, the overlay stays in the
@@ -47,7 +47,10 @@ from snapshotd.catalog import open_catalog
 from snapshotd.config.settings import Overrides
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
-from snapshotd.daemon.loop import Daemon, Due, Key, Link
+from snapshotd.daemon.events import JobDone
+from snapshotd.daemon.link import Link
+from snapshotd.daemon.loop import Daemon
+from snapshotd.daemon.runs import Due, Key
 
 KINDS = {
     "external disk-only": 'memory: "no"\n  disks: external\n  disk_only: true',
@@ -122,11 +125,11 @@ class Bench:
         self.hv.probe.returned = 0.0
         start = time.perf_counter()
         d._dispatch(self.runs, now)
-        kind, payload = d.events.get(timeout=300)
+        event = d.events.get(timeout=300)
         end = time.perf_counter()
-        if kind != "done" or payload[2][0] != "ok":
-            raise RuntimeError(f"the daemon's job did not succeed: {kind} {payload}")
-        d._finished(*payload)
+        if not isinstance(event, JobDone) or event.outcome.kind != "ok":
+            raise RuntimeError(f"the daemon's job did not succeed: {event}")
+        d._finished(event.key, event.due, event.outcome)
         if self.hv.probe.returned == 0.0:
             raise RuntimeError("libvirt's return was not seen")
         row = self.runs.get(policy.name, domain.uuid)

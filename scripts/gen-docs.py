@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the documents made from the code (snapshotd/docgen.py).
+"""Write the documents made from the code (snapshotd/docgen/), handing it the CLI's parser.
 
 .venv/bin/python scripts/gen-docs.py          # write them
 .venv/bin/python scripts/gen-docs.py --check  # exit 1 if any is out of date
@@ -14,8 +14,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from snapshotd import docgen  # noqa: E402 - the same
-from snapshotd.config.policyload import schema_markdown  # noqa: E402 - after the path is set
+# After the path is set, so that the checkout's snapshotd is the one imported.
+from snapshotd.cli.parser import build_parser  # noqa: E402
+from snapshotd.docgen.completion import bash_completion  # noqa: E402
+from snapshotd.docgen.examples import state_table_examples  # noqa: E402
+from snapshotd.docgen.manpages import man_policy, man_snapshotd  # noqa: E402
+from snapshotd.docgen.policies import schema_markdown  # noqa: E402
 
 BEGIN = "<!-- BEGIN state_table_examples() -->"
 END = "<!-- END state_table_examples() -->"
@@ -35,14 +39,14 @@ def _policy_reference(current: str) -> str:
 
 
 def _state_table(current: str) -> str:
-    return _between(current, BEGIN, END, docgen.state_table_examples())
+    return _between(current, BEGIN, END, state_table_examples())
 
 
 FILES: dict[str, Callable[[str], str]] = {
     "docs/policies.md": _policy_reference,
-    "man/snapshotd.8": lambda _old: docgen.man_snapshotd(),
-    "man/snapshotd.policy.5": lambda _old: docgen.man_policy(),
-    "completion/snapshotd.bash": lambda _old: docgen.bash_completion(),
+    "man/snapshotd.8": lambda _old: man_snapshotd(build_parser()),
+    "man/snapshotd.policy.5": lambda _old: man_policy(),
+    "completion/snapshotd.bash": lambda _old: bash_completion(build_parser()),
     "docs/state-table.md": _state_table,
 }
 

@@ -1,5 +1,5 @@
 """Allow ``python -m snapshotd``."""
 
-from snapshotd.cli.main import main
+from snapshotd.cli import main
 
 raise SystemExit(main())

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
-from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
-from snapshotd.catalog.sqlite import Catalog
+from snapshotd.catalog.api import Catalog
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
@@ -38,7 +38,7 @@ class ImportRefused(RequestError):
     """The documents or the domain do not allow the import; nothing was changed."""
 
 
-def _problems(problems: Sequence[Problem]) -> ImportRefused:
+def import_refused(problems: Sequence[Problem]) -> ImportRefused:
     lines = "\n  ".join(str(p) for p in problems)
     count = len(problems)
     return ImportRefused(
@@ -60,7 +60,7 @@ def _file_name(index: int, name: str) -> str:
     return f"{index:04d}-{re.sub(r'[^A-Za-z0-9._+:@-]', '_', name)[:100]}.xml"
 
 
-def export(hv: Hypervisor, domain: str, out: str, *, secure: bool = False) -> Exported:
+def export(hv: HypervisorAPI, domain: str, out: str, *, secure: bool = False) -> Exported:
     """Write the domain's snapshots as XML files, parents first, and an index."""
     info = hv.domain(domain)
     records = hv.list_snapshots(info.name)
@@ -215,7 +215,7 @@ def _is_local(uri: str) -> bool:
     return not urlsplit(uri).netloc
 
 
-def _existing(hv: Hypervisor, domain: str) -> dict[str, int | None]:
+def _existing(hv: HypervisorAPI, domain: str) -> dict[str, int | None]:
     found: dict[str, int | None] = {}
     for record in hv.list_snapshots(domain):
         info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
@@ -224,7 +224,7 @@ def _existing(hv: Hypervisor, domain: str) -> dict[str, int | None]:
 
 
 def check_import(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     domain: DomainInfo,
     items: Sequence[Item],
     *,
@@ -250,12 +250,12 @@ def check_import(
         current=current,
     )
     if isinstance(result, list):
-        raise _problems(result)
+        raise import_refused(result)
     return result
 
 
 def run_import(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     domain: DomainInfo,
     plan: ImportPlan,
     *,
@@ -298,7 +298,7 @@ def run_import(
     return tuple(defined)
 
 
-def _undo(hv: Hypervisor, domain: str, defined: list[str], before_xml: str | None) -> None:
+def _undo(hv: HypervisorAPI, domain: str, defined: list[str], before_xml: str | None) -> None:
     for name in reversed(defined):
         try:
             hv.delete_snapshot(domain, name, metadata_only=True)
@@ -322,7 +322,7 @@ class Replicated:
 
 
 def replicate(
-    source: Hypervisor, target: Hypervisor, domain: str, *, remove_source_metadata: bool
+    source: HypervisorAPI, target: HypervisorAPI, domain: str, *, remove_source_metadata: bool
 ) -> Replicated:
     """Copy a domain's snapshot metadata to the same domain (by UUID) on another host."""
     info = source.domain(domain)
@@ -354,7 +354,7 @@ def replicate(
 
 
 def revert(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     domain: str,
     snapshot: str,

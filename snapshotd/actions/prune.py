@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.actions.snapshot import epoch, log_operation
-from snapshotd.adapters import files, statefile
-from snapshotd.adapters.hypervisor import Hypervisor, SnapshotRecord
-from snapshotd.catalog.sqlite import Catalog, SnapshotRow
+from snapshotd.adapters import files
+from snapshotd.adapters.hypervisor import SnapshotRecord
+from snapshotd.catalog.api import Catalog, SnapshotRow
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.model import (
@@ -50,7 +51,7 @@ class PruneReport:
 
 
 def snapshots_of(
-    hv: Hypervisor, catalog: Catalog, policy: Policy, domain: DomainInfo
+    hv: HypervisorAPI, catalog: Catalog, policy: Policy, domain: DomainInfo
 ) -> list[Owned]:
     """The domain's snapshots, each marked owned (by this policy) or not: libvirt's, and
     the policy's catalog-only ones (NO_METADATA) that libvirt does not list."""
@@ -75,7 +76,7 @@ def snapshots_of(
 Chains = list[tuple[str, list[str]]]  # (disk target, its image and backing files)
 
 
-def backing_chains(hv: Hypervisor, domain: DomainInfo) -> Chains:
+def backing_chains(hv: HypervisorAPI, domain: DomainInfo) -> Chains:
     """Each file disk's current backing chain, read once per prune."""
     current = parse_domain(hv.domain_xml(domain.name), domain.state)
     return [
@@ -117,7 +118,7 @@ def _remove_memory_file(info: SnapshotInfo, made: tuple[str, ...]) -> None:
 
 
 def prune(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     policy: Policy,
     domain: DomainInfo,
@@ -145,13 +146,13 @@ def prune(
     if dry_run:
         judge()
         return report
-    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+    with catalog.domain_lock(domain.uuid, domain.name):
         _delete(hv, catalog, policy, domain, judge(), report=report, now=now)
     return report
 
 
 def _delete(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     policy: Policy,
     domain: DomainInfo,
@@ -213,7 +214,7 @@ def _delete(
 
 def _prune_catalog_only(  # noqa: PLR0917 - the prune's state, passed down once
     catalog: Catalog,
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     policy: Policy,
     domain: DomainInfo,
     row: SnapshotRow,

@@ -2,8 +2,9 @@
 
 Three sources, no network protocol: the daemon lock (is it running, which PID),
 ``status.json`` (policies in force, load errors, connections, next due times,
-jobs in flight) and the catalog (each policy and domain's last snapshot, last
-success and last error, from the ``runs`` and ``snapshots`` tables).
+jobs in flight; read through adapters/statusfile.py) and the catalog (each policy
+and domain's last snapshot, last success and last error, from its runs and
+snapshots).
 """
 
 from __future__ import annotations
@@ -11,90 +12,109 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from snapshotd.adapters import statefile
-from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.adapters import statefile, statusfile
+from snapshotd.adapters.statusfile import DaemonStatus, Running, Scheduled
+from snapshotd.catalog import Catalog, Run, SnapshotRow, catalog_exists, open_catalog
 
 
 def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
     """The status report as plain data (what ``--json`` prints)."""
     now = time.time() if now is None else now
     pid = statefile.daemon_pid(state_dir)
-    written = statefile.read_status(state_dir) or {}
+    written = statusfile.read_status(state_dir) or DaemonStatus()
     running = pid is not None
     report: dict[str, Any] = {
         "state_dir": state_dir,
         "daemon": {
             "running": running,
             "pid": pid if running and pid and pid > 0 else None,
-            "started_at": written.get("started_at") if running else None,
-            "stopping": bool(written.get("stopping")) if running else False,
+            "started_at": written.started_at if running else None,
+            "stopping": written.stopping if running else False,
         },
         # What the daemon last reported; when it is not running, what it had.
-        "config": written.get("config"),
-        "policy_dir": written.get("policy_dir"),
-        "policies": written.get("policies", []),
-        "load_errors": written.get("load_errors", []),
-        "connections": written.get("connections", []) if running else [],
-        "last_error": written.get("last_error"),
+        "config": written.config,
+        "policy_dir": written.policy_dir,
+        "policies": list(written.policies),
+        "load_errors": list(written.load_errors),
+        "connections": [_connection(c) for c in written.connections] if running else [],
+        "last_error": written.last_error,
         "domains": [],
     }
     if not catalog_exists(state_dir):
         return report
-    scheduled = {(s["policy"], s["domain_uuid"]): s for s in written.get("scheduled", [])}
-    inflight = {(s["policy"], s["domain_uuid"]): s for s in written.get("running", [])}
+    # Due times and jobs in flight only while a daemon runs: nobody acts on them else.
+    scheduled = {(s.policy, s.domain_uuid): s for s in written.scheduled} if running else {}
+    inflight = {(r.policy, r.domain_uuid): r for r in written.running} if running else {}
     with open_catalog(state_dir) as catalog:
-        rows = {}
-        for row in catalog.snapshots():
-            if row.policy is not None:
-                rows[(row.policy, row.domain_uuid)] = row  # oldest first: the last one wins
+        rows = _last_snapshots(catalog)
         for run in catalog.runs.all():
             key = (run.policy, run.domain_uuid)
-            last = rows.get(key)
-            error = None
-            if run.last_error is not None and (run.last_error_at or 0) >= (run.last_success or 0):
-                error = {"message": run.last_error, "at": run.last_error_at}
-            due = scheduled.get(key) if running else None
-            job = inflight.get(key) if running else None
-            report["domains"].append(
-                {
-                    "domain": run.domain_name,
-                    "domain_uuid": run.domain_uuid,
-                    "uri": run.uri,
-                    "policy": run.policy,
-                    "last_snapshot": None
-                    if last is None
-                    else {
-                        "name": last.name,
-                        "created_at": last.created_at,
-                        "age_seconds": max(0, int(now) - last.created_at),
-                    },
-                    "last_success": run.last_success,
-                    "next_due": due["next_due"] if due else None,
-                    "running": job is not None,
-                    "running_since": job["since"] if job else None,
-                    "overrun": bool(job and job["overrun"]),
-                    "last_error": error,
-                }
-            )
-        # Keys the daemon schedules that have never run yet have no row in `runs`.
-        known = {(d["policy"], d["domain_uuid"]) for d in report["domains"]}
-        for key, due in scheduled.items() if running else ():
-            if key in known:
-                continue
-            report["domains"].append(
-                {
-                    "domain": due["domain"],
-                    "domain_uuid": due["domain_uuid"],
-                    "uri": due["uri"],
-                    "policy": due["policy"],
-                    "last_snapshot": None,
-                    "last_success": None,
-                    "next_due": due["next_due"],
-                    "running": False,
-                    "running_since": None,
-                    "overrun": False,
-                    "last_error": None,
-                }
-            )
+            row = _row(run, rows.get(key), scheduled.get(key), inflight.get(key), now)
+            report["domains"].append(row)
+    # Keys the daemon schedules that have never run yet have no row in `runs`.
+    known = {(d["policy"], d["domain_uuid"]) for d in report["domains"]}
+    report["domains"].extend(_never_run(s) for k, s in scheduled.items() if k not in known)
     report["domains"].sort(key=lambda d: (d["domain"], d["policy"]))
     return report
+
+
+def _connection(connection: statusfile.Connection) -> dict[str, Any]:
+    return {"uri": connection.uri, "connected": connection.connected, "error": connection.error}
+
+
+def _last_snapshots(catalog: Catalog) -> dict[tuple[str, str], SnapshotRow]:
+    """Each (policy, domain UUID)'s newest snapshot in the catalog."""
+    rows = {}
+    for row in catalog.snapshots():
+        if row.policy is not None:
+            rows[(row.policy, row.domain_uuid)] = row  # oldest first: the last one wins
+    return rows
+
+
+def _row(
+    run: Run,
+    last: SnapshotRow | None,
+    due: Scheduled | None,
+    job: Running | None,
+    now: float,
+) -> dict[str, Any]:
+    """One (policy, domain) line of the report, for a stream that has run."""
+    error = None
+    if run.last_error is not None and (run.last_error_at or 0) >= (run.last_success or 0):
+        error = {"message": run.last_error, "at": run.last_error_at}
+    return {
+        "domain": run.domain_name,
+        "domain_uuid": run.domain_uuid,
+        "uri": run.uri,
+        "policy": run.policy,
+        "last_snapshot": None
+        if last is None
+        else {
+            "name": last.name,
+            "created_at": last.created_at,
+            "age_seconds": max(0, int(now) - last.created_at),
+        },
+        "last_success": run.last_success,
+        "next_due": due.next_due if due else None,
+        "running": job is not None,
+        "running_since": job.since if job else None,
+        "overrun": bool(job and job.overrun),
+        "last_error": error,
+    }
+
+
+def _never_run(due: Scheduled) -> dict[str, Any]:
+    """The line of a key the daemon schedules that has no run yet."""
+    return {
+        "domain": due.domain,
+        "domain_uuid": due.domain_uuid,
+        "uri": due.uri,
+        "policy": due.policy,
+        "last_snapshot": None,
+        "last_success": None,
+        "next_due": due.next_due,
+        "running": False,
+        "running_since": None,
+        "overrun": False,
+        "last_error": None,
+    }

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from lxml import etree
 
-from snapshotd.adapters import files, statefile
-from snapshotd.adapters.hypervisor import Hypervisor
-from snapshotd.catalog.sqlite import Catalog, Operation, SnapshotRow
+from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.adapters import files
+from snapshotd.catalog.api import Catalog, Operation, SnapshotRow
 from snapshotd.core import snapxml
 from snapshotd.core.model import (
     CreateFlag,
@@ -58,7 +58,6 @@ class Created:
 
     plan: Plan
     info: SnapshotInfo
-    note: str | None = None  # e.g. why quiesce was dropped
 
 
 def epoch(now: dt.datetime) -> int:
@@ -66,7 +65,7 @@ def epoch(now: dt.datetime) -> int:
 
 
 def create(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     domain: DomainInfo,
     request: SnapshotRequest,
@@ -74,13 +73,27 @@ def create(
     policy: str | None,
     now: dt.datetime,
 ) -> Created:
-    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal.
+    """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal."""
+    return create_planned(
+        hv, catalog, domain, plan_snapshot(domain, request), policy=policy, now=now
+    )
 
-    Holds the domain's lock (shared with other snapshotd processes on the same state
-    directory) from the name check to the catalog record.
+
+def create_planned(
+    hv: HypervisorAPI,
+    catalog: Catalog,
+    domain: DomainInfo,
+    plan: Plan,
+    *,
+    policy: str | None,
+    now: dt.datetime,
+) -> Created:
+    """Check, create and record the snapshot ``plan`` (made for ``domain``) describes.
+
+    Holds the domain's lock (shared with other snapshotd processes on the same catalog)
+    from the name check to the catalog record.
     """
-    plan = plan_snapshot(domain, request)
-    with statefile.domain_lock(catalog.state_dir, domain.uuid, domain.name):
+    with catalog.domain_lock(domain.uuid, domain.name):
         # The name first: a name already taken (perhaps by the process this one waited
         # for) is the refusal that holds whatever state the domain is in now.
         _refuse_taken_name(hv, catalog, domain, plan.spec.name)
@@ -96,7 +109,7 @@ class DomainChanged(RequestError):
 
 
 def _still_as_planned(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     domain: DomainInfo,
     name: str,
@@ -137,7 +150,7 @@ def _still_as_planned(
     raise DomainChanged(message)
 
 
-def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
     """A snapshot name is never reused: libvirt would refuse it half-way, and the
     catalog would hold two snapshots by one name."""
     try:
@@ -157,7 +170,7 @@ def _refuse_taken_name(hv: Hypervisor, catalog: Catalog, domain: DomainInfo, nam
 
 
 def _create(
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     catalog: Catalog,
     domain: DomainInfo,
     plan: Plan,
@@ -232,7 +245,7 @@ def _create(
     return Created(plan, info)
 
 
-def _leftovers(hv: Hypervisor, spec: SnapshotSpec) -> str | None:
+def _leftovers(hv: HypervisorAPI, spec: SnapshotSpec) -> str | None:
     """After a failed create: what libvirt and the disk hold that the snapshot was to make.
 
     libvirt 9.0 removes the files of a snapshot it failed to make, also when QEMU
@@ -268,7 +281,9 @@ def _leftovers(hv: Hypervisor, spec: SnapshotSpec) -> str | None:
     )
 
 
-def adopt(hv: Hypervisor, catalog: Catalog, domain: str, name: str, *, policy: str | None) -> None:
+def adopt(
+    hv: HypervisorAPI, catalog: Catalog, domain: str, name: str, *, policy: str | None
+) -> None:
     """Record a snapshot libvirt has but the catalog lacks (made just before a crash)."""
     info_domain = hv.domain(domain)
     returned = hv.snapshot_xml(domain, name)
@@ -297,7 +312,7 @@ def adopt(hv: Hypervisor, catalog: Catalog, domain: str, name: str, *, policy: s
 
 def log_operation(
     catalog: Catalog,
-    hv: Hypervisor,
+    hv: HypervisorAPI,
     operation: str,
     outcome: str,
     *,

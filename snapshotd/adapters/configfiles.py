@@ -1,4 +1,8 @@
-"""Policy files and snapshotd.yaml on disk: which files are read, and whether to trust them.
+"""Reads the policy files and snapshotd.yaml from disk, and decides whether to trust them.
+
+``load_settings`` is the one entry point for the daemon and the CLI: snapshotd.yaml (or
+the built-in defaults), the command line's ``Overrides`` applied, and the policies of
+the policy directory, each problem collected as a ``LocatedError``.
 
 snapshotd runs as root and does what these files say, so a file (or the directory
 that holds it) that someone else can write would hand them root's snapshots.
@@ -13,7 +17,7 @@ The rules, as sshd's StrictModes has them for its keys:
   opened descriptor (``fstat``), so it cannot be swapped between check and read;
   it must be a regular file of at most ``MAX_BYTES`` bytes of UTF-8.
 
-The text is then handed to ``snapshotd.config.policyload``, which does the rest.
+The text is then handed to ``snapshotd.config.load`` (pure), which does the rest.
 """
 
 from __future__ import annotations
@@ -24,14 +28,9 @@ import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from snapshotd.config.policyload import (
-    MAX_BYTES,
-    LocatedError,
-    check_set,
-    parse_config,
-    parse_policy,
-)
+from snapshotd.config.load import check_set, parse_config, parse_policy
 from snapshotd.config.settings import DEFAULT_CONFIG, Overrides, Settings
+from snapshotd.config.yamlreader import MAX_BYTES, LocatedError
 from snapshotd.core.policy import Policy
 
 SUFFIXES = (".yaml", ".yml")
@@ -153,7 +152,7 @@ def _read_bytes(path: str) -> bytes:
     return data
 
 
-def _is_policy_file(name: str) -> bool:
+def is_policy_file(name: str) -> bool:
     """``*.yaml`` and ``*.yml``, but not editor temp, backup or hidden files."""
     if name.startswith((".", "#")) or name.endswith(("~", "#")):
         return False
@@ -192,7 +191,7 @@ def load_policy_dir(directory: str) -> LoadResult:
     ignored: list[str] = []
     parsed: _Parsed = {}
     for name in names:
-        if not _is_policy_file(name):
+        if not is_policy_file(name):
             ignored.append(name)
             continue
         path = str(Path(directory) / name)

@@ -15,7 +15,8 @@ Field names are written in lower case and sent upper case; the usual ones are
 Where records go (``setup``):
 
 * journald, when stderr is the journal (``JOURNAL_STREAM`` names stderr's device
-  and inode, as systemd documents) or ``setup(journal=True)``: one entry per record
+  and inode, as systemd documents) or ``setup(journal=True)``: one entry per record,
+  sent with systemd-python's ``systemd.journal.send``,
   with ``MESSAGE``, ``PRIORITY`` (error 3, warning 4, info 6, debug 7),
   ``SYSLOG_IDENTIFIER=snapshotd``, ``CODE_FILE``/``CODE_LINE``/``CODE_FUNC`` of the
   call, and the record's fields;
@@ -255,7 +256,17 @@ def _default_send() -> Callable[..., Any]:
 
 
 class JournalHandler(logging.Handler):
-    """Sends each record to journald through ``send`` (``systemd.journal.send``)."""
+    """Sends each record to journald through ``send`` (``systemd.journal.send``).
+
+    Not systemd-python's own JournalHandler: that one sends every attribute of the
+    record as a field (LOGGER, THREAD_NAME, ARGS, the ``fields`` mapping as one repr...);
+    snapshotd's entries carry exactly the fields described above.
+
+    Like sd_notify (adapters/notify.py), ``systemd.journal.send`` holds the GIL while
+    journald's socket is full (measured: a thread blocked in it stops the others).  It
+    is used all the same: every thread of the daemon logs, so a journald that stops
+    reading stops them with any sender.
+    """
 
     def __init__(
         self, send: Callable[..., Any] | None = None, identifier: str = IDENTIFIER

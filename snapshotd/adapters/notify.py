@@ -17,9 +17,25 @@ names the process it is meant for, and any other process (a child that inherited
 the environment) must leave the watchdog alone.  Without ``NOTIFY_SOCKET`` (run by
 hand, or under a ``Type=simple`` unit) every call is a no-op.
 
-The protocol is small enough to speak directly over ``socket``; systemd-python is
-not needed here.  A failed send is reported by the return value and never raised:
-a notification that cannot be delivered must not stop the daemon.
+A failed send is reported by the return value and never raised: a notification that
+cannot be delivered must not stop the daemon.
+
+Why this module speaks the protocol itself rather than through systemd-python's
+``systemd.daemon.notify`` (sd_notify(3); version 235, measured against libsystemd 252,
+see tests/unit/test_notify.py):
+
+* it holds the GIL while ``sendmsg`` blocks.  systemd's notify socket queue fills when
+  PID 1 stops reading for a while (a ``daemon-reload`` of a large system); then every
+  thread of the daemon would stop with the main loop, the snapshot jobs and the libvirt
+  links too, where with ``socket.sendto`` only the main loop, the one sender, waits;
+* it reads the socket only from the process environment (``NOTIFY_SOCKET``, at every
+  call), so a Notifier for a socket it is given (``from_env`` of a mapping) would have
+  to rewrite ``os.environ``, which is not safe while libvirt's threads read it;
+* it has no ``sd_watchdog_enabled``: ``WATCHDOG_USEC``/``WATCHDOG_PID`` are read here.
+
+What it does agree with, and this module does the same: a path or ``@abstract``
+address; ``unset_environment`` off (the variable stays for the next notification); no
+``NOTIFY_SOCKET``, nothing sent.
 """
 
 from __future__ import annotations
@@ -61,7 +77,8 @@ class Notifier:
         """The notifier systemd's environment describes.
 
         The watchdog is enabled when ``WATCHDOG_USEC`` is a positive integer and
-        ``WATCHDOG_PID`` is unset or equals this process's pid.
+        ``WATCHDOG_PID`` is unset or equals this process's pid (sd_watchdog_enabled(3)'s
+        rule; systemd-python has no binding of it).
         """
         path = environ.get("NOTIFY_SOCKET") or None
         usec: int | None = None
@@ -88,6 +105,8 @@ class Notifier:
         if self.socket_path is None or not lines:
             return False
         message = "\n".join(lines).encode("utf-8")
+        # Not systemd.daemon.notify: it blocks every thread while the queue is full (see
+        # the module docstring); a blocking sendto waits with the GIL released.
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
                 sock.sendto(message, _address(self.socket_path))

@@ -50,7 +50,7 @@ from typing import Any
 import inotify_simple  # type: ignore[import-untyped]
 
 # The policy loader's own rule for which names are policy files; one rule for both.
-from snapshotd.adapters.configfiles import _is_policy_file
+from snapshotd.adapters.configfiles import is_policy_file
 
 log = logging.getLogger("snapshotd.watch")
 
@@ -97,7 +97,7 @@ class PolicyWatcher:
         *,
         max_wait: float = 1.0,
         retry: float = 1.0,
-        relevant: Callable[[str], bool] = _is_policy_file,
+        relevant: Callable[[str], bool] = is_policy_file,
     ) -> None:
         self.directory = directory
         self.on_change = on_change

@@ -1,6 +1,7 @@
-"""The catalog: snapshotd's durable record of the snapshots it made and what it did.
+"""The SQLite catalog: snapshotd's durable record of the snapshots it made and what it did.
 
-One SQLite database in the state directory (``catalog.sqlite``), in WAL mode with
+The only module in snapshotd that imports sqlite3; the rest sees catalog/api.py's
+Catalog.  One SQLite database in the state directory (``catalog.sqlite``), in WAL mode with
 synchronous=FULL, so a record that was committed survives kill -9 and power loss.
 Three writes are lighter, committed without an fsync of their own (synchronous=NORMAL
 for that transaction): the daemon's "run in progress" marker right before libvirt is
@@ -20,6 +21,8 @@ What makes a snapshot "ours": a row with the same domain UUID, snapshot name and
 libvirt creation time.  A snapshot made by hand with a name like ours has no row
 (or a different creation time) and is never treated as ours; renaming a policy
 file does not change anything as long as the policy keeps its ``name``.
+
+The domain locks are files beside the database (catalog/locks.py: ``locks/UUID.lock``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+from snapshotd.catalog import locks
+from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, Operation, Run, SnapshotRow
 
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
@@ -109,37 +115,53 @@ def _create_private(path: Path) -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotRow:
-    uri: str
-    domain_uuid: str
-    domain_name: str
-    name: str
-    created_at: int
-    policy: str | None
-    parent: str | None
-    xml: str
-    files: tuple[str, ...]
-    libvirt_metadata: bool
-    deleted_at: int | None = None
+class _Duplicate(AlreadyRecorded, sqlite3.IntegrityError):
+    """The UNIQUE constraint on (domain_uuid, name, created_at) refused a row."""
 
 
-@dataclass(frozen=True, slots=True)
-class Operation:
-    at: int
-    uri: str
-    operation: str
-    outcome: str
-    policy: str | None = None
-    domain_uuid: str | None = None
-    domain_name: str | None = None
-    snapshot: str | None = None
-    message: str | None = None
-    duration_ms: int | None = None
+class _Database:
+    """The one connection to the database file, and its write transactions.
+
+    Private to this module: SQLiteCatalog and its SQLiteRunLog each keep their own SQL
+    and run it through the _Database the catalog opened.
+    """
+
+    def __init__(self, path: str, *, shared: bool) -> None:
+        self.connection = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=not shared
+        )
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA synchronous=FULL")
+        self.connection.execute("PRAGMA foreign_keys=ON")
+
+    def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
+        return self.connection.execute(sql, args)
+
+    @contextlib.contextmanager
+    def transaction(self, *, fsync: bool = True) -> Iterator[None]:
+        """One write transaction; ``fsync=False`` commits it with synchronous=NORMAL:
+        durable against a crash of the process, power-safe from the next full commit."""
+        db = self.connection
+        if not fsync:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            if not fsync:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def close(self) -> None:
+        self.connection.close()
 
 
-class Catalog:
-    """The catalog database.  Use as a context manager, or call close()."""
+class SQLiteCatalog:
+    """The catalog in ``state_dir``: its database, and the domain locks beside it."""
 
     def __init__(self, state_dir: str, *, shared: bool = False) -> None:
         """Open (creating if needed) the catalog in ``state_dir``.
@@ -151,101 +173,87 @@ class Catalog:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
         created = _create_private(path)
-        self.path = str(path)
-        self._db = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=not shared
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._state_dir = state_dir
+        self._path = str(path)
+        self._database = _Database(self._path, shared=shared)
+        self._runs = SQLiteRunLog(self._database)
         # The daemon opens the catalog once per snapshot: the schema is written the
         # first time this process opens the file (and whenever it had to create it).
-        key = f"{self.path}:{path.stat().st_ino}"
+        key = f"{self._path}:{path.stat().st_ino}"
         if created or key not in _READY:
             # executescript commits on its own; every statement in it is idempotent.
-            self._db.executescript(_SCHEMA)
-            with self.transaction():
-                self._db.execute(
+            self._database.connection.executescript(_SCHEMA)
+            with self._database.transaction():
+                self._database.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
             _READY.add(key)
 
-    def close(self) -> None:
-        self._db.close()
+    @property
+    def location(self) -> str:
+        return self._path
 
-    def __enter__(self) -> Catalog:
+    @property
+    def runs(self) -> SQLiteRunLog:
+        return self._runs
+
+    def close(self) -> None:
+        self._database.close()
+
+    def __enter__(self) -> SQLiteCatalog:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @property
-    def state_dir(self) -> str:
-        return str(Path(self.path).parent)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self._db
-
-    @property
-    def runs(self) -> RunLog:
-        """The runs table: where each (policy, domain) stream stands."""
-        return RunLog(self)
-
-    @contextlib.contextmanager
-    def transaction(self, *, fsync: bool = True) -> Iterator[None]:
-        """One write transaction; ``fsync=False`` commits it with synchronous=NORMAL:
-        durable against a crash of the process, power-safe from the next full commit."""
-        if not fsync:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        finally:
-            if not fsync:
-                self._db.execute("PRAGMA synchronous=FULL")
+    def domain_lock(
+        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
+    ) -> AbstractContextManager[None]:
+        return locks.file_lock(self._state_dir, uuid, domain, wait)
 
     # --- snapshots -------------------------------------------------------------------
 
     def record_snapshot(self, row: SnapshotRow) -> None:
-        with self.transaction():
-            self._db.execute(
-                """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
-                       policy, parent, xml, files, libvirt_metadata)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    row.uri,
-                    row.domain_uuid,
-                    row.domain_name,
-                    row.name,
-                    row.created_at,
-                    row.policy,
-                    row.parent,
-                    row.xml,
-                    json.dumps(list(row.files)),
-                    int(row.libvirt_metadata),
-                ),
-            )
+        try:
+            with self._database.transaction():
+                self._database.execute(
+                    """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
+                           policy, parent, xml, files, libvirt_metadata)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        row.uri,
+                        row.domain_uuid,
+                        row.domain_name,
+                        row.name,
+                        row.created_at,
+                        row.policy,
+                        row.parent,
+                        row.xml,
+                        json.dumps(list(row.files)),
+                        int(row.libvirt_metadata),
+                    ),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise _Duplicate(
+                f"the catalog already has snapshot {row.name!r} of domain {row.domain_name!r} "
+                f"({row.domain_uuid}) created at {row.created_at}"
+            ) from exc
 
     def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
-        with self.transaction():
-            self._db.execute(
+        with self._database.transaction():
+            self._database.execute(
                 """UPDATE snapshots SET deleted_at = ?
                    WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
                 (when, domain_uuid, name, created_at),
             )
 
     def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
-        """The catalog's live row for this exact snapshot, or None when it is not ours."""
         if created_at is None:
             return None
-        cur = self._db.execute(
+        cur = self._database.execute(
             """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
                AND deleted_at IS NULL""",
             (domain_uuid, name, created_at),
@@ -256,17 +264,15 @@ class Catalog:
     def set_libvirt_metadata(
         self, domain_uuid: str, name: str, created_at: int, held: bool
     ) -> None:
-        """Record whether libvirt now holds this snapshot's metadata (after a redefine)."""
-        with self.transaction():
-            self._db.execute(
+        with self._database.transaction():
+            self._database.execute(
                 """UPDATE snapshots SET libvirt_metadata = ?
                    WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
                 (int(held), domain_uuid, name, created_at),
             )
 
     def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
-        """The newest live row for a snapshot name of a domain, or None."""
-        cur = self._db.execute(
+        cur = self._database.execute(
             """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
                ORDER BY created_at DESC, id DESC LIMIT 1""",
             (domain_uuid, name),
@@ -277,23 +283,22 @@ class Catalog:
     def snapshots(
         self, *, domain_uuid: str | None = None, policy: str | None = None
     ) -> list[SnapshotRow]:
-        """Live (not deleted) rows, oldest first."""
         query = "SELECT * FROM snapshots WHERE deleted_at IS NULL"
-        args: list[str] = []
+        args: list[object] = []
         if domain_uuid is not None:
             query += " AND domain_uuid = ?"
             args.append(domain_uuid)
         if policy is not None:
             query += " AND policy = ?"
             args.append(policy)
-        cur = self._db.execute(query + " ORDER BY created_at, id", args)
+        cur = self._database.execute(query + " ORDER BY created_at, id", args)
         return [_row(cur, r) for r in cur.fetchall()]
 
     # --- operations ---------------------------------------------------------------------
 
     def record_operation(self, op: Operation) -> None:
-        with self.transaction(fsync=False):  # a log line: see the module docstring
-            self._db.execute(
+        with self._database.transaction(fsync=False):  # a log line: see the module docstring
+            self._database.execute(
                 """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
                        snapshot, outcome, message, duration_ms)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -312,8 +317,7 @@ class Catalog:
             )
 
     def operations(self, *, limit: int = 100) -> list[Operation]:
-        """The most recent operations, newest first."""
-        cur = self._db.execute(
+        cur = self._database.execute(
             """SELECT at, uri, operation, outcome, policy, domain_uuid, domain_name, snapshot,
                       message, duration_ms FROM operations ORDER BY id DESC LIMIT ?""",
             (limit,),
@@ -321,42 +325,21 @@ class Catalog:
         return [Operation(*r) for r in cur.fetchall()]
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """Where one (policy, domain) stands: what the daemon's schedule resumes from."""
+class SQLiteRunLog:
+    """The ``runs`` table, through the catalog's own database."""
 
-    policy: str
-    domain_uuid: str
-    uri: str
-    domain_name: str
-    last_slot: int | None = None
-    last_success: int | None = None
-    last_error: str | None = None
-    last_error_at: int | None = None
-    in_progress: str | None = None
-    in_progress_slot: int | None = None
-    in_progress_since: int | None = None
-
-
-class RunLog:
-    """The ``runs`` table: written before and after every scheduled snapshot.
-
-    A run that was started but never finished (kill -9, a watchdog restart) is
-    found again with ``unfinished()``, so the daemon can reconcile it with libvirt.
-    """
-
-    def __init__(self, catalog: Catalog) -> None:
-        self._catalog = catalog
+    def __init__(self, database: _Database) -> None:
+        self._database = database
 
     def get(self, policy: str, domain_uuid: str) -> Run | None:
-        cur = self._catalog.db.execute(
+        cur = self._database.execute(
             "SELECT * FROM runs WHERE policy = ? AND domain_uuid = ?", (policy, domain_uuid)
         )
         found = cur.fetchone()
         return Run(*found) if found else None
 
     def all(self) -> list[Run]:
-        cur = self._catalog.db.execute("SELECT * FROM runs ORDER BY policy, domain_name")
+        cur = self._database.execute("SELECT * FROM runs ORDER BY policy, domain_name")
         return [Run(*r) for r in cur.fetchall()]
 
     def unfinished(self) -> list[Run]:
@@ -364,8 +347,8 @@ class RunLog:
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
         # Right before libvirt: no fsync of its own (see the module docstring).
-        with self._catalog.transaction(fsync=False):
-            self._catalog.db.execute(
+        with self._database.transaction(fsync=False):
+            self._database.execute(
                 """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
                        in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
@@ -378,22 +361,21 @@ class RunLog:
     def finish(
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
     ) -> None:
-        """End the run in progress: with ``slot`` it served that slot; ``error`` says why not."""
         # No fsync of its own: if power loss takes it, the next start reconciles the run.
-        with self._catalog.transaction(fsync=False):
+        with self._database.transaction(fsync=False):
             if slot is not None:
-                self._catalog.db.execute(
+                self._database.execute(
                     """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?
                        AND domain_uuid = ?""",
                     (slot, now, policy, domain_uuid),
                 )
             if error is not None:
-                self._catalog.db.execute(
+                self._database.execute(
                     """UPDATE runs SET last_error = ?, last_error_at = ? WHERE policy = ?
                        AND domain_uuid = ?""",
                     (error, now, policy, domain_uuid),
                 )
-            self._catalog.db.execute(
+            self._database.execute(
                 """UPDATE runs SET in_progress = NULL, in_progress_slot = NULL,
                    in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
                 (policy, domain_uuid),
@@ -415,3 +397,13 @@ def _row(cur: sqlite3.Cursor, values: tuple[object, ...]) -> SnapshotRow:
         libvirt_metadata=bool(data["libvirt_metadata"]),
         deleted_at=None if data["deleted_at"] is None else int(str(data["deleted_at"])),
     )
+
+
+__all__ = [
+    "DB_NAME",
+    "Operation",
+    "Run",
+    "SQLiteCatalog",
+    "SQLiteRunLog",
+    "SnapshotRow",
+]

@@ -1,4 +1,6 @@
-"""How the command line shows plans, snapshots and prune reports: text and JSON."""
+"""How the command line shows single plans and snapshots, a domain's snapshots (a table
+or the hierarchy) and the progress of a long call: text and JSON.  (reports.py shows
+what policies do and did.)"""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from snapshotd.actions.listing import Listed, Listing
 from snapshotd.core.model import SnapshotInfo
 from snapshotd.core.plan import Plan
 
@@ -94,6 +97,36 @@ def print_created(info: SnapshotInfo, plan: Plan, state: str, out: TextIO) -> No
 
 def disk_summary(info: SnapshotInfo) -> str:
     return ",".join(f"{d.name}={d.snapshot}" for d in info.disks) or "-"
+
+
+def listed_dict(item: Listed) -> dict[str, Any]:
+    """One snapshot as `list --json` shows it; a catalog-only one also names its policy."""
+    shown = snapshot_dict(item.info, item.current)
+    shown["parent"] = item.parent
+    shown["catalog_only"] = item.catalog_only
+    if item.catalog_only:
+        shown["policy"] = item.policy
+    return shown
+
+
+def print_listing(listing: Listing, out: TextIO) -> None:
+    """A domain's snapshots as a table, libvirt's first, then the catalog-only ones."""
+    print(
+        f"{'name':<47} {'created (UTC)':<20} {'state':<14} {'memory':<9} {'disks':<28} parent",
+        file=out,
+    )
+    for item in listing.snapshots:
+        info = item.info
+        created = (iso(info.creation_time) or "-")[:19].replace("T", " ")
+        mark = " *" if item.current else ""
+        mark += " (catalog-only)" if item.catalog_only else ""
+        print(
+            f"{(info.name or '') + mark:<47} {created:<20} {info.state or '-':<14} "
+            f"{info.memory or '-':<9} {disk_summary(info):<28} {item.parent or '-'}",
+            file=out,
+        )
+    if not listing.snapshots:
+        print(f"(domain {listing.domain.name} has no snapshots)", file=out)
 
 
 def _label(item: dict[str, Any]) -> str:

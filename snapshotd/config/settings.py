@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from snapshotd.config.policyload import LocatedError
+    from snapshotd.config.yamlreader import LocatedError
     from snapshotd.core.policy import Policy
 
 DEFAULT_URI = "qemu:///system"

@@ -25,6 +25,7 @@ disk.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from snapshotd.core import naming
@@ -170,12 +171,22 @@ def _excluded_reason(disk: DiskInfo) -> str | None:
     return None
 
 
+def fold_requests(requests: Iterable[Request]) -> Request | None:
+    """The table's one disk column from the disks' requests (the rules in this module's
+    docstring); None when they mix internal and external, which libvirt cannot do."""
+    asked = tuple(requests)
+    if all(r is Request.NO for r in asked):
+        return Request.NO
+    explicit = {r for r in asked if r not in (Request.NO, Request.OMIT)}
+    if len(explicit) > 1:
+        return None
+    return explicit.pop() if explicit else Request.OMIT
+
+
 def _fold(requests: dict[str, Request], domain: str) -> Request:
     """Fold the participating disks' requests into the table's disk column."""
-    if not requests or all(r is Request.NO for r in requests.values()):
-        return Request.NO
-    explicit = {r for r in requests.values() if r not in (Request.NO, Request.OMIT)}
-    if explicit == {Request.INTERNAL, Request.EXTERNAL}:
+    folded = fold_requests(requests.values())
+    if folded is None:
         internal = sorted(t for t, r in requests.items() if r is Request.INTERNAL)
         external = sorted(t for t, r in requests.items() if r is Request.EXTERNAL)
         raise PlanError(
@@ -185,9 +196,7 @@ def _fold(requests: dict[str, Request], domain: str) -> Request:
             "Take two snapshots, or ask for one location for all disks",
             domain=domain,
         )
-    if explicit:
-        return explicit.pop()
-    return Request.OMIT
+    return folded
 
 
 def _refuse_row(row: Row, domain: DomainInfo) -> PlanError:

@@ -3,7 +3,7 @@
 This module holds the typed policy model and the two things a policy does with a
 domain: decide whether it selects it, and turn its snapshot settings into a
 SnapshotRequest for a given moment.  Reading and validating policy files is
-``snapshotd.config.policyload`` (pure) and ``snapshotd.adapters.configfiles`` (files).
+``snapshotd.config`` (pure) and ``snapshotd.adapters.configfiles`` (files).
 """
 
 from __future__ import annotations

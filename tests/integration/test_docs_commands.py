@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.cli.main import build_parser
+from snapshotd.cli.parser import build_parser
 from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain
 

@@ -22,7 +22,9 @@ import libvirt
 from lxml import etree
 
 from snapshotd.adapters.hypervisor import Hypervisor
-from snapshotd.catalog.sqlite import DB_NAME, Catalog, Run, RunLog
+from snapshotd.catalog import open_catalog
+from snapshotd.catalog.api import Run
+from snapshotd.catalog.sqlite import DB_NAME
 from snapshotd.config.settings import Overrides
 from snapshotd.daemon.loop import STOP_GRACE
 from snapshotd.daemon.loop import Daemon as DaemonLoop
@@ -264,13 +266,13 @@ def test_fault_17_a_snapshot_libvirt_is_still_making_is_recorded_once_complete(
         config.chmod(0o644)
         loop = DaemonLoop(Overrides(str(config), str(root / "policies"), str(root / "state")))
         assert loop.reload(first=True)
-        with Catalog(str(root / "state")) as catalog, Hypervisor.open(URI) as hv:
-            runs = RunLog(catalog)
+        with open_catalog(str(root / "state")) as catalog, Hypervisor.open(URI) as hv:
+            runs = catalog.runs
             run = Run("pol", dom.uuid, URI, dom.name)
             runs.start(run, name, slot=1_900_000_000, now=int(time.time()))
             (unfinished,) = runs.unfinished()
-            loop._settle(hv, catalog, runs, unfinished, name)
-            # _settle waited for libvirt, then recorded what libvirt now describes.
+            loop.recovery.settle(hv, catalog, runs, unfinished, name)
+            # settle waited for libvirt, then recorded what libvirt now describes.
             assert finished.is_set()
             assert not failed, failed
             row = catalog.find(dom.uuid, name)

@@ -22,10 +22,11 @@ import libvirt
 import pytest
 from lxml import etree
 
-from snapshotd.catalog.sqlite import Catalog, Run, RunLog
+from snapshotd.catalog import open_catalog
+from snapshotd.catalog.api import Run
 from snapshotd.config.settings import Overrides
+from snapshotd.daemon.link import Link
 from snapshotd.daemon.loop import Daemon as Loop
-from snapshotd.daemon.loop import Link
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, snapshots, write_policy
@@ -66,7 +67,7 @@ def _libvirt_names(dom: ScratchDomain) -> set[str]:
 
 
 def _catalog_names(state: Path, uuid: str) -> set[str]:
-    with Catalog(str(state)) as catalog:
+    with open_catalog(str(state)) as catalog:
         return {row.name for row in catalog.snapshots(domain_uuid=uuid)}
 
 
@@ -101,8 +102,8 @@ class Driven:
         assert self.loop.reload(first=True)
         self.loop.links[URI] = Link(URI, self.loop.events)
         self.loop.links[URI].start()
-        self.catalog = Catalog(str(root / "state"))
-        self.runs = RunLog(self.catalog)
+        self.catalog = open_catalog(str(root / "state"))
+        self.runs = self.catalog.runs
         self.jobs_started = 0
         self.drain(until=lambda: URI in self.loop.domains, what="the domain list")
 
@@ -112,10 +113,10 @@ class Driven:
             remaining = deadline - time.monotonic()
             assert remaining > 0, f"timed out waiting for {what}"
             try:
-                kind, payload = self.loop.events.get(timeout=remaining)
+                event = self.loop.events.get(timeout=remaining)
             except queue.Empty:
                 continue
-            self.loop._handle(kind, payload)
+            self.loop._handle(event)
 
     def tick(self, when: dt.datetime) -> int:
         """One loop pass at ``when``; waits for the jobs it started; returns how many."""
@@ -357,8 +358,8 @@ snapshot:
     today_slot = (now - 3 * 3600) // DAY * DAY + 3 * 3600  # the latest 03:00 UTC <= now
     for age, name in zip((33, 32, 31, 30), old, strict=True):
         _age(dom, root / "state", name, today_slot - age * DAY + 60, current=age == 30)
-    with Catalog(str(root / "state")) as catalog:
-        runs = RunLog(catalog)
+    with open_catalog(str(root / "state")) as catalog:
+        runs = catalog.runs
         last = today_slot - 30 * DAY
         runs.start(Run("daily", dom.uuid, URI, dom.name), old[-1], last, last)
         runs.finish("daily", dom.uuid, slot=last, error=None, now=last + 60)
@@ -378,8 +379,8 @@ snapshot:
     assert len(after) == 5  # one catch-up, no burst of 30
     assert _catalog_names(root / "state", dom.uuid) == after
     assert before_files <= _files(dom)
-    with Catalog(str(root / "state")) as catalog:
-        run = RunLog(catalog).get("daily", dom.uuid)
+    with open_catalog(str(root / "state")) as catalog:
+        run = catalog.runs.get("daily", dom.uuid)
         deletes = [op for op in catalog.operations() if op.operation == "delete"]
     assert run is not None
     assert run.last_slot == today_slot  # the latest slot, served once
@@ -460,7 +461,7 @@ def test_fault_09_foreign_lookalikes_are_never_pruned(
     for name, text in ((lookalike, "by hand"), (first, "by hand, same name")):
         xml = dom.dom.snapshotLookupByName(name, 0).getXMLDesc(0)
         assert etree.fromstring(xml.encode()).findtext("description") == text
-        with Catalog(str(tmp_path / "state")) as catalog:
+        with open_catalog(str(tmp_path / "state")) as catalog:
             assert catalog.owner(dom.uuid, name, _creation(dom, name)) is None
     assert _files(dom) == files  # internal snapshots: no file came or went
 
@@ -572,7 +573,7 @@ def test_fault_09_external_parent_of_a_needed_child_loses_no_data(
     assert _pattern(_backing(_overlay(dom, a)), None, 0x11)  # A's state
     assert _pattern(_backing(child), None, 0x22)  # B's state
     assert _pattern(_backing(_overlay(dom, newest)), None, 0x33)  # C's state
-    with Catalog(str(tmp_path / "state")) as catalog:
+    with open_catalog(str(tmp_path / "state")) as catalog:
         assert catalog.owner(dom.uuid, a, _creation(dom, a)) is not None  # still ours, live
 
 

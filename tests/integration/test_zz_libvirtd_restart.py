@@ -14,7 +14,8 @@ from typing import Any
 
 import libvirt
 
-from snapshotd.catalog.sqlite import Catalog, Run, RunLog
+from snapshotd.catalog import open_catalog
+from snapshotd.catalog.api import Run
 from tests.integration.cli import REPO, files_under
 from tests.integration.domains import DomainFactory
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
@@ -102,8 +103,8 @@ def test_fault_01_libvirtd_restarted_in_the_middle_of_a_snapshot(
         # The policy ran before, two hours ago: its catch-up slot is due at the start
         # (and the next one not for up to an hour).
         seeded = int(time.time()) // 3600 * 3600 - 7200
-        with Catalog(str(daemon.state)) as catalog:
-            runs = RunLog(catalog)
+        with open_catalog(str(daemon.state)) as catalog:
+            runs = catalog.runs
             runs.start(Run("mid", dom.uuid, "qemu:///system", dom.name), "seed", seeded, seeded)
             runs.finish("mid", dom.uuid, slot=seeded, error=None, now=seeded)
         before_files = files_under(dom.directory)

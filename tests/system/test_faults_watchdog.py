@@ -26,7 +26,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from snapshotd.catalog.sqlite import DB_NAME, Catalog, Run, RunLog
+from snapshotd.catalog import open_catalog
+from snapshotd.catalog.api import Run
+from snapshotd.catalog.sqlite import DB_NAME
 from tests.system.conftest import SystemdNamespace
 from tests.system.test_unit import (
     IMAGES,
@@ -140,8 +142,8 @@ def test_fault_17_watchdog_restart_mid_snapshot_adopts_libvirts_snapshot_once(
         f"--state-dir {state}\nReadWritePaths={directory}\n",
         name="60-fault-17.conf",
     )
-    with Catalog(str(state)) as catalog:  # the daemon served 2025's slot before
-        runs = RunLog(catalog)
+    with open_catalog(str(state)) as catalog:  # the daemon served 2025's slot before
+        runs = catalog.runs
         runs.start(Run(POLICY, uuid, "qemu:///system", name), "seed", int(SERVED.timestamp()), 0)
         runs.finish(POLICY, uuid, slot=int(SERVED.timestamp()), error=None, now=0)
     db = state / DB_NAME

@@ -1,4 +1,9 @@
-"""The catalog: durable, private, and exact about which snapshots are ours."""
+"""The catalog: durable, private, and exact about which snapshots are ours.
+
+The contract tests run against both implementations of snapshotd.catalog.api.Catalog
+(SQLite in tmp_path, and memory); the tests after them are the SQLite catalog's own:
+files, modes, WAL, durability across kill -9, locks across processes.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,28 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from snapshotd.catalog.sqlite import DB_NAME, Catalog, Operation, RunLog, SnapshotRow
+from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.catalog.api import AlreadyRecorded, Catalog, Operation, Run, SnapshotRow
+from snapshotd.catalog.memory import MemoryCatalog
+from snapshotd.catalog.sqlite import DB_NAME, SQLiteCatalog
+from snapshotd.errors import SnapshotdError
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+OTHER = "11111111-2222-3333-4444-555555555555"
+URI = "qemu:///system"
 
 
-def row(name: str, created: int, policy: str | None = "p") -> SnapshotRow:
+def row(name: str, created: int, policy: str | None = "p", uuid: str = UUID) -> SnapshotRow:
     return SnapshotRow(
-        uri="qemu:///system",
-        domain_uuid=UUID,
+        uri=URI,
+        domain_uuid=uuid,
         domain_name="web",
         name=name,
         created_at=created,
@@ -31,45 +45,221 @@ def row(name: str, created: int, policy: str | None = "p") -> SnapshotRow:
     )
 
 
+@pytest.fixture(params=["sqlite", "memory"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
+    if request.param == "memory":
+        with MemoryCatalog() as memory:
+            yield memory
+    else:
+        with open_catalog(str(tmp_path / "state")) as opened:
+            yield opened
+
+
+# --- the contract: both implementations ------------------------------------------------------
+
+
+def test_ownership_is_name_and_creation_time(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("p-1", 1000))
+    owner = catalog.owner(UUID, "p-1", 1000)
+    assert owner is not None
+    assert owner.policy == "p"
+    assert owner.files == ("/a/web.vda.s.qcow2",)
+    assert owner == row("p-1", 1000)
+    # A snapshot made by hand later under the same name is not ours.
+    assert catalog.owner(UUID, "p-1", 2000) is None
+    assert catalog.owner(UUID, "p-1", None) is None
+    assert catalog.owner("another-uuid", "p-1", 1000) is None
+
+
+def test_deleted_snapshots_are_no_longer_owned(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("p-1", 1000))
+    catalog.record_snapshot(row("p-2", 1001))
+    catalog.mark_deleted(UUID, "p-1", 1000, 5000)
+    assert catalog.owner(UUID, "p-1", 1000) is None
+    assert catalog.find(UUID, "p-1") is None
+    assert [r.name for r in catalog.snapshots(domain_uuid=UUID)] == ["p-2"]
+    assert [r.name for r in catalog.snapshots(policy="p")] == ["p-2"]
+    assert catalog.snapshots(policy="other") == []
+
+
+def test_the_same_snapshot_is_never_recorded_twice_not_even_after_deletion(
+    catalog: Catalog,
+) -> None:
+    catalog.record_snapshot(row("p-1", 1000))
+    with pytest.raises(AlreadyRecorded):
+        catalog.record_snapshot(row("p-1", 1000, policy="other"))
+    catalog.mark_deleted(UUID, "p-1", 1000, 5000)
+    with pytest.raises(AlreadyRecorded):
+        catalog.record_snapshot(row("p-1", 1000))
+    catalog.record_snapshot(row("p-1", 1001))  # the name again, made later: another one
+    assert [(r.name, r.created_at) for r in catalog.snapshots()] == [("p-1", 1001)]
+
+
+def test_snapshots_are_oldest_first_and_filtered(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("b", 2000))
+    catalog.record_snapshot(row("a", 1000, policy=None))
+    catalog.record_snapshot(row("c", 2000, policy="q"))  # same time: the order recorded
+    catalog.record_snapshot(row("x", 1500, uuid=OTHER))
+    assert [r.name for r in catalog.snapshots()] == ["a", "x", "b", "c"]
+    assert [r.name for r in catalog.snapshots(domain_uuid=UUID)] == ["a", "b", "c"]
+    assert [r.name for r in catalog.snapshots(domain_uuid=UUID, policy="p")] == ["b"]
+    assert [r.name for r in catalog.snapshots(policy="q")] == ["c"]
+    assert catalog.snapshots(domain_uuid=OTHER, policy="q") == []
+
+
+def test_find_gives_the_newest_live_row_of_a_name(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("s", 3000))
+    catalog.record_snapshot(row("s", 1000))
+    found = catalog.find(UUID, "s")
+    assert found is not None
+    assert found.created_at == 3000
+    catalog.mark_deleted(UUID, "s", 3000, 4000)
+    found = catalog.find(UUID, "s")
+    assert found is not None
+    assert found.created_at == 1000
+    assert catalog.find(OTHER, "s") is None
+    assert catalog.find(UUID, "t") is None
+
+
+def test_libvirt_metadata_is_recorded_for_live_rows(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("s", 1000))
+    catalog.set_libvirt_metadata(UUID, "s", 1000, False)
+    assert [r.libvirt_metadata for r in catalog.snapshots()] == [False]
+    catalog.set_libvirt_metadata(UUID, "s", 1000, True)
+    owner = catalog.owner(UUID, "s", 1000)
+    assert owner is not None
+    assert owner.libvirt_metadata
+    catalog.set_libvirt_metadata(UUID, "s", 999, False)  # not this snapshot: no change
+    assert [r.libvirt_metadata for r in catalog.snapshots()] == [True]
+
+
+def test_the_operations_log_is_newest_first(catalog: Catalog) -> None:
+    for number in range(5):
+        catalog.record_operation(
+            Operation(
+                at=100 + number,
+                uri=URI,
+                operation="create",
+                outcome="ok",
+                domain_uuid=UUID,
+                snapshot=f"s{number}",
+                duration_ms=number,
+            )
+        )
+    assert [op.snapshot for op in catalog.operations()] == ["s4", "s3", "s2", "s1", "s0"]
+    assert [op.snapshot for op in catalog.operations(limit=2)] == ["s4", "s3"]
+    (oldest,) = catalog.operations(limit=5)[-1:]
+    assert oldest == Operation(
+        at=100,
+        uri=URI,
+        operation="create",
+        outcome="ok",
+        domain_uuid=UUID,
+        snapshot="s0",
+        duration_ms=0,
+    )
+
+
+def test_runs_start_finish_and_unfinished(catalog: Catalog) -> None:
+    runs = catalog.runs
+    assert runs.get("p", UUID) is None
+    assert runs.all() == []
+    runs.start(Run("p", UUID, URI, "web"), "p-1", 60, 61)
+    runs.start(Run("a", OTHER, URI, "db"), "a-1", 60, 62)
+    assert runs.get("p", UUID) == Run(
+        "p", UUID, URI, "web", in_progress="p-1", in_progress_slot=60, in_progress_since=61
+    )
+    assert [(r.policy, r.domain_name) for r in runs.all()] == [("a", "db"), ("p", "web")]
+    assert [r.in_progress for r in runs.unfinished()] == ["a-1", "p-1"]
+
+    runs.finish("p", UUID, slot=60, error=None, now=70)
+    assert runs.get("p", UUID) == Run("p", UUID, URI, "web", last_slot=60, last_success=70)
+    assert [r.policy for r in runs.unfinished()] == ["a"]
+
+    # The next run, renamed domain: the last success stays until a new one replaces it.
+    runs.start(Run("p", UUID, "qemu+ssh://h/system", "web2"), "p-2", 120, 121)
+    runs.finish("p", UUID, slot=None, error="libvirt: disk full", now=130)
+    assert runs.get("p", UUID) == Run(
+        "p",
+        UUID,
+        "qemu+ssh://h/system",
+        "web2",
+        last_slot=60,
+        last_success=70,
+        last_error="libvirt: disk full",
+        last_error_at=130,
+    )
+
+
+def test_finishing_a_run_that_never_started_records_nothing(catalog: Catalog) -> None:
+    catalog.runs.finish("p", UUID, slot=60, error="x", now=70)
+    assert catalog.runs.get("p", UUID) is None
+    assert catalog.runs.all() == []
+
+
+def test_the_domain_lock_excludes_a_second_holder_until_released(catalog: Catalog) -> None:
+    waited: list[str] = []
+
+    def second(wait: float) -> None:
+        try:
+            with catalog.domain_lock(UUID, "web", wait=wait):
+                waited.append("got it")
+        except SnapshotdError as exc:
+            waited.append(str(exc))
+
+    with catalog.domain_lock(UUID, "web"):
+        refused = threading.Thread(target=second, args=(0.2,))
+        refused.start()
+        refused.join()
+        assert len(waited) == 1
+        assert waited[0].startswith("domain 'web' is busy: another snapshotd ")
+        assert "for more than 0.2 s; try again later" in waited[0]
+        with catalog.domain_lock(OTHER, "db", wait=0):
+            pass  # another domain's lock is free
+        patient = threading.Thread(target=second, args=(30,))
+        patient.start()
+        time.sleep(0.3)
+        assert len(waited) == 1  # still waiting
+    patient.join(timeout=30)
+    assert waited[1:] == ["got it"]
+    with catalog.domain_lock(UUID, "web", wait=0):
+        pass
+
+
+def test_the_domain_lock_refuses_a_strange_uuid(catalog: Catalog) -> None:
+    with (
+        pytest.raises(SnapshotdError, match="unexpected UUID"),
+        catalog.domain_lock("../../x", "web"),
+    ):
+        pytest.fail("the lock was given")
+
+
+def test_a_catalog_names_where_it_is_and_is_its_own_context(catalog: Catalog) -> None:
+    assert catalog.location
+    with catalog as entered:
+        assert entered is catalog
+
+
+# --- the SQLite catalog --------------------------------------------------------------------
+
+
 def test_state_dir_and_database_are_private(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with Catalog(str(state)):
-        pass
+    assert not catalog_exists(str(state))
+    with open_catalog(str(state)) as opened:
+        assert opened.location == str(state / DB_NAME)
+    assert catalog_exists(str(state))
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / DB_NAME).stat().st_mode) == 0o600
 
 
-def test_ownership_is_name_and_creation_time(tmp_path: Path) -> None:
-    with Catalog(str(tmp_path)) as catalog:
-        catalog.record_snapshot(row("p-1", 1000))
-        owner = catalog.owner(UUID, "p-1", 1000)
-        assert owner is not None
-        assert owner.policy == "p"
-        assert owner.files == ("/a/web.vda.s.qcow2",)
-        # A snapshot made by hand later under the same name is not ours.
-        assert catalog.owner(UUID, "p-1", 2000) is None
-        assert catalog.owner(UUID, "p-1", None) is None
-        assert catalog.owner("another-uuid", "p-1", 1000) is None
-
-
-def test_deleted_snapshots_are_no_longer_owned(tmp_path: Path) -> None:
-    with Catalog(str(tmp_path)) as catalog:
-        catalog.record_snapshot(row("p-1", 1000))
-        catalog.record_snapshot(row("p-2", 1001))
-        catalog.mark_deleted(UUID, "p-1", 1000, 5000)
-        assert catalog.owner(UUID, "p-1", 1000) is None
-        assert [r.name for r in catalog.snapshots(domain_uuid=UUID)] == ["p-2"]
-        assert [r.name for r in catalog.snapshots(policy="p")] == ["p-2"]
-        assert catalog.snapshots(policy="other") == []
-
-
 def test_records_survive_reopen_and_wal_mode(tmp_path: Path) -> None:
-    with Catalog(str(tmp_path)) as catalog:
+    with SQLiteCatalog(str(tmp_path)) as catalog:
         catalog.record_snapshot(row("p-1", 1000))
         catalog.record_operation(
             Operation(at=1, uri="qemu:///system", operation="create", outcome="ok", snapshot="p-1")
         )
-    with Catalog(str(tmp_path)) as catalog:
+    with SQLiteCatalog(str(tmp_path)) as catalog:
         assert catalog.owner(UUID, "p-1", 1000) is not None
         (op,) = catalog.operations()
         assert op.snapshot == "p-1"
@@ -81,9 +271,9 @@ def test_records_survive_reopen_and_wal_mode(tmp_path: Path) -> None:
 def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
-        "from snapshotd.catalog.sqlite import Catalog\n"
+        "from snapshotd.catalog.sqlite import SQLiteCatalog\n"
         "from tests.unit.test_catalog import row\n"
-        "c = Catalog(sys.argv[1])\n"
+        "c = SQLiteCatalog(sys.argv[1])\n"
         "c.record_snapshot(row('p-9', 9000))\n"
         "os.kill(os.getpid(), 9)\n"
     )
@@ -95,12 +285,12 @@ def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == -9
-    with Catalog(str(tmp_path)) as catalog:
+    with SQLiteCatalog(str(tmp_path)) as catalog:
         assert catalog.owner(UUID, "p-9", 9000) is not None
 
 
 def test_the_same_snapshot_cannot_be_recorded_twice(tmp_path: Path) -> None:
-    with Catalog(str(tmp_path)) as catalog:
+    with SQLiteCatalog(str(tmp_path)) as catalog:
         catalog.record_snapshot(row("p-1", 1000))
         with pytest.raises(sqlite3.IntegrityError):
             catalog.record_snapshot(row("p-1", 1000))
@@ -115,14 +305,14 @@ def test_opening_the_catalog_again_keeps_other_connections_locks(tmp_path: Path)
     first connection: the next write reports "disk I/O error" or "file is not a
     database".
     """
-    first = Catalog(str(tmp_path))
+    first = SQLiteCatalog(str(tmp_path))
     try:
         first.record_snapshot(row("p-1", 1000))
         first.record_snapshot(row("p-0", 999))
         # A read left open, as a fetchone() leaves its statement until it is reset.
-        reading = first.db.execute("SELECT name FROM snapshots")
+        reading = first._database.connection.execute("SELECT name FROM snapshots")
         assert reading.fetchone() is not None
-        with Catalog(str(tmp_path)) as second:
+        with SQLiteCatalog(str(tmp_path)) as second:
             assert second.owner(UUID, "p-1", 1000) is not None
         other = (
             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
@@ -135,20 +325,21 @@ def test_opening_the_catalog_again_keeps_other_connections_locks(tmp_path: Path)
         assert [r.name for r in first.snapshots()] == ["p-0", "p-1", "p-2"]
     finally:
         first.close()
-    with Catalog(str(tmp_path)) as reopened:
+    with SQLiteCatalog(str(tmp_path)) as reopened:
         assert [r.name for r in reopened.snapshots()] == ["p-0", "p-1", "p-2"]
 
 
 def test_the_run_marker_survives_kill_9_and_later_writes_are_full_sync(tmp_path: Path) -> None:
-    # RunLog.start commits without its own fsync (synchronous=NORMAL, WAL): a crash of
-    # the process must still leave the marker for the next start to reconcile, and the
+    # runs.start commits without its own fsync (synchronous=NORMAL, WAL): a crash of the
+    # process must still leave the marker for the next start to reconcile, and the
     # connection must be back to synchronous=FULL for the snapshot record that follows.
     script = (
         "import os, sys\n"
-        "from snapshotd.catalog.sqlite import Catalog, Run, RunLog\n"
-        "c = Catalog(sys.argv[1])\n"
-        "RunLog(c).start(Run('p', sys.argv[2], 'qemu:///system', 'web'), 'p-1', 60, 61)\n"
-        "sync = c.db.execute('PRAGMA synchronous').fetchone()[0]\n"
+        "from snapshotd.catalog.api import Run\n"
+        "from snapshotd.catalog.sqlite import SQLiteCatalog\n"
+        "c = SQLiteCatalog(sys.argv[1])\n"
+        "c.runs.start(Run('p', sys.argv[2], 'qemu:///system', 'web'), 'p-1', 60, 61)\n"
+        "sync = c._database.connection.execute('PRAGMA synchronous').fetchone()[0]\n"
         "print(sync, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
@@ -163,8 +354,8 @@ def test_the_run_marker_survives_kill_9_and_later_writes_are_full_sync(tmp_path:
     )
     assert proc.returncode == -9
     assert proc.stdout.strip() == "2"  # FULL
-    with Catalog(str(tmp_path)) as catalog:
-        (run,) = RunLog(catalog).unfinished()
+    with SQLiteCatalog(str(tmp_path)) as catalog:
+        (run,) = catalog.runs.unfinished()
     assert (run.policy, run.domain_uuid, run.in_progress, run.in_progress_slot) == (
         "p",
         UUID,
@@ -174,16 +365,57 @@ def test_the_run_marker_survives_kill_9_and_later_writes_are_full_sync(tmp_path:
 
 
 def test_a_failed_unsynced_transaction_rolls_back_and_restores_full_sync(tmp_path: Path) -> None:
-    def insert_then_fail(catalog: Catalog) -> None:
-        with catalog.transaction(fsync=False):
-            catalog.db.execute(
+    def insert_then_fail(catalog: SQLiteCatalog) -> None:
+        with catalog._database.transaction(fsync=False):
+            catalog._database.connection.execute(
                 "INSERT INTO runs (policy, domain_uuid, uri, domain_name) VALUES (?, ?, ?, ?)",
                 ("p", UUID, "qemu:///system", "web"),
             )
             raise RuntimeError("boom")
 
-    with Catalog(str(tmp_path)) as catalog:
+    with SQLiteCatalog(str(tmp_path)) as catalog:
         with pytest.raises(RuntimeError, match="boom"):
             insert_then_fail(catalog)
-        assert RunLog(catalog).all() == []
-        assert catalog.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert catalog.runs.all() == []
+        db = catalog._database.connection
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    state = str(tmp_path)
+    done = tmp_path / "holder-done"  # written by the holder just before it lets go
+    code = (
+        "import pathlib, time; from snapshotd.catalog import open_catalog\n"
+        f"with open_catalog({state!r}).domain_lock({UUID!r}, 'web'):\n"
+        "    print('held', flush=True); time.sleep(1)\n"
+        f"    pathlib.Path({str(done)!r}).touch()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            open_catalog(state) as catalog,
+            pytest.raises(SnapshotdError) as caught,
+            catalog.domain_lock(UUID, "web", wait=0.3),
+        ):
+            pass
+        assert f"domain 'web' is busy: another snapshotd process (pid {holder.pid})" in str(
+            caught.value
+        )
+        assert not done.exists()  # the holder is still inside its lock
+        with open_catalog(state) as catalog, catalog.domain_lock(UUID, "web", wait=30):
+            # Got only after the holder finished: it wrote its mark before letting go.
+            assert done.exists()
+    finally:
+        holder.wait(timeout=30)
+
+
+def test_the_file_lock_refuses_a_strange_uuid_before_making_anything(tmp_path: Path) -> None:
+    with (
+        open_catalog(str(tmp_path)) as catalog,
+        pytest.raises(SnapshotdError),
+        catalog.domain_lock("../../x", "web"),
+    ):
+        pass
+    assert not (tmp_path / "locks").exists()  # refused before anything was made

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from snapshotd.config.settings import Overrides
-from snapshotd.daemon.loop import Daemon, Due, Job, Key
+from snapshotd.daemon.loop import Daemon
+from snapshotd.daemon.runs import Due, Job, Key
 
 NOW = 1_795_000_000.0
 SLOT = dt.datetime.fromtimestamp(NOW, dt.UTC)

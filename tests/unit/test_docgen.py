@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd import docgen
-from snapshotd.config.policyload import CONFIG_SCHEMA, POLICY_SCHEMA
+from snapshotd.cli.parser import build_parser
+from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA
 from snapshotd.core.table import TABLE
+from snapshotd.docgen.examples import state_table_examples
+from snapshotd.docgen.manpages import man_policy, man_snapshotd
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +40,7 @@ def test_man_pages_render_without_warnings(page: str) -> None:
 
 
 def test_the_man_pages_cover_every_verb_and_option() -> None:
-    page = docgen.man_snapshotd()
+    page = man_snapshotd(build_parser())
     for verb in (
         "check",
         "plan",
@@ -53,13 +55,13 @@ def test_the_man_pages_cover_every_verb_and_option() -> None:
         "run",
     ):
         assert f".SS snapshotd {verb}" in page
-    policy = docgen.man_policy()
+    policy = man_policy()
     for option in (*POLICY_SCHEMA, *CONFIG_SCHEMA):
         assert f".B {option.path}".replace("-", "\\-") in policy, option.path
 
 
 def test_every_table_row_has_a_worked_example() -> None:
-    text = docgen.state_table_examples()
+    text = state_table_examples()
     for row in TABLE:
         assert f"#### Row {row.number}: " in text
     assert text.count("refused before libvirt is called") == sum(

@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snapshotd.cli import main as cli
-from snapshotd.config.policyload import POLICY_SCHEMA, Kind
+from snapshotd import cli
+from snapshotd.config.schema import POLICY_SCHEMA, Kind
 
 FUZZ = settings(
     max_examples=150,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.cli import main as cli
+from snapshotd import cli
 
 DEAD = "qemu+unix:///system?socket=/nonexistent/snapshotd-faults/none.sock"
 

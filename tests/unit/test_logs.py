@@ -6,6 +6,8 @@ import inspect
 import io
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,12 +215,82 @@ def test_journal_exception_in_message() -> None:
 
 
 def test_journal_default_send_is_systemd_journal(monkeypatch: pytest.MonkeyPatch) -> None:
-    journal = pytest.importorskip("systemd.journal")
+    from systemd import journal  # noqa: PLC0415 - a declared dependency, imported lazily
+
     send = FakeSend()
     monkeypatch.setattr(journal, "send", send)
     logger = setup(journal=True)
     logger.info("via systemd-python")
     assert send.calls[0][0] == "via systemd-python"
+
+
+# Run in a mount namespace of its own, with a tmpfs on /run: the journal socket there is
+# this script's, bound as journald binds it, and systemd-python's send() reaches it.
+_JOURNALD = """
+import logging, socket, sys
+from pathlib import Path
+Path("/run/systemd/journal").mkdir(parents=True)
+journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+journald.bind("/run/systemd/journal/socket")
+journald.settimeout(10)
+from snapshotd.adapters.logs import log_event, setup
+logger = setup(journal=True)  # the real send: systemd.journal.send
+log_event(logger, logging.WARNING, "made\\nlate", domain="web", uri="qemu+ssh://u:pw@h/system")
+try:
+    raise RuntimeError("lost")
+except RuntimeError:
+    logger.exception("link down")
+for _ in range(2):
+    print(journald.recv(65536).hex(), flush=True)
+"""
+
+
+def _native(datagram: bytes) -> dict[str, str]:
+    """journald's native protocol: NAME=value lines, or NAME, a 64-bit length, the bytes."""
+    fields: dict[str, str] = {}
+    rest = datagram
+    while rest:
+        line, _, rest = rest.partition(b"\n")
+        name, eq, value = line.partition(b"=")
+        if not eq:
+            size = int.from_bytes(rest[:8], "little")
+            value, rest = rest[8 : 8 + size], rest[8 + size + 1 :]
+        fields[name.decode()] = value.decode()
+    return fields
+
+
+def test_journal_entries_reach_a_journal_socket_through_systemd_python(tmp_path: Path) -> None:
+    script = tmp_path / "journald.py"
+    script.write_text(_JOURNALD)
+    done = subprocess.run(
+        [
+            "unshare",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            f'mount -t tmpfs tmpfs /run && exec "$0" {script}',
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    first, second = (_native(bytes.fromhex(line)) for line in done.stdout.split())
+    assert first == {
+        "MESSAGE": "made\nlate",
+        "CODE_FILE": str(script),
+        "CODE_LINE": "10",
+        "CODE_FUNC": "<module>",
+        "PRIORITY": "4",
+        "SYSLOG_IDENTIFIER": "snapshotd",
+        "DOMAIN": "web",
+        "URI": "qemu+ssh://u@h/system",
+    }
+    assert second["PRIORITY"] == "3"
+    assert second["MESSAGE"].startswith("link down\nTraceback")
+    assert second["MESSAGE"].endswith("RuntimeError: lost")
 
 
 def test_journal_stream_detection(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +146,64 @@ def test_unreachable_socket_is_not_raised(tmp_path: Path) -> None:
     notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "gone")})
     assert notifier.enabled
     assert not notifier.ready("up")
+
+
+# A notify socket nobody reads, filled from a thread by one sender; the main thread
+# wakes after the queue is full and says how many notifications went out, twice.
+_FILL = """
+import os, socket, sys, threading, time
+sender, path = sys.argv[1], sys.argv[2]
+receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+receiver.bind(path)  # never read: the queue fills, as when PID 1 is busy
+if sender == "systemd-python":
+    os.environ["NOTIFY_SOCKET"] = path
+    from systemd.daemon import notify
+    send = lambda: notify("STATUS=busy")
+else:
+    from snapshotd.adapters.notify import Notifier
+    notifier = Notifier(path)
+    send = lambda: notifier.status("busy")
+sent = 0
+def fill():
+    global sent
+    while True:
+        send()
+        sent += 1
+threading.Thread(target=fill, daemon=True).start()
+time.sleep(0.5)  # the queue holds a few hundred datagrams: full long before this
+print(sent, flush=True)
+time.sleep(0.2)
+print(sent, flush=True)
+"""
+
+
+def _fill(sender: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _FILL, sender, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+
+
+def test_a_full_notify_queue_stops_only_the_sender(tmp_path: Path) -> None:
+    # The sender's thread waits for systemd to read; the daemon's other threads go on.
+    first, second = _fill("snapshotd", tmp_path / "notify").stdout.split()
+    assert int(first) > 0
+    assert first == second  # blocked: nothing more went out
+
+
+def test_systemd_python_notify_stops_every_thread_on_a_full_queue(tmp_path: Path) -> None:
+    # Why notify.py sends its own datagrams (its docstring): systemd.daemon.notify keeps
+    # the GIL while it waits, so the main thread never wakes.  Should a later
+    # systemd-python release the GIL, this fails: then notify.py can use it.
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        subprocess.run(
+            [sys.executable, "-c", _FILL, "systemd-python", str(tmp_path / "notify")],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
+    assert not stopped.value.stdout  # the main thread printed nothing

@@ -14,8 +14,8 @@ from snapshotd.adapters.configfiles import (
     load_settings,
     read_trusted,
 )
-from snapshotd.config.policyload import MAX_BYTES
 from snapshotd.config.settings import Overrides, Settings
+from snapshotd.config.yamlreader import MAX_BYTES
 from snapshotd.core.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,23 +13,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapshotd.config import policyload
-from snapshotd.config.policyload import (
-    CONFIG_SCHEMA,
-    MAX_BYTES,
-    POLICY_SCHEMA,
-    Kind,
-    LocatedError,
-    check_set,
-    parse_config,
-    parse_policy,
-    schema_markdown,
-)
+from snapshotd.config.load import check_set, parse_config, parse_policy
+from snapshotd.config.reader import Failed, Reader
+from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA, Kind, Option
 from snapshotd.config.settings import Settings
+from snapshotd.config.yamlreader import MAX_BYTES, LocatedError
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.policy import Metadata, Policy, Quiesce, Selector, SnapshotSettings
 from snapshotd.core.retention import Retention
 from snapshotd.core.schedule import Schedule
+from snapshotd.docgen.policies import schema_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config"
@@ -579,14 +572,14 @@ def test_every_option_is_documented() -> None:
     [o for o in (*POLICY_SCHEMA, *CONFIG_SCHEMA) if o.kind is not Kind.SECTION],
     ids=lambda o: o.path,
 )
-def test_every_example_value_is_valid(option: policyload.Option) -> None:
-    reader = policyload._Reader("example", (option,))
+def test_every_example_value_is_valid(option: Option) -> None:
+    reader = Reader("example", (option,))
     assert option.example is not None
     node = yaml.compose(option.example, Loader=yaml.SafeLoader)
     assert node is not None
     value = reader.convert(option, node, option.path)
     assert not reader.errors, reader.errors
-    assert not isinstance(value, policyload._Failed)
+    assert not isinstance(value, Failed)
 
 
 BEGIN = "<!-- BEGIN schema_markdown() -->"
@@ -600,7 +593,7 @@ def test_docs_hold_the_generated_reference() -> None:
     generated = text.split(BEGIN)[1].split(END)[0]
     assert generated == "\n" + schema_markdown(), (
         "docs/policies.md is out of date: replace the text between the markers with the "
-        "output of: python -c 'from snapshotd.config.policyload import schema_markdown; "
+        "output of: python -c 'from snapshotd.docgen.policies import schema_markdown; "
         'print(schema_markdown(), end="")\''
     )
 
@@ -612,19 +605,19 @@ def test_schema_markdown_mentions_every_option() -> None:
 
 
 def test_config_workers() -> None:
-    config = policyload.parse_config("workers: 2\n", "c.yaml")
+    config = parse_config("workers: 2\n", "c.yaml")
     assert isinstance(config, Settings)
     assert config.workers == 2
-    errors = policyload.parse_config("workers: 0\n", "c.yaml")
+    errors = parse_config("workers: 0\n", "c.yaml")
     assert isinstance(errors, list)
     assert [str(e) for e in errors] == ["c.yaml:1:10: workers: must be at least 1"]
 
 
 def test_config_operation_timeout() -> None:
     assert Settings().operation_timeout == dt.timedelta(minutes=10)
-    config = policyload.parse_config("operation_timeout: 90s\n", "c.yaml")
+    config = parse_config("operation_timeout: 90s\n", "c.yaml")
     assert isinstance(config, Settings)
     assert config.operation_timeout == dt.timedelta(seconds=90)
-    errors = policyload.parse_config("operation_timeout: 0s\n", "c.yaml")
+    errors = parse_config("operation_timeout: 0s\n", "c.yaml")
     assert isinstance(errors, list)
     assert [str(e) for e in errors] == ["c.yaml:1:20: operation_timeout: must be at least 1s"]

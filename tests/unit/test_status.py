@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from snapshotd.actions import report
-from snapshotd.adapters import statefile
-from snapshotd.catalog.sqlite import Catalog, Run, RunLog, SnapshotRow
-from snapshotd.cli.main import main
+from snapshotd.adapters import statefile, statusfile
+from snapshotd.adapters.statusfile import Connection, DaemonStatus, Running, Scheduled
+from snapshotd.catalog import Run, SnapshotRow, open_catalog
+from snapshotd.cli import main
 from snapshotd.core.schedule import span
-from snapshotd.errors import SnapshotdError
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 OTHER = "11111111-2222-3333-4444-555555555555"
@@ -66,23 +66,57 @@ def test_no_lock_file_means_not_running(tmp_path: Path) -> None:
 
 
 def test_status_file_is_written_only_when_it_changes(tmp_path: Path) -> None:
-    writer = statefile.StatusWriter(str(tmp_path))
-    assert writer.write({"policies": ["a"]}) is True
-    path = tmp_path / statefile.STATUS_NAME
+    writer = statusfile.StatusWriter(str(tmp_path))
+    assert writer.write(DaemonStatus(policies=("a",))) is True
+    path = tmp_path / statusfile.STATUS_NAME
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = path.stat().st_mtime_ns
-    assert writer.write({"policies": ["a"]}) is False
+    assert writer.write(DaemonStatus(policies=("a",))) is False
     assert path.stat().st_mtime_ns == first
-    assert writer.write({"policies": ["a", "b"]}) is True
-    assert statefile.read_status(str(tmp_path)) == {"policies": ["a", "b"]}
+    assert writer.write(DaemonStatus(policies=("a", "b"))) is True
+    assert statusfile.read_status(str(tmp_path)) == DaemonStatus(policies=("a", "b"))
     assert not list(tmp_path.glob(".status.json.*"))  # no temporary file left
 
 
 def test_a_broken_status_file_reads_as_none(tmp_path: Path) -> None:
-    (tmp_path / statefile.STATUS_NAME).write_text("{half")
-    assert statefile.read_status(str(tmp_path)) is None
-    (tmp_path / statefile.STATUS_NAME).write_text("[1]")
-    assert statefile.read_status(str(tmp_path)) is None
+    (tmp_path / statusfile.STATUS_NAME).write_text("{half")
+    assert statusfile.read_status(str(tmp_path)) is None
+    (tmp_path / statusfile.STATUS_NAME).write_text("[1]")
+    assert statusfile.read_status(str(tmp_path)) is None
+
+
+def test_a_status_file_of_another_shape_reads_as_none(tmp_path: Path) -> None:
+    path = tmp_path / statusfile.STATUS_NAME
+    for other in (
+        {"policies": 5},
+        {"policies": [1]},
+        {"pid": True},
+        {"stopping": "no"},
+        {"scheduled": [{"policy": "p"}]},
+        {"running": [{"policy": "p", "uri": "u", "domain_uuid": "x", "domain": "d"}]},
+        {"connections": [{"uri": "qemu:///system", "connected": 1}]},
+        {"connections": [{"uri": "qemu:///system", "connected": False, "error": 5}]},
+        {
+            "scheduled": [
+                {
+                    "policy": "p",
+                    "uri": "u",
+                    "domain_uuid": "x",
+                    "domain": "d",
+                    "next_due": 1.5,
+                    "reason": "",
+                }
+            ]
+        },
+    ):
+        path.write_text(json.dumps(other))
+        assert statusfile.read_status(str(tmp_path)) is None, other
+
+
+def test_keys_a_status_file_lacks_read_as_their_defaults(tmp_path: Path) -> None:
+    (tmp_path / statusfile.STATUS_NAME).write_text('{"pid": 7, "operation_timeout": 600}')
+    assert statusfile.read_status(str(tmp_path)) == DaemonStatus(pid=7, operation_timeout=600.0)
+    assert statusfile.read_status(str(tmp_path / "never")) is None
 
 
 def _snapshot(name: str, created: int, uuid: str = UUID, policy: str = "hourly") -> SnapshotRow:
@@ -102,54 +136,31 @@ def _snapshot(name: str, created: int, uuid: str = UUID, policy: str = "hourly")
 
 def _state(tmp_path: Path) -> str:
     state = str(tmp_path / "state")
-    with Catalog(state) as catalog:
+    with open_catalog(state) as catalog:
         catalog.record_snapshot(_snapshot("hourly-1", NOW - 7200))
         catalog.record_snapshot(_snapshot("hourly-2", NOW - 3600))
-        runs = RunLog(catalog)
+        runs = catalog.runs
         runs.start(Run("hourly", UUID, "qemu:///system", "web"), "hourly-2", NOW - 3600, NOW)
         runs.finish("hourly", UUID, slot=NOW - 3600, error=None, now=NOW - 3590)
         runs.start(Run("hourly", OTHER, "qemu:///system", "db"), "hourly-x", NOW - 60, NOW - 60)
         runs.finish("hourly", OTHER, slot=None, error="libvirt: disk full\nmore", now=NOW - 50)
-    statefile.StatusWriter(state).write(
-        {
-            "pid": 4242,
-            "started_at": NOW - 86400,
-            "config": "/etc/snapshotd/snapshotd.yaml",
-            "policy_dir": "/etc/snapshotd/policies.d",
-            "policies": ["hourly"],
-            "load_errors": ["/etc/snapshotd/policies.d/bad.yaml:3:5: schedule: unknown option"],
-            "connections": [{"uri": "qemu:///system", "connected": True, "error": None}],
-            "scheduled": [
-                {
-                    "policy": "hourly",
-                    "uri": "qemu:///system",
-                    "domain_uuid": UUID,
-                    "domain": "web",
-                    "next_due": NOW + 600,
-                    "reason": "",
-                },
-                {
-                    "policy": "hourly",
-                    "uri": "qemu:///system",
-                    "domain_uuid": "new-uuid",
-                    "domain": "fresh",
-                    "next_due": NOW + 60,
-                    "reason": "",
-                },
-            ],
-            "running": [
-                {
-                    "policy": "hourly",
-                    "uri": "qemu:///system",
-                    "domain_uuid": OTHER,
-                    "domain": "db",
-                    "since": NOW - 700,
-                    "overrun": True,
-                }
-            ],
-            "last_error": "db: still running",
-            "stopping": False,
-        }
+    statusfile.StatusWriter(state).write(
+        DaemonStatus(
+            pid=4242,
+            started_at=NOW - 86400,
+            config="/etc/snapshotd/snapshotd.yaml",
+            policy_dir="/etc/snapshotd/policies.d",
+            policies=("hourly",),
+            load_errors=("/etc/snapshotd/policies.d/bad.yaml:3:5: schedule: unknown option",),
+            connections=(Connection("qemu:///system", True, None),),
+            scheduled=(
+                Scheduled("hourly", "qemu:///system", UUID, "web", NOW + 600, ""),
+                Scheduled("hourly", "qemu:///system", "new-uuid", "fresh", NOW + 60, ""),
+            ),
+            running=(Running("hourly", "qemu:///system", OTHER, "db", NOW - 700, True),),
+            last_error="db: still running",
+            stopping=False,
+        )
     )
     return state
 
@@ -206,8 +217,8 @@ def test_report_when_the_daemon_is_not_running(tmp_path: Path) -> None:
 
 def test_an_error_older_than_the_last_success_is_not_shown(tmp_path: Path) -> None:
     state = str(tmp_path)
-    with Catalog(state) as catalog:
-        runs = RunLog(catalog)
+    with open_catalog(state) as catalog:
+        runs = catalog.runs
         runs.start(Run("p", UUID, "qemu:///system", "web"), "a", NOW, NOW)
         runs.finish("p", UUID, slot=None, error="transient", now=NOW)
         runs.start(Run("p", UUID, "qemu:///system", "web"), "b", NOW + 10, NOW + 10)
@@ -270,38 +281,3 @@ def test_status_of_a_state_dir_never_used(
 )
 def test_span(seconds: int, text: str) -> None:
     assert span(seconds) == text
-
-
-def test_the_domain_lock_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
-    state = str(tmp_path)
-    done = tmp_path / "holder-done"  # written by the holder just before it lets go
-    code = (
-        "import pathlib, time; from snapshotd.adapters import statefile\n"
-        f"with statefile.domain_lock({state!r}, {UUID!r}, 'web'):\n"
-        "    print('held', flush=True); time.sleep(1)\n"
-        f"    pathlib.Path({str(done)!r}).touch()\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        with (
-            pytest.raises(SnapshotdError) as caught,
-            statefile.domain_lock(state, UUID, "web", wait=0.3),
-        ):
-            pass
-        assert f"domain 'web' is busy: another snapshotd process (pid {holder.pid})" in str(
-            caught.value
-        )
-        assert not done.exists()  # the holder is still inside its lock
-        with statefile.domain_lock(state, UUID, "web", wait=30):
-            # Got only after the holder finished: it wrote its mark before letting go.
-            assert done.exists()
-    finally:
-        holder.wait(timeout=30)
-
-
-def test_the_domain_lock_refuses_a_strange_uuid(tmp_path: Path) -> None:
-    with pytest.raises(SnapshotdError), statefile.domain_lock(str(tmp_path), "../../x", "web"):
-        pass
-    assert not (tmp_path / "locks").exists()  # refused before anything was made

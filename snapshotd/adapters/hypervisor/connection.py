@@ -1,13 +1,8 @@
-"""The libvirt edge: the only module in snapshotd that imports libvirt.
+"""The connection to one libvirtd: domains, snapshots, events, keepalive.
 
-Everything above this module sees typed values (DomainInfo, XML text, SnapshotRecord)
-and snapshotd's own errors; nothing above it sees a libvirt object or a libvirtError.
-
-* Connections run libvirt's default event loop in a daemon thread, so keepalive works
-  and a dead libvirtd is noticed within seconds instead of hanging a call forever.
-* libvirt's habit of printing every error to stderr is switched off: errors are raised.
-* Every libvirt.libvirtError becomes either NotFoundError (no such domain or snapshot)
-  or LibvirtError, which says whether retrying may help (``transient``); see classify().
+Connections run libvirt's default event loop in a daemon thread, so keepalive works
+and a dead libvirtd is noticed within seconds instead of hanging a call forever; every
+libvirt error is raised as snapshotd's own (see errors.py), never printed.
 """
 
 from __future__ import annotations
@@ -15,15 +10,21 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import uuid as uuidlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 import libvirt
 
+from snapshotd.adapters.hypervisor.errors import (
+    calling,
+    convert,
+    error_code,
+    is_uuid,
+    no_domain,
+    no_snapshot,
+)
 from snapshotd.config.settings import DEFAULT_URI
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
@@ -33,67 +34,6 @@ KEEPALIVE_INTERVAL = 5  # seconds of silence before a keepalive probe is sent
 KEEPALIVE_COUNT = 3  # unanswered probes before the connection counts as dead
 MAX_HANDLES = 4096  # domain handles kept by UUID per connection (then the cache starts over)
 
-
-# --- import-time checks: our copies of libvirt's numbers must match the bindings ----------
-
-
-def _check_enums() -> None:
-    """Refuse to load when model.py's copies of libvirt enums disagree with the bindings."""
-    wrong = []
-    for flag in CreateFlag:
-        name = f"VIR_DOMAIN_SNAPSHOT_CREATE_{flag.name}"
-        actual = getattr(libvirt, name, None)
-        if actual != flag.value:
-            wrong.append(f"{name}: snapshotd has {flag.value}, libvirt-python has {actual}")
-    for state in DomainState:
-        name = f"VIR_DOMAIN_{state.name}"
-        code = getattr(libvirt, name, None)
-        if not isinstance(code, int) or DomainState.from_libvirt(code) is not state:
-            wrong.append(
-                f"{name}: libvirt-python has {code}, which snapshotd does not map to {state}"
-            )
-    if wrong:
-        raise ImportError(
-            "snapshotd.core.model does not match the libvirt bindings: " + "; ".join(wrong)
-        )
-
-
-_check_enums()
-
-
-# --- error classification ---------------------------------------------------------------
-
-# Errors that say "not now" rather than "never": another job holds the domain's state
-# change lock, the guest agent is silent or out of sync, or the connection to libvirtd
-# broke.  Retrying (on a new connection, for the last kind) may succeed.
-_TRANSIENT_CODES = frozenset(
-    {
-        libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "cannot acquire state change lock"
-        libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-        libvirt.VIR_ERR_AGENT_UNSYNCED,
-        libvirt.VIR_ERR_NO_CONNECT,  # libvirtd not reachable (yet, or any more)
-        libvirt.VIR_ERR_INVALID_CONN,  # this connection was closed under us
-        libvirt.VIR_ERR_RPC,
-    }
-)
-# Generic codes that are transient only when the RPC layer (the connection) raised them:
-# "client socket is closed", "End of file while reading data", "Cannot recv data".
-# From a driver the same codes mean a real failure, e.g. "failed to create image file".
-_TRANSIENT_RPC_CODES = frozenset({libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_SYSTEM_ERROR})
-_TRANSIENT_RPC_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
-# VIR_ERR_NO_CONNECT also says that no driver takes the URI: a typo, or a libvirtd whose
-# QEMU driver failed to load.  That stays so until someone fixes it.
-_PERMANENT_MESSAGES = ("no connection driver available",)
-# Wording that marks a transient failure whatever code carries it.
-_TRANSIENT_MESSAGES = (
-    "cannot acquire state change lock",
-    "client socket is closed",
-    "end of file while reading data",
-    "cannot recv data",
-    "cannot write data",
-    "connection reset by peer",
-    "guest agent is not responding",
-)
 
 _LIFECYCLE = {
     libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
@@ -112,76 +52,6 @@ _CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
     libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by snapshotd",
 }
-
-_NOT_FOUND_CODES = frozenset({libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT})
-
-
-def classify(code: int, domain_code: int, message: str) -> bool:
-    """Is this libvirt error transient (True) or permanent (False)?
-
-    ``code`` is the virErrorNumber, ``domain_code`` the virErrorDomain (which part of
-    libvirt raised it), ``message`` libvirt's text.  Pure: no connection needed.
-    """
-    text = message.lower()
-    if any(words in text for words in _PERMANENT_MESSAGES):
-        return False
-    if code in _TRANSIENT_CODES:
-        return True
-    if code in _TRANSIENT_RPC_CODES and domain_code in _TRANSIENT_RPC_DOMAINS:
-        return True
-    return any(words in text for words in _TRANSIENT_MESSAGES)
-
-
-# QEMU's guest agent is missing, not configured or silent: what quiesce: try falls back on.
-_AGENT_CODES = frozenset(
-    {
-        libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-        libvirt.VIR_ERR_AGENT_UNSYNCED,
-        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,  # "QEMU guest agent is not configured"
-    }
-)
-
-
-def agent_unavailable(error: LibvirtError) -> bool:
-    """Did this error come from a guest agent that is absent or not answering?"""
-    return error.code in _AGENT_CODES and "agent" in error.reason.lower()
-
-
-def _convert(
-    exc: libvirt.libvirtError, operation: str, domain: str | None, missing: str | None
-) -> LibvirtError | NotFoundError:
-    code = int(exc.get_error_code() or 0)
-    domain_code = int(exc.get_error_domain() or 0)
-    message = str(exc.get_error_message() or exc)
-    if code == libvirt.VIR_ERR_NO_DOMAIN and domain is not None:
-        # Also from a call on a kept handle whose domain was undefined since.
-        return NotFoundError(_no_domain(domain))
-    if code in _NOT_FOUND_CODES and missing is not None:
-        return NotFoundError(missing)
-    return LibvirtError(
-        message,
-        operation=operation,
-        domain=domain,
-        transient=classify(code, domain_code, message),
-        code=code,
-    )
-
-
-@contextmanager
-def _calling(operation: str, domain: str | None, missing: str | None = None) -> Iterator[None]:
-    """Turn a libvirtError raised inside the block into snapshotd's errors.
-
-    ``missing`` is the NotFoundError message for VIR_ERR_NO_DOMAIN(_SNAPSHOT); without
-    it those codes become a permanent LibvirtError like any other.
-    """
-    try:
-        yield
-    except libvirt.libvirtError as exc:
-        raise _convert(exc, operation, domain, missing) from exc
-
-
-def _code(exc: libvirt.libvirtError) -> int:
-    return int(exc.get_error_code() or 0)
 
 
 # --- process-wide libvirt set-up ----------------------------------------------------------
@@ -251,7 +121,7 @@ class Hypervisor:
     def open(cls, uri: str = DEFAULT_URI) -> Hypervisor:
         """Connect to libvirtd at ``uri`` with keepalive (5 s interval, 3 probes)."""
         _process_setup()
-        with _calling(f"connect to {uri}", None):
+        with calling(f"connect to {uri}", None):
             conn = libvirt.open(uri)
         hypervisor = cls(conn, uri)
         try:
@@ -259,9 +129,9 @@ class Hypervisor:
         except libvirt.libvirtError as exc:
             # A driver running in this process (qemu:///embed, test:///) has no
             # connection to keep alive and says so; anything else is an error.
-            if _code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
+            if error_code(exc) != libvirt.VIR_ERR_NO_SUPPORT:
                 hypervisor.close()
-                raise _convert(exc, "set keepalive", None, None) from exc
+                raise convert(exc, "set keepalive", None, None) from exc
         return hypervisor
 
     @property
@@ -279,7 +149,7 @@ class Hypervisor:
             self._callbacks.clear()
             with contextlib.suppress(libvirt.libvirtError):
                 conn.unregisterCloseCallback()
-            with _calling("close connection", None):
+            with calling("close connection", None):
                 conn.close()
 
     def __enter__(self) -> Self:
@@ -325,7 +195,7 @@ class Hypervisor:
         def closed(_conn: Any, reason: int, _opaque: Any) -> None:
             on_close(_CLOSE_REASONS.get(reason, "unknown"))
 
-        with _calling("register domain events", None):
+        with calling("register domain events", None):
             self._callbacks.append(
                 conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle, None
@@ -347,7 +217,7 @@ class Hypervisor:
 
     def libvirt_version(self) -> tuple[int, int, int]:
         """The version of the libvirt library libvirtd runs, e.g. (9, 0, 0)."""
-        with _calling("get libvirt version", None):
+        with calling("get libvirt version", None):
             number = int(self._open_conn.getLibVersion())
         return number // 1_000_000, number // 1_000 % 1_000, number % 1_000
 
@@ -356,22 +226,22 @@ class Hypervisor:
 
         A domain that disappears while the list is being read is left out.
         """
-        with _calling("list domains", None):
+        with calling("list domains", None):
             domains = self._open_conn.listAllDomains(0)
         result = []
         for dom in domains:
             try:
                 result.append(self._info(dom))
             except libvirt.libvirtError as exc:
-                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
                     continue
-                raise _convert(exc, "read domain", str(dom.name()), None) from exc
+                raise convert(exc, "read domain", str(dom.name()), None) from exc
         return result
 
     def domain(self, name_or_uuid: str) -> DomainInfo:
         """One domain, named by name or UUID; NotFoundError if there is none."""
         dom = self._lookup(name_or_uuid)
-        with _calling("read domain", name_or_uuid, f"domain {name_or_uuid!r} not found"):
+        with calling("read domain", name_or_uuid, f"domain {name_or_uuid!r} not found"):
             return self._info(dom)
 
     def domain_xml(self, name: str, *, inactive: bool = False, secure: bool = False) -> str:
@@ -381,7 +251,7 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         if secure:
             flags |= libvirt.VIR_DOMAIN_XML_SECURE
-        with _calling("read domain XML", name, f"domain {name!r} not found"):
+        with calling("read domain XML", name, f"domain {name!r} not found"):
             return str(dom.XMLDesc(flags))
 
     @staticmethod
@@ -400,7 +270,7 @@ class Hypervisor:
         name are not kept: a name can be given to another domain.
         """
         conn = self._open_conn
-        by_uuid = _is_uuid(name_or_uuid)
+        by_uuid = is_uuid(name_or_uuid)
         if by_uuid:
             key = name_or_uuid.lower()
             kept = self._handles.get(key)
@@ -409,14 +279,14 @@ class Hypervisor:
             try:
                 found = conn.lookupByUUIDString(name_or_uuid)
             except libvirt.libvirtError as exc:
-                if _code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise _convert(exc, "look up domain", name_or_uuid, None) from exc
+                if error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise convert(exc, "look up domain", name_or_uuid, None) from exc
             else:
                 if len(self._handles) >= MAX_HANDLES:
                     self._handles.clear()
                 self._handles[key] = found
                 return found
-        with _calling("look up domain", name_or_uuid, _no_domain(name_or_uuid)):
+        with calling("look up domain", name_or_uuid, no_domain(name_or_uuid)):
             return conn.lookupByName(name_or_uuid)
 
     def domain_state(self, uuid: str) -> DomainState | None:
@@ -428,9 +298,9 @@ class Hypervisor:
         try:
             return DomainState.from_libvirt(int(dom.state()[0]))
         except libvirt.libvirtError as exc:
-            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+            if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
-            raise _convert(exc, "read domain state", uuid, None) from exc
+            raise convert(exc, "read domain state", uuid, None) from exc
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -451,7 +321,7 @@ class Hypervisor:
         """As create_snapshot, and also the snapshot's secure XML (secrets included: for
         the catalog only), both read from the snapshot libvirt returned."""
         dom = self._lookup(uuid or domain)
-        with _calling("create snapshot", domain, f"domain {domain!r} not found"):
+        with calling("create snapshot", domain, f"domain {domain!r} not found"):
             snapshot = self._create_call(dom, xml, int(flags))
             if CreateFlag.NO_METADATA in flags:
                 return xml, xml
@@ -466,7 +336,7 @@ class Hypervisor:
         """One snapshot's XML; ``secure`` includes secrets (needs a privileged connection)."""
         snap = self._snapshot(domain, snapshot)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE if secure else 0
-        with _calling(f"read snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+        with calling(f"read snapshot {snapshot!r}", domain, no_snapshot(domain, snapshot)):
             return str(snap.getXMLDesc(flags))
 
     def list_snapshots(self, domain: str) -> list[SnapshotRecord]:
@@ -476,16 +346,16 @@ class Hypervisor:
         """
         dom = self._lookup(domain)
         missing = f"domain {domain!r} not found"
-        with _calling("list snapshots", domain, missing):
+        with calling("list snapshots", domain, missing):
             snapshots = _list_all_snapshots(dom)
         records = []
         for snap in snapshots:
             try:
                 records.append(_record(snap))
             except libvirt.libvirtError as exc:
-                if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                     continue
-                raise _convert(exc, "read snapshot", domain, missing) from exc
+                raise convert(exc, "read snapshot", domain, missing) from exc
         return records
 
     def redefine_snapshot(self, domain: str, xml: str, *, current: bool = False) -> str:
@@ -498,13 +368,13 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
         if current:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
-        with _calling("redefine snapshot", domain, f"domain {domain!r} not found"):
+        with calling("redefine snapshot", domain, f"domain {domain!r} not found"):
             return str(dom.snapshotCreateXML(xml, flags).getName())
 
     def current_snapshot(self, domain: str) -> str | None:
         """The name of the domain's current snapshot, or None when it has none."""
         dom = self._lookup(domain)
-        with _calling("read the current snapshot", domain, f"domain {domain!r} not found"):
+        with calling("read the current snapshot", domain, f"domain {domain!r} not found"):
             if not dom.hasCurrentSnapshot(0):
                 return None
             return str(dom.snapshotCurrent(0).getName())
@@ -519,7 +389,7 @@ class Hypervisor:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
         if paused:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
-        with _calling(f"revert to snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+        with calling(f"revert to snapshot {snapshot!r}", domain, no_snapshot(domain, snapshot)):
             snap.domain().revertToSnapshot(snap, flags)
 
     def snapshot_created(self, domain: str, snapshot: str) -> int | None:
@@ -532,9 +402,9 @@ class Hypervisor:
             snap = dom.snapshotLookupByName(snapshot, 0)
             text = str(snap.getXMLDesc(0))
         except libvirt.libvirtError as exc:
-            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                 return None
-            raise _convert(exc, f"look up snapshot {snapshot!r}", domain, None) from exc
+            raise convert(exc, f"look up snapshot {snapshot!r}", domain, None) from exc
         found = re.search(r"<creationTime>(\d+)</creationTime>", text)
         return int(found.group(1)) if found else 0
 
@@ -583,31 +453,13 @@ class Hypervisor:
         """Delete one snapshot (not its children); ``metadata_only`` keeps its data."""
         snap = self._snapshot(domain, snapshot)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0
-        with _calling(f"delete snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+        with calling(f"delete snapshot {snapshot!r}", domain, no_snapshot(domain, snapshot)):
             snap.delete(flags)
 
     def _snapshot(self, domain: str, snapshot: str) -> Any:
         dom = self._lookup(domain)
-        with _calling(f"look up snapshot {snapshot!r}", domain, _no_snapshot(domain, snapshot)):
+        with calling(f"look up snapshot {snapshot!r}", domain, no_snapshot(domain, snapshot)):
             return dom.snapshotLookupByName(snapshot, 0)
-
-
-def _no_domain(name_or_uuid: str) -> str:
-    return f"domain {name_or_uuid!r} not found: no domain has that name" + (
-        " or UUID" if _is_uuid(name_or_uuid) else ""
-    )
-
-
-def _no_snapshot(domain: str, snapshot: str) -> str:
-    return f"domain {domain!r} has no snapshot {snapshot!r}"
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuidlib.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _list_all_snapshots(dom: Any) -> list[Any]:
@@ -617,7 +469,7 @@ def _list_all_snapshots(dom: Any) -> list[Any]:
             return list(dom.listAllSnapshots(topological))
         except libvirt.libvirtError as exc:
             # A libvirtd older than 5.2 rejects the flag; its plain order has to do.
-            if _code(exc) != libvirt.VIR_ERR_INVALID_ARG:
+            if error_code(exc) != libvirt.VIR_ERR_INVALID_ARG:
                 raise
     return list(dom.listAllSnapshots(0))
 
@@ -638,16 +490,7 @@ def _parent_name(snap: Any) -> str | None:
     except libvirt.libvirtError as exc:
         # libvirt reports a root snapshot as VIR_ERR_NO_DOMAIN_SNAPSHOT ("... does not
         # have a parent").
-        if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+        if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
             return None
         raise
     return str(parent.getName())
-
-
-__all__ = [
-    "DEFAULT_URI",
-    "Hypervisor",
-    "SnapshotRecord",
-    "agent_unavailable",
-    "classify",
-]

@@ -1,0 +1,79 @@
+"""The `import` verb's work on top of actions/metadata.py: the documents checked alone
+(--dry-run without a domain), the catalog's snapshots added (--from-catalog), then the
+checked import plan and its run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from snapshotd.actions import metadata
+from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.catalog import open_catalog
+from snapshotd.core.hierarchy import ImportPlan, Item
+from snapshotd.core.model import DomainInfo, SnapshotInfo
+
+
+def redefine_lacks(info: SnapshotInfo) -> list[str]:
+    """What REDEFINE would still need of a well-formed snapshot document: its <state>,
+    <creationTime> and <domain> (said, not refused, when documents are checked alone)."""
+    return [
+        f"<{tag}>"
+        for tag, value in (
+            ("state", info.state),
+            ("creationTime", info.creation_time),
+            ("domain", info.domain_xml),
+        )
+        if value is None
+    ]
+
+
+def refuse_invalid(docs: metadata.Documents) -> None:
+    """Documents checked alone: refuse when one of them is not snapshot XML."""
+    if docs.problems:
+        raise metadata.ImportRefused("\n  ".join(["invalid:", *map(str, docs.problems)]))
+
+
+def refuse_problems(docs: metadata.Documents) -> None:
+    """Documents to import: refuse, before libvirt is asked, when one of them is bad."""
+    if docs.problems:
+        # metadata's own refusal, so that the message is the one check_import gives.
+        raise metadata.import_refused(docs.problems)
+
+
+def _catalog_items(
+    hv: HypervisorAPI, domain: DomainInfo, state_dir: str, snapshots: Sequence[str]
+) -> list[Item]:
+    """The catalog's snapshots of the domain that libvirt does not have (all the named
+    ones, when ``snapshots`` names some)."""
+    with open_catalog(state_dir) as catalog:
+        existing = {r.name for r in hv.list_snapshots(domain.name)}
+        chosen = metadata.catalog_items(catalog, domain, snapshots)
+    return [i for i in chosen if i.name not in existing or bool(snapshots)]
+
+
+def prepare(
+    hv: HypervisorAPI,
+    domain: DomainInfo,
+    docs: metadata.Documents,
+    *,
+    state_dir: str | None,
+    snapshots: Sequence[str],
+    current: str | None,
+) -> ImportPlan:
+    """The checked plan for the documents (and, with ``state_dir``, the catalog's
+    snapshots); raises ImportRefused."""
+    items = list(docs.items)
+    if state_dir is not None:
+        items += _catalog_items(hv, domain, state_dir, snapshots)
+    return metadata.check_import(hv, domain, items, current=current or docs.current)
+
+
+def define(
+    hv: HypervisorAPI, domain: DomainInfo, plan: ImportPlan, *, state_dir: str | None
+) -> tuple[str, ...]:
+    """Run the plan; with ``state_dir`` the catalog records that libvirt has the
+    metadata again."""
+    if state_dir is None:
+        return metadata.run_import(hv, domain, plan)
+    with open_catalog(state_dir) as catalog:
+        return metadata.run_import(hv, domain, plan, catalog=catalog)

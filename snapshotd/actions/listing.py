@@ -1,0 +1,60 @@
+"""`list`'s facts: a domain's snapshots as libvirt has them, and after them the
+catalog-only ones (metadata: catalog) that only snapshotd's catalog knows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.adapters.hypervisor import SnapshotRecord
+from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.core import snapxml
+from snapshotd.core.model import DomainInfo, SnapshotInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One snapshot of the domain."""
+
+    info: SnapshotInfo
+    parent: str | None
+    current: bool | None  # None: catalog-only, libvirt has no say
+    catalog_only: bool = False
+    policy: str | None = None  # catalog-only: the policy that made it
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    domain: DomainInfo
+    snapshots: tuple[Listed, ...]
+
+
+def _from_libvirt(rec: SnapshotRecord) -> Listed:
+    info = snapxml.parse_snapshot(rec.xml, source=f"snapshot {rec.name!r}")
+    return Listed(info, parent=rec.parent, current=rec.is_current)
+
+
+def catalog_only(state_dir: str, domain: DomainInfo, known: set[str]) -> list[Listed]:
+    """The catalog's snapshots of the domain that libvirt has no metadata of and does
+    not list (none when there is no catalog yet)."""
+    if not catalog_exists(state_dir):
+        return []
+    listed = []
+    with open_catalog(state_dir) as catalog:
+        for row in catalog.snapshots(domain_uuid=domain.uuid):
+            if row.libvirt_metadata or row.name in known:
+                continue
+            info = snapxml.parse_snapshot(row.xml, source=f"catalog: {row.name}")
+            listed.append(
+                Listed(info, parent=info.parent, current=None, catalog_only=True, policy=row.policy)
+            )
+    return listed
+
+
+def snapshots(hv: HypervisorAPI, domain_name: str, state_dir: str) -> Listing:
+    """Every snapshot of the domain: libvirt's, then the catalog-only ones."""
+    domain = hv.domain(domain_name)
+    records = hv.list_snapshots(domain.name)
+    listed = [_from_libvirt(rec) for rec in records]
+    listed += catalog_only(state_dir, domain, {rec.name for rec in records})
+    return Listing(domain, tuple(listed))

@@ -1,0 +1,45 @@
+"""`take --policy`'s work: one PolicyRun (hooks, snapshot, retention) per domain the
+policy acts on, all at the same instant, one RunResult each."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from snapshotd.actions.policyrun import Outcome, PolicyRun, RetentionProgress, RunResult
+from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.catalog import Catalog
+from snapshotd.core.model import DomainInfo
+from snapshotd.core.policy import Policy
+from snapshotd.errors import SnapshotdError
+
+
+def run_policy(
+    hv: HypervisorAPI,
+    catalog: Catalog,
+    policy: Policy,
+    domains: Sequence[DomainInfo],
+    now: dt.datetime,
+    *,
+    clock: Callable[[], dt.datetime],
+    retention_progress: RetentionProgress | None = None,
+) -> list[RunResult]:
+    """The policy's run for each domain, in order; a failed one does not stop the next."""
+    results = []
+    for domain in domains:
+        try:
+            run = PolicyRun(policy, domain, now)
+        except SnapshotdError as exc:
+            results.append(_not_run(policy, domain, exc))
+            continue
+        results.append(run.execute(hv, catalog, clock=clock, retention_progress=retention_progress))
+    return results
+
+
+def _not_run(policy: Policy, domain: DomainInfo, error: SnapshotdError) -> RunResult:
+    """The name template gives no valid name for this domain: a skipped domain is still
+    reported as skipped, any other as failed with that error."""
+    skip = policy.selector.skip_reason(domain)
+    if skip is not None:
+        return RunResult(policy.name, domain, "", Outcome.SKIPPED, reason=skip)
+    return RunResult(policy.name, domain, "", Outcome.FAILED, error=error)

@@ -1,0 +1,180 @@
+"""What the rest of snapshotd needs from a catalog, and the rows it keeps: pure types only.
+
+``Catalog`` and ``RunLog`` are Protocols; ``catalog/sqlite.py`` (the catalog a daemon
+keeps in its state directory) and ``catalog/memory.py`` (for tests) implement them, and
+``tests/unit/test_catalog.py`` holds both to the same contract:
+
+* snapshot records: a snapshot is "ours" when a live (not deleted) row has its domain
+  UUID, name and libvirt creation time; a row is never recorded twice (AlreadyRecorded),
+  deleted rows included;
+* the operations log, newest first;
+* runs: where each (policy, domain) stream stands, with the run in progress, if any;
+* the per-domain lock: one operation on a domain at a time, across threads and (for a
+  catalog shared through files) processes.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol, Self
+
+LOCK_WAIT = 120.0  # seconds an operation waits for another one on the same domain
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRow:
+    """One snapshot snapshotd made (or adopted), as the catalog keeps it."""
+
+    uri: str
+    domain_uuid: str
+    domain_name: str
+    name: str
+    created_at: int  # libvirt's creationTime (seconds since the epoch)
+    policy: str | None  # None: taken by hand with `snapshotd take`
+    parent: str | None
+    xml: str  # the secure XML, as libvirt returned it (or as it would have kept it)
+    files: tuple[str, ...]  # the files the snapshot created
+    libvirt_metadata: bool  # False: NO_METADATA, only the catalog knows it
+    deleted_at: int | None = None  # set when snapshotd deleted it
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One line of the operations log."""
+
+    at: int
+    uri: str
+    operation: str  # create | delete | ...
+    outcome: str  # ok | failed | skipped | kept
+    policy: str | None = None
+    domain_uuid: str | None = None
+    domain_name: str | None = None
+    snapshot: str | None = None
+    message: str | None = None
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Where one (policy, domain) stands: what the daemon's schedule resumes from."""
+
+    policy: str
+    domain_uuid: str
+    uri: str
+    domain_name: str
+    last_slot: int | None = None  # the scheduled instant the last good run served
+    last_success: int | None = None  # when it finished
+    last_error: str | None = None
+    last_error_at: int | None = None
+    in_progress: str | None = None  # the snapshot being taken right now, if any
+    in_progress_slot: int | None = None
+    in_progress_since: int | None = None
+
+
+class AlreadyRecorded(Exception):
+    """The catalog already has a row for this (domain UUID, name, creation time)."""
+
+
+class RunLog(Protocol):
+    """The runs: written before and after every scheduled snapshot.
+
+    A run that was started but never finished (kill -9, a watchdog restart) is found
+    again with ``unfinished()``, so the daemon can reconcile it with libvirt.
+    """
+
+    def get(self, policy: str, domain_uuid: str) -> Run | None:
+        """The stream's run, or None when it never ran."""
+        ...
+
+    def all(self) -> list[Run]:
+        """Every run, by policy, then domain name."""
+        ...
+
+    def unfinished(self) -> list[Run]:
+        """The runs with a snapshot in progress."""
+        ...
+
+    def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
+        """Mark ``snapshot`` (for scheduled instant ``slot``) in progress since ``now``;
+        the stream's row is made from ``run`` if it has none (its last_* are kept)."""
+        ...
+
+    def finish(
+        self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
+    ) -> None:
+        """End the run in progress: with ``slot`` it served that slot; ``error`` says why
+        not.  A stream that has no row is left without one."""
+        ...
+
+
+class Catalog(Protocol):
+    """The catalog: snapshot records, ownership, runs, the operations log, domain locks.
+
+    Use it as a context manager, or call close().
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the catalog is, for messages (a file, a database, "memory")."""
+        ...
+
+    @property
+    def runs(self) -> RunLog:
+        """The runs: where each (policy, domain) stream stands."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *_exc: object) -> None: ...
+
+    def domain_lock(
+        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
+    ) -> AbstractContextManager[None]:
+        """Hold the domain's lock for one operation: exclusive between threads and
+        processes that use this catalog.  A second holder waits up to ``wait`` seconds,
+        then SnapshotdError ("domain ... is busy"); a UUID that is not one is refused
+        (SnapshotdError) before anything is made."""
+        ...
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def record_snapshot(self, row: SnapshotRow) -> None:
+        """Record a snapshot (durably); AlreadyRecorded if its row exists, even deleted."""
+        ...
+
+    def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
+        """snapshotd deleted this snapshot at ``when``: it is no longer ours."""
+        ...
+
+    def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
+        """The live row for this exact snapshot, or None when it is not ours."""
+        ...
+
+    def set_libvirt_metadata(
+        self, domain_uuid: str, name: str, created_at: int, held: bool
+    ) -> None:
+        """Record whether libvirt now holds this snapshot's metadata (after a redefine)."""
+        ...
+
+    def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
+        """The newest live row for a snapshot name of a domain, or None."""
+        ...
+
+    def snapshots(
+        self, *, domain_uuid: str | None = None, policy: str | None = None
+    ) -> list[SnapshotRow]:
+        """Live rows, oldest first (by creation time, then by the order recorded)."""
+        ...
+
+    # --- operations --------------------------------------------------------------------
+
+    def record_operation(self, op: Operation) -> None:
+        """Add a line to the operations log."""
+        ...
+
+    def operations(self, *, limit: int = 100) -> list[Operation]:
+        """The most recent operations, newest first."""
+        ...

@@ -1,0 +1,172 @@
+"""A catalog that lives in memory: the same contract as the SQLite catalog, nothing on disk.
+
+For tests (with a fake hypervisor, a policy run or retention in milliseconds) and for
+anything that needs a catalog for the life of one process.  Thread-safe: every call
+holds one lock; the domain locks are threading locks, so they exclude the threads of
+this process (there is no other process to exclude).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import replace
+
+from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, Operation, Run, SnapshotRow
+from snapshotd.catalog.locks import ThreadLocks
+
+
+class MemoryRunLog:
+    """The runs, in a dict by (policy, domain UUID)."""
+
+    def __init__(self, guard: threading.Lock) -> None:
+        self._guard = guard
+        self._runs: dict[tuple[str, str], Run] = {}
+
+    def get(self, policy: str, domain_uuid: str) -> Run | None:
+        with self._guard:
+            return self._runs.get((policy, domain_uuid))
+
+    def all(self) -> list[Run]:
+        with self._guard:
+            return sorted(self._runs.values(), key=lambda r: (r.policy, r.domain_name))
+
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.all() if r.in_progress is not None]
+
+    def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
+        key = (run.policy, run.domain_uuid)
+        with self._guard:
+            known = self._runs.get(key) or Run(
+                run.policy, run.domain_uuid, run.uri, run.domain_name
+            )
+            self._runs[key] = replace(
+                known,
+                uri=run.uri,
+                domain_name=run.domain_name,
+                in_progress=snapshot,
+                in_progress_slot=slot,
+                in_progress_since=now,
+            )
+
+    def finish(
+        self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
+    ) -> None:
+        key = (policy, domain_uuid)
+        with self._guard:
+            run = self._runs.get(key)
+            if run is None:
+                return
+            if slot is not None:
+                run = replace(run, last_slot=slot, last_success=now)
+            if error is not None:
+                run = replace(run, last_error=error, last_error_at=now)
+            self._runs[key] = replace(
+                run, in_progress=None, in_progress_slot=None, in_progress_since=None
+            )
+
+
+class MemoryCatalog:
+    """A catalog in memory.  Closing it keeps its content (it is one object)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._rows: list[SnapshotRow] = []  # in the order recorded
+        self._operations: list[Operation] = []  # oldest first
+        self._runs = MemoryRunLog(self._guard)
+        self._locks = ThreadLocks()
+
+    @property
+    def location(self) -> str:
+        return "memory"
+
+    @property
+    def runs(self) -> MemoryRunLog:
+        return self._runs
+
+    def close(self) -> None:
+        return
+
+    def __enter__(self) -> MemoryCatalog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def domain_lock(
+        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
+    ) -> AbstractContextManager[None]:
+        return self._locks.hold(uuid, domain, wait)
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def record_snapshot(self, row: SnapshotRow) -> None:
+        key = (row.domain_uuid, row.name, row.created_at)
+        with self._guard:
+            if any((r.domain_uuid, r.name, r.created_at) == key for r in self._rows):
+                raise AlreadyRecorded(
+                    f"the catalog already has snapshot {row.name!r} of domain "
+                    f"{row.domain_name!r} ({row.domain_uuid}) created at {row.created_at}"
+                )
+            self._rows.append(replace(row, deleted_at=None))
+
+    def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
+        with self._guard:
+            for index, r in self._matching(domain_uuid, name, created_at):
+                self._rows[index] = replace(r, deleted_at=when)
+
+    def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
+        if created_at is None:
+            return None
+        with self._guard:
+            live = [
+                r for _, r in self._matching(domain_uuid, name, created_at) if r.deleted_at is None
+            ]
+        return live[0] if live else None
+
+    def set_libvirt_metadata(
+        self, domain_uuid: str, name: str, created_at: int, held: bool
+    ) -> None:
+        with self._guard:
+            for index, r in self._matching(domain_uuid, name, created_at):
+                if r.deleted_at is None:
+                    self._rows[index] = replace(r, libvirt_metadata=held)
+
+    def _matching(
+        self, domain_uuid: str, name: str, created_at: int
+    ) -> list[tuple[int, SnapshotRow]]:
+        """The rows of this exact snapshot (at most one: see record_snapshot), by index."""
+        key = (domain_uuid, name, created_at)
+        return [
+            (index, r)
+            for index, r in enumerate(self._rows)
+            if (r.domain_uuid, r.name, r.created_at) == key
+        ]
+
+    def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
+        matching = [r for r in self.snapshots(domain_uuid=domain_uuid) if r.name == name]
+        return matching[-1] if matching else None
+
+    def snapshots(
+        self, *, domain_uuid: str | None = None, policy: str | None = None
+    ) -> list[SnapshotRow]:
+        with self._guard:
+            live = [
+                (r.created_at, index, r)
+                for index, r in enumerate(self._rows)
+                if r.deleted_at is None
+                and (domain_uuid is None or r.domain_uuid == domain_uuid)
+                and (policy is None or r.policy == policy)
+            ]
+        return [r for _, _, r in sorted(live, key=lambda entry: entry[:2])]
+
+    # --- operations ---------------------------------------------------------------------
+
+    def record_operation(self, op: Operation) -> None:
+        with self._guard:
+            self._operations.append(op)
+
+    def operations(self, *, limit: int = 100) -> list[Operation]:
+        with self._guard:
+            newest_first = list(reversed(self._operations))
+        return newest_first if limit < 0 else newest_first[:limit]  # as SQL's LIMIT

@@ -1,0 +1,116 @@
+"""The verbs about snapshot metadata outside libvirt: export, import, replicate, revert.
+Each: the parsed arguments -> actions/metadata.py (and importing.py) -> what is shown."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+from snapshotd.actions import importing, metadata
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog import open_catalog
+from snapshotd.cli import common, output
+from snapshotd.cli.common import EXIT_OK
+from snapshotd.core.hierarchy import Item
+from snapshotd.errors import RequestError
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(common.uri(args)) as hv:
+        domain = hv.domain(args.domain)
+        target = args.out or f"{domain.name}-snapshots"
+        done = metadata.export(hv, domain.name, target, secure=args.secure)
+    print(f"exported {len(done.files)} snapshots of {domain.name} to {done.directory}", file=out)
+    for path in done.files:
+        print(f"  {path}", file=out)
+    print(f"current: {done.current or 'none'} (in {done.directory}/{metadata.INDEX})", file=out)
+    return EXIT_OK
+
+
+def _describe(item: Item, action: str, out: TextIO) -> None:
+    info = item.info
+    disks = ",".join(f"{d.name}={d.snapshot or '-'}" for d in info.disks) or "-"
+    created = output.iso(info.creation_time) or "-"
+    print(f"{item.source}: {info.name} [{action}]", file=out)
+    print(
+        f"  parent {info.parent or '-'}; state {info.state or '-'}; created {created}; "
+        f"memory {info.memory or '-'}; disks {disks}; domain {info.domain_uuid or '-'}",
+        file=out,
+    )
+
+
+def _validate_documents(docs: metadata.Documents, out: TextIO) -> int:
+    """import --dry-run without a domain: describe each document, checked alone."""
+    for item in docs.items:
+        lacking = importing.redefine_lacks(item.info)
+        verdict = "valid" + (f"; to redefine it needs {', '.join(lacking)}" if lacking else "")
+        _describe(item, verdict, out)
+    importing.refuse_invalid(docs)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.sources and not args.from_catalog:
+        raise RequestError("name export directories or files to import, or --from-catalog")
+    if args.domain is None and not (args.dry_run and not args.from_catalog):
+        raise RequestError("--domain is needed, except to check files with --dry-run")
+    docs = metadata.read_documents(args.sources)
+    if args.domain is None:
+        return _validate_documents(docs, out)
+    importing.refuse_problems(docs)
+    settings = common.settings(args, policies=False) if args.from_catalog else None
+    state_dir = settings.state_dir if settings is not None else None
+    with Hypervisor.open(common.uri(args, settings)) as hv:
+        domain = hv.domain(args.domain)
+        plan = importing.prepare(
+            hv, domain, docs, state_dir=state_dir, snapshots=args.snapshot, current=args.current
+        )
+        for step in plan.steps:
+            _describe(step.item, ("would " if args.dry_run else "") + step.action, out)
+        for note in plan.notes:
+            print(f"note: {note}", file=out)
+        if args.dry_run:
+            return EXIT_OK
+        defined = importing.define(hv, domain, plan, state_dir=state_dir)
+    print(
+        f"imported {len(defined)} snapshots into {domain.name}; "
+        f"current: {plan.current or 'unchanged'}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(common.uri(args)) as source, Hypervisor.open(args.to) as target:
+        done = metadata.replicate(
+            source, target, args.domain, remove_source_metadata=args.remove_source_metadata
+        )
+    print(
+        f"replicated {len(done.defined)} snapshots of {args.domain} to {sanitize_uri(args.to)}; "
+        f"current: {done.current or 'none'}",
+        file=out,
+    )
+    if done.removed_from_source:
+        print(
+            f"removed the source's metadata of {len(done.removed_from_source)} snapshots "
+            "(their data is untouched)",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
+    settings = common.settings(args, policies=False)
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        open_catalog(settings.state_dir) as catalog,
+    ):
+        redefined = metadata.revert(
+            hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused
+        )
+        state = hv.domain(args.domain).state.value
+    if redefined:
+        print(f"redefined from the catalog: {', '.join(redefined)}", file=out)
+    print(f"reverted {args.domain} to {args.snapshot}; it is {state}", file=out)
+    return EXIT_OK

@@ -1,0 +1,146 @@
+"""The verbs about policies and the snapshots they take: check, plan, take, prune.
+Each: the parsed arguments -> actions -> what is shown and the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from snapshotd.actions import freshness, planning, snapshot, sweep, taking
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.catalog import open_catalog
+from snapshotd.cli import common, output, progress, reports
+from snapshotd.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from snapshotd.core.plan import plan_snapshot
+from snapshotd.errors import RequestError, SnapshotdError
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    settings = common.read_settings(args, policies=True)
+    if args.freshness:
+        code, line = freshness.assess(settings, common.uri(args, settings), common.now)
+        print(line, file=out)
+        return int(code)
+    for error in settings.errors:
+        print(str(error), file=sys.stderr)
+    if settings.errors:
+        count = len(settings.errors)
+        print(f"snapshotd check: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return EXIT_USAGE
+    reports.print_check(settings, out)
+    if args.offline or not settings.policies:
+        return EXIT_OK
+    try:
+        with Hypervisor.open(common.uri(args, settings)) as hv:
+            domains = hv.list_domains()
+    except SnapshotdError as exc:
+        print(f"(domains not listed, so overlaps are not shown: {exc})", file=out)
+        return EXIT_OK
+    reports.print_selections(planning.selections(settings.policies, domains), out)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    if args.domain is not None and args.policy is None:
+        return _plan_adhoc(args, out)
+    common.refuse_snapshot_options(args)
+    settings = common.settings(args)
+    policies = common.chosen_policies(args, settings)
+    at = args.at or common.now()
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        open_catalog(settings.state_dir) as catalog,
+    ):
+        overview = planning.overview(hv, catalog, policies, args.domain, at)
+    if args.json:
+        common.dump(reports.overview_dict(overview), out)
+    else:
+        reports.print_overview(overview, out)
+    return EXIT_OK
+
+
+def _plan_adhoc(args: argparse.Namespace, out: TextIO) -> int:
+    with Hypervisor.open(common.uri(args)) as hv:
+        domain, proposed = planning.adhoc(hv, args.domain, common.adhoc_request(args))
+    state = domain.state.value
+    if args.json:
+        common.dump(output.plan_dict(proposed.plan, state, proposed.xml), out)
+    else:
+        output.print_plan(proposed.plan, state, proposed.xml, out)
+    return EXIT_OK
+
+
+def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
+    if args.policy is None:
+        if args.domain is None:
+            raise RequestError("take needs --domain NAME (with snapshot options) or --policy NAME")
+        return _take_adhoc(args, out)
+    common.refuse_snapshot_options(args)
+    settings = common.settings(args)
+    policy = common.policy_named(settings, args.policy)
+    now = common.now()  # the instant of every domain's run
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        open_catalog(settings.state_dir) as catalog,
+    ):
+        done = taking.run_policy(
+            hv,
+            catalog,
+            policy,
+            planning.selected(hv, policy, args.domain),
+            now,
+            clock=common.now,
+            retention_progress=lambda domain: progress.retention(hv.uri, domain),
+        )
+    if args.json:
+        common.dump([reports.take_result(r) for r in done], out)
+    else:
+        for result in done:
+            reports.print_take_result(reports.take_result(result), out)
+        if not done:
+            print(f"policy {policy.name} selects no domain", file=out)
+    return EXIT_FAILURE if any(reports.take_failed(r) for r in done) else EXIT_OK
+
+
+def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
+    state_dir = common.settings(args, policies=False).state_dir
+    with Hypervisor.open(common.uri(args)) as hv, open_catalog(state_dir) as catalog:
+        domain = hv.domain(args.domain)
+        plan = plan_snapshot(domain, common.adhoc_request(args))
+        with progress.memory(domain, plan.spec.memory_file):
+            made = snapshot.create_planned(hv, catalog, domain, plan, policy=None, now=common.now())
+    if args.json:
+        result = output.snapshot_dict(made.info)
+        result.update(
+            row=made.plan.row.number, flags=made.plan.spec.flags.names(), domain=domain.name
+        )
+        common.dump(result, out)
+    else:
+        output.print_created(made.info, made.plan, domain.state.value, out)
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    settings = common.settings(args)
+    policies = common.chosen_policies(args, settings)
+    now = common.now()
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        open_catalog(settings.state_dir) as catalog,
+    ):
+        done = sweep.prune_selected(
+            hv,
+            catalog,
+            policies,
+            args.domain,
+            now,
+            dry_run=args.dry_run,
+            around=progress.retention,
+        )
+    if args.json:
+        common.dump([reports.prune_dict(r) for r in done], out)
+    else:
+        for r in done:
+            reports.print_prune(r, out)
+    return EXIT_FAILURE if any(r.failed for r in done) else EXIT_OK

@@ -1,0 +1,199 @@
+"""Each option's own rules: a check takes the value read and returns an error message or None.
+
+``CHECKS`` holds the checks of whole values by option path, ``ITEM_CHECKS`` those of
+each item of a list.  Rules that involve several options are
+``snapshotd.config.crossfield``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+import uuid
+from collections.abc import Callable
+from typing import cast
+
+from snapshotd.config.schema import DESCRIPTION_MAX, MIN_EVERY, POLICY_NAME_MAX
+from snapshotd.config.yamlreader import show
+from snapshotd.core import naming, schedule
+from snapshotd.core.policy import NAME_FIELDS
+from snapshotd.errors import RequestError
+
+_POLICY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]*")
+_TARGET_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]*")
+_TIME_SPEC_RE = re.compile(r"(?:%[A-Za-z%]|[^%])*")
+_ADDRESS_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}")
+_YEAR_DIRECTIVES = frozenset("YyGgs")
+
+
+def _control_character(text: str, allowed: str = "") -> bool:
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in text)
+
+
+def check_policy_name(name: str) -> str | None:
+    if len(name) > POLICY_NAME_MAX or not _POLICY_NAME_RE.fullmatch(name):
+        return (
+            f"policy name {show(name)} is not allowed: use letters, digits and . _ + : @ -, "
+            f"starting with a letter or digit, at most {POLICY_NAME_MAX} characters"
+        )
+    return None
+
+
+def _check_pattern(pattern: str) -> str | None:
+    if not pattern.strip():
+        return "an empty pattern selects nothing"
+    if _control_character(pattern):
+        return f"{show(pattern)} contains a control character"
+    if pattern.startswith("uuid:"):
+        text = pattern[5:].strip().lower()
+        try:
+            canonical = str(uuid.UUID(text)) == text  # as libvirt spells it, with dashes
+        except ValueError:
+            canonical = False
+        if not canonical:
+            return (
+                f"{show(pattern)} is not uuid: followed by a UUID "
+                "(like uuid:6695eb01-f6a4-8304-79aa-97f2502e193f)"
+            )
+    return None
+
+
+def _refuse_empty(message: str) -> Callable[[object], str | None]:
+    """A check that refuses an empty list with ``message``."""
+    return lambda items: message if items == () else None
+
+
+def _check_cron(expr: object) -> str | None:
+    try:
+        return schedule.check_cron(cast(str, expr))
+    except (ValueError, OverflowError) as exc:
+        return str(exc)
+
+
+def _check_timezone(name: object) -> str | None:
+    try:
+        return schedule.check_timezone(cast(str, name))
+    except (ValueError, OSError) as exc:
+        return str(exc)
+
+
+def _check_every(every: object) -> str | None:
+    if cast(dt.timedelta, every) < MIN_EVERY:
+        return (
+            f"must be at least {int(MIN_EVERY.total_seconds())}s; more frequent "
+            "snapshots would keep the domains busy taking them"
+        )
+    return None
+
+
+def _check_description(text: object) -> str | None:
+    description = cast(str, text)
+    if len(description) > DESCRIPTION_MAX:
+        return f"is {len(description)} characters long; at most {DESCRIPTION_MAX}"
+    if _control_character(description, "\n\t"):
+        return "contains a control character (only newlines and tabs are allowed)"
+    return None
+
+
+def _check_name_template(template: object) -> str | None:
+    """The template's own rules; rendering it needs the policy name (cross step)."""
+    text = cast(str, template)
+    try:
+        fields = naming.template_fields(
+            text, NAME_FIELDS, "snapshot name template", specs=frozenset({"time"})
+        )
+    except RequestError as exc:
+        return exc.message
+    missing = [f"{{{f}}}" for f in ("policy", "time") if f not in fields]
+    if missing:
+        return (
+            f"snapshot name template {show(text)} must contain {' and '.join(missing)}: "
+            "{policy} keeps the names of different policies apart and {time:...} those "
+            "of different runs"
+        )
+    for _literal, field, spec, _conversion in string.Formatter().parse(text):
+        if field != "time":
+            continue
+        if not (spec and _TIME_SPEC_RE.fullmatch(spec)):
+            return (
+                f"snapshot name template {show(text)}: {{time}} needs a format of "
+                "strftime directives without widths or flags, such as {time:%Y%m%dT%H%M%SZ}"
+            )
+        if not _YEAR_DIRECTIVES.intersection(re.findall(r"%([A-Za-z%])", spec)):
+            return (
+                f"snapshot name template {show(text)}: {{time:{spec}}} must include the "
+                "year (%Y), or names repeat from one year to the next"
+            )
+    return None
+
+
+def _check_directory(template: object) -> str | None:
+    text = cast(str, template)
+    try:
+        naming.check_directory(text, "snapshot directory")
+        naming.template_fields(text, frozenset({"domain"}), "snapshot directory")
+    except RequestError as exc:
+        return exc.message
+    return None
+
+
+def _check_plain_directory(path: object) -> str | None:
+    text = cast(str, path)
+    try:
+        naming.check_directory(text, "directory")
+    except RequestError as exc:
+        return exc.message
+    return None
+
+
+def _check_uri(uri: str) -> str | None:
+    if not _URI_RE.fullmatch(uri) or _control_character(uri):
+        return f"{show(uri)} is not a libvirt connection URI (like qemu:///system)"
+    return None
+
+
+def disk_key_problem(name: str) -> str | None:
+    if name.startswith("/"):
+        if _control_character(name) or ".." in name.split("/"):
+            return f"disk path {show(name)} must be a plain absolute path (no '..')"
+        return None
+    if not _TARGET_RE.fullmatch(name):
+        return (
+            f"disk {show(name)} is neither a disk target (vda, sdb, ...) nor an "
+            "absolute source path"
+        )
+    return None
+
+
+def check_metrics_address(address: str) -> str | None:
+    """Not in CHECKS: ``crossfield.check_config`` runs it after the workers check, which a
+    failed option would otherwise skip."""
+    if not _ADDRESS_RE.fullmatch(address):
+        return f"{show(address)} is not HOST:PORT, for example 127.0.0.1:9477"
+    return None
+
+
+CHECKS: dict[str, Callable[[object], str | None]] = {
+    "name": lambda v: check_policy_name(cast(str, v)),
+    "domains.include": _refuse_empty(
+        'selects no domain; list globs or uuids, or leave it out for all ("*")'
+    ),
+    "domains.states": _refuse_empty("lists no state, so the policy would never take a snapshot"),
+    "schedule.cron": _check_cron,
+    "schedule.timezone": _check_timezone,
+    "schedule.every": _check_every,
+    "snapshot.name": _check_name_template,
+    "snapshot.description": _check_description,
+    "snapshot.directory": _check_directory,
+    "policy_dir": _check_plain_directory,
+    "state_dir": _check_plain_directory,
+    "connect": _refuse_empty("lists no connection; snapshotd needs at least one (qemu:///system)"),
+}
+
+ITEM_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "domains.include": _check_pattern,
+    "domains.exclude": _check_pattern,
+    "connect": _check_uri,
+}

@@ -1,0 +1,238 @@
+"""The daemon's job: one scheduled run on a worker thread, with its run log, metrics and
+journal lines.
+
+The run itself (hooks, the snapshot with quiesce: try's fallback, retention) is
+actions/policyrun.py's ``PolicyRun``, the same the CLI's ``take --policy`` executes.
+Around it the job adds only what the daemon keeps:
+
+* the run log: the run is marked in progress under ``run.name`` before anything
+  happens, and finished when the snapshot is made (it served its slot) or failed;
+* the metrics: created, failed, pruned, the last success and the durations;
+* the journal lines: created, the note (quiesce: try fell back), pruned / could not
+  prune / kept, and "snapshot failed" (libvirt) or "snapshot refused" (snapshotd).
+
+A snapshot call cut off by a lost connection is settled by daemon/recovery.py before
+its error counts.  The job ends by putting ``JobDone`` on the loop's queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from snapshotd.actions.policyrun import Outcome, PolicyRun, RunResult
+from snapshotd.actions.prune import PruneReport
+from snapshotd.adapters.logs import log_event
+from snapshotd.adapters.metrics import Metrics
+from snapshotd.catalog import Catalog, Run, RunLog
+from snapshotd.core.model import DomainInfo
+from snapshotd.daemon.catalogs import CatalogPool
+from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
+from snapshotd.daemon.recovery import Recovery
+from snapshotd.daemon.runs import DomainRun, utc
+from snapshotd.errors import LibvirtError, SnapshotdError
+
+log = logging.getLogger("snapshotd")
+
+
+def log_skipped(domain: DomainInfo, policy: str, why: str) -> None:
+    """The line of a run the domain's state skips (the policy's ``skip`` states)."""
+    log.info("%s: skipped by %s: %s", domain.name, policy, why)
+
+
+class Worker:
+    """Runs ``DomainRun``s, each on a thread of its own."""
+
+    def __init__(
+        self,
+        *,
+        events: EventQueue,
+        pool: CatalogPool,
+        recovery: Recovery,
+        metrics: Metrics,
+        state_dir: Callable[[], str],
+        clock: Callable[[], float],
+    ) -> None:
+        self._events = events
+        self._pool = pool
+        self._recovery = recovery
+        self._metrics = metrics
+        self._state_dir = state_dir
+        self._clock = clock
+
+    def start(self, job: DomainRun) -> None:
+        """``run(job)`` on a new thread."""
+        threading.Thread(
+            target=self.run, args=(job,), name=f"job {job.domain.name}", daemon=True
+        ).start()
+
+    def run(self, job: DomainRun) -> None:
+        """One scheduled snapshot and its retention; ends with ``JobDone``."""
+        outcome: JobOutcome
+        try:
+            outcome = self._run(job)
+        except SnapshotdError as exc:
+            # libvirt failed it (maybe transient), or snapshotd refused it before libvirt.
+            by_libvirt = isinstance(exc, LibvirtError)
+            log_event(
+                log,
+                logging.ERROR,
+                f"{job.domain.name}: snapshot {'failed' if by_libvirt else 'refused'}: {exc}",
+                policy=job.policy.name,
+                domain=job.domain.name,
+                operation="create",
+                uri=job.key.uri,
+            )
+            transient = isinstance(exc, LibvirtError) and exc.transient
+            outcome = JobOutcome("transient" if transient else "failed", str(exc))
+        except Exception as exc:
+            log.exception("%s: snapshot by %s crashed", job.domain.name, job.policy.name)
+            outcome = JobOutcome("failed", f"internal error: {exc}")
+        self._events.put(JobDone(job.key, job.due, outcome))
+
+    def _run(self, job: DomainRun) -> JobOutcome:
+        """The run in the run log; raises what made it fail, after counting it."""
+        started = time.monotonic()
+        with self._pool.borrow(self._state_dir()) as catalog:
+            runs = catalog.runs
+            now = utc(self._clock())
+            run = PolicyRun(job.policy, job.domain, now)
+            runs.start(
+                Run(job.policy.name, job.domain.uuid, job.key.uri, job.domain.name),
+                run.name,
+                int(job.due.slot.timestamp()),
+                int(now.timestamp()),
+            )
+            made = _Made(job, runs, run.name, started, self._metrics, self._now)
+            result = run.execute(
+                job.hv, catalog, clock=lambda: utc(self._clock()), retention_progress=made
+            )
+            if result.error is not None:
+                return self._failed(job, catalog, runs, run.name, result.error)
+            if result.outcome is Outcome.SKIPPED:  # its state changed since the dispatch
+                log_skipped(job.domain, job.policy.name, result.reason or "")
+                runs.finish(
+                    job.policy.name, job.domain.uuid, slot=None, error=None, now=self._now()
+                )
+                return OK
+            made.record()  # done already, unless retention did not run
+            self._report(job, result)
+            return OK
+
+    def _failed(
+        self,
+        job: DomainRun,
+        catalog: Catalog,
+        runs: RunLog,
+        name: str,
+        error: SnapshotdError,
+    ) -> JobOutcome:
+        """A failed run: settled if the link broke under it, else counted and raised."""
+        if self._recovery.made_before_the_link_broke(error, job.key, job.hv, catalog, runs, name):
+            return OK
+        runs.finish(job.policy.name, job.domain.uuid, slot=None, error=str(error), now=self._now())
+        self._metrics.failed.labels(policy=job.policy.name).inc()
+        # Raised through the pool (a failed job's catalog is not reused) to run()'s line.
+        raise error
+
+    def _now(self) -> int:
+        """The wall clock in whole seconds, as the run log records it."""
+        return int(self._clock())
+
+    def _report(self, job: DomainRun, result: RunResult) -> None:
+        """What a created snapshot adds after retention: metrics and journal lines."""
+        fields = _fields(job)
+        if result.created is not None:
+            self._metrics.last_success.labels(policy=job.policy.name, domain=job.domain.name).set(
+                result.created.info.creation_time or time.time()
+            )
+        if result.note:
+            log_event(log, logging.WARNING, f"{job.domain.name}: {result.note}", **fields)
+        if result.pruned is not None:
+            self._metrics.pruned.labels(policy=job.policy.name).inc(len(result.pruned.deleted))
+            _log_retention(job.domain.name, result.pruned, fields)
+
+
+def _fields(job: DomainRun) -> dict[str, object]:
+    return {"policy": job.policy.name, "domain": job.domain.name, "uri": job.key.uri}
+
+
+def _log_retention(domain: str, report: PruneReport, fields: dict[str, object]) -> None:
+    for deleted in report.deleted:
+        log_event(
+            log,
+            logging.INFO,
+            f"{domain}: pruned {deleted}",
+            snapshot=deleted,
+            operation="delete",
+            **fields,
+        )
+    for level, verb, entries in (
+        (logging.ERROR, "could not prune", report.failed),
+        (logging.INFO, "kept", report.kept),
+    ):
+        for name, why in entries:
+            log_event(
+                log,
+                level,
+                f"{domain}: {verb} {name}: {why}",
+                snapshot=name,
+                operation="delete",
+                **fields,
+            )
+
+
+@dataclass(slots=True)
+class _Made:
+    """PolicyRun's ``retention_progress``, entered once the snapshot is made and its
+    ``after`` hooks ran, right before retention: the moment the run served its slot.
+
+    The run log, the created metrics and the "created" line are written there, so they
+    come before retention as they always did (a daemon killed while retention runs
+    leaves no run in progress); the prune's duration is measured around it.
+    """
+
+    job: DomainRun
+    runs: RunLog
+    name: str  # the run's snapshot
+    started: float  # time.monotonic() when the job started
+    metrics: Metrics
+    now: Callable[[], int]  # the wall clock, as the run log records it
+    recorded: bool = False
+
+    @contextlib.contextmanager
+    def __call__(self, _domain: DomainInfo) -> Iterator[None]:
+        self.record()
+        pruning = time.monotonic()
+        yield
+        self.metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
+
+    def record(self) -> None:
+        """The snapshot is made: count it, finish the run, say so (once)."""
+        if self.recorded:
+            return
+        self.recorded = True
+        job, metrics = self.job, self.metrics
+        metrics.created.labels(policy=job.policy.name).inc()
+        metrics.duration.labels(operation="create").observe(time.monotonic() - self.started)
+        self.runs.finish(
+            job.policy.name,
+            job.domain.uuid,
+            slot=int(job.due.slot.timestamp()),
+            error=None,
+            now=self.now(),
+        )
+        ms = int((time.monotonic() - self.started) * 1000)
+        log_event(
+            log,
+            logging.INFO,
+            f"{job.domain.name}: created {self.name} ({ms} ms)",
+            snapshot=self.name,
+            operation="create",
+            duration_ms=ms,
+            **_fields(job),
+        )

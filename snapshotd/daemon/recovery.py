@@ -1,0 +1,164 @@
+"""Runs left unfinished, settled with libvirt: after a restart, and after a lost connection.
+
+A run is marked in progress in the catalog's run log before its snapshot is asked for,
+and finished after.  One that is still in progress when the daemon starts was cut off
+(kill -9, a watchdog restart); one whose snapshot call failed because libvirtd went
+away may or may not have been made.  Either way libvirt is asked once it answers:
+
+* it has the snapshot: it is adopted into the catalog (once libvirt is done making it)
+  and the run's slot counts as served;
+* it has not: the run is closed as interrupted, and the schedule's catch-up (or the
+  job's retry) takes the slot again.
+
+So a slot never gets two snapshots, and nothing is deleted.  Until a connection's
+unfinished runs are settled (``Settled``), the loop dispatches none of their keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from snapshotd.actions import snapshot
+from snapshotd.catalog import Catalog, Run, RunLog
+from snapshotd.daemon.catalogs import CatalogFactory
+from snapshotd.daemon.events import EventQueue, Settled
+from snapshotd.daemon.link import Link
+from snapshotd.daemon.runs import Key, LinkedHypervisor
+from snapshotd.errors import LibvirtError, SnapshotdError
+
+log = logging.getLogger("snapshotd")
+
+RECONNECT_WAIT = 60.0  # how long a job cut off by a lost connection waits for the next
+SETTLE_POLL = 0.5  # seconds between looks at a job a previous process left running
+
+
+class Recovery:
+    """Settles unfinished runs; shares the loop's links, clock and settings."""
+
+    def __init__(
+        self,
+        *,
+        events: EventQueue,
+        links: Mapping[str, Link],
+        catalogs: CatalogFactory,
+        state_dir: Callable[[], str],
+        clock: Callable[[], float],
+        operation_timeout: Callable[[], float],
+    ) -> None:
+        self._events = events
+        self._links = links  # the loop's own dict: links it adds later are seen
+        self._catalogs = catalogs
+        self._state_dir = state_dir
+        self._clock = clock
+        self._operation_timeout = operation_timeout
+
+    def start(self, uri: str, hv: LinkedHypervisor) -> None:
+        """Reconcile ``uri``'s unfinished runs on a thread; ``Settled(uri)`` when done."""
+        threading.Thread(
+            target=self.reconcile, args=(uri, hv), name=f"reconcile {uri}", daemon=True
+        ).start()
+
+    def reconcile(self, uri: str, hv: LinkedHypervisor) -> None:
+        """Settle runs a previous process left unfinished (kill -9, watchdog restart).
+
+        If libvirt made the snapshot, it is adopted into the catalog and its slot
+        counts as served; if not, the run is closed as interrupted and the schedule's
+        catch-up takes it again.  Nothing is deleted.
+        """
+        try:
+            with self._catalogs(self._state_dir()) as catalog:
+                runs = catalog.runs
+                for run in runs.unfinished():
+                    if run.uri != uri or run.in_progress is None:
+                        continue
+                    self.settle(hv, catalog, runs, run, run.in_progress)
+        except Exception:
+            log.exception("%s: reconciling unfinished runs failed", uri)
+        finally:
+            self._events.put(Settled(uri))
+
+    def made_before_the_link_broke(  # noqa: PLR0917 - the job's state, passed once
+        self,
+        exc: SnapshotdError,
+        key: Key,
+        hv: LinkedHypervisor,
+        catalog: Catalog,
+        runs: RunLog,
+        name: str,
+    ) -> bool:
+        """A snapshot call cut off by a lost connection (libvirtd restarted under it).
+
+        Whether libvirt made the snapshot cannot be known until libvirtd answers again,
+        so this waits (up to RECONNECT_WAIT) for the Link's new connection and settles
+        the run as a restart would: adopted when libvirt has the snapshot (True), closed
+        as interrupted when not (False: the error stands and the retry takes the slot,
+        so a slot never gets two snapshots).
+        """
+        if not (isinstance(exc, LibvirtError) and exc.transient) or hv.alive():
+            return False
+        fresh = self._next_connection(key.uri, hv)
+        run = runs.get(key.policy, key.uuid)
+        if fresh is None or run is None or run.in_progress != name:
+            return False
+        self.settle(fresh, catalog, runs, run, name)
+        return catalog.find(key.uuid, name) is not None
+
+    def _next_connection(self, uri: str, broken: LinkedHypervisor) -> LinkedHypervisor | None:
+        """The link's connection after ``broken``, once it is up (None after RECONNECT_WAIT)."""
+        link = self._links.get(uri)
+        deadline = time.monotonic() + RECONNECT_WAIT
+        while link is not None and time.monotonic() < deadline:
+            candidate = link.hypervisor
+            if candidate is not None and candidate is not broken and candidate.alive():
+                return candidate
+            time.sleep(0.2)
+        return None
+
+    def settle(
+        self, hv: LinkedHypervisor, catalog: Catalog, runs: RunLog, run: Run, name: str
+    ) -> None:
+        """Close ``run`` (whose snapshot ``name`` was asked for) as libvirt has it now."""
+        now = int(self._clock())
+        try:
+            names = {r.name for r in hv.list_snapshots(run.domain_uuid)}
+        except SnapshotdError as exc:
+            runs.finish(run.policy, run.domain_uuid, slot=None, error=str(exc), now=now)
+            return
+        if name not in names:
+            log.warning(
+                "%s: snapshot %s was interrupted before libvirt made it; catch-up takes it again",
+                run.domain_name,
+                name,
+            )
+            runs.finish(
+                run.policy,
+                run.domain_uuid,
+                slot=None,
+                error=f"snapshot {name} was interrupted",
+                now=now,
+            )
+            return
+        self._wait_until_made(hv, run, name)
+        snapshot.adopt(hv, catalog, run.domain_uuid, name, policy=run.policy)
+        log.info("%s: snapshot %s was made before an interruption; recorded", run.domain_name, name)
+        runs.finish(run.policy, run.domain_uuid, slot=run.in_progress_slot, error=None, now=now)
+
+    def _wait_until_made(self, hv: LinkedHypervisor, run: Run, name: str) -> None:
+        """libvirt lists a snapshot as soon as it starts making it: one still being made
+        (its job outlived the process that asked) is recorded once it is complete, or,
+        after operation_timeout, as libvirt describes it then."""
+        waited_until = time.monotonic() + self._operation_timeout()
+        while hv.has_job(run.domain_uuid):
+            if time.monotonic() > waited_until:
+                log.warning(
+                    "%s: libvirt is still busy with the domain after %d s; recording "
+                    "snapshot %s as libvirt describes it now",
+                    run.domain_name,
+                    int(self._operation_timeout()),
+                    name,
+                )
+                return
+            time.sleep(SETTLE_POLL)

@@ -1,0 +1,380 @@
+"""FakeHypervisor: a small in-memory hypervisor behind snapshotd.actions.ports.HypervisorAPI.
+
+It keeps what libvirt keeps for the actions: domains (their XML and state) and, per
+domain, snapshots with libvirt's own XML (rendered with snapshotd.core.snapxml in the
+form libvirt returns: name, description, state, parent, creationTime, memory, disks,
+the domain's definition), the current snapshot and the parent links.  Creating a
+snapshot does what libvirt does that the actions can see:
+
+* an external disk gets its overlay: a file whose qcow2 header names the image it is
+  built on (files.backing_chain reads it), and the domain's disk now uses it;
+* external memory is written to its file; HALT leaves the domain shut off;
+* NO_METADATA keeps nothing, and the request XML comes back, as the adapter returns it;
+* a name that is taken, an overlay that exists, QUIESCE without a guest agent (or on a
+  domain that is not running) fail with the codes and words libvirt 9.0 uses.
+
+Errors are the adapter's: NotFoundError for a missing domain or snapshot, LibvirtError
+(classified as the adapter classifies it) for the rest.  What it does not model it
+refuses, with a LibvirtError that says so: deleting an external snapshot (libvirt
+merges its overlays with a block commit).  Secrets are not modelled: the secure XML is
+the plain XML.
+
+Test controls: define(), set_state(), undefine(), fail_next_create(), commit_disk().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+from lxml import etree
+
+from snapshotd.adapters import files
+from snapshotd.adapters.hypervisor import SnapshotRecord, classify
+from snapshotd.core import snapxml
+from snapshotd.core.domain import parse_domain, parse_xml
+from snapshotd.core.model import CreateFlag, DomainInfo, DomainState, SnapshotDisk, SnapshotInfo
+from snapshotd.errors import LibvirtError, NotFoundError
+
+VERSION = (9, 0, 0)  # the libvirt these tests stand in for
+REVERT_EXTERNAL = (9, 9, 0)
+
+_OFFLINE = frozenset({DomainState.SHUTOFF, DomainState.CRASHED, DomainState.NOSTATE})
+
+
+def libvirt_error(
+    message: str, *, code: int, operation: str, domain: str | None, origin: int = 0
+) -> LibvirtError:
+    """The LibvirtError the adapter makes of a libvirt error with this code and text."""
+    return LibvirtError(
+        message,
+        operation=operation,
+        domain=domain,
+        transient=classify(code, origin, message),
+        code=code,
+    )
+
+
+def domain_xml(
+    name: str,
+    disks: Sequence[tuple[str, str]] = (),
+    *,
+    uuid: str | None = None,
+    memory_mib: int = 64,
+    virt_type: str = "kvm",
+) -> str:
+    """A small domain definition: ``disks`` are (target, qcow2 image) pairs."""
+    disk_xml = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>"
+        for target, path in disks
+    )
+    return (
+        f"<domain type='{virt_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
+        f"<memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
+        f"<os><type arch='x86_64'>hvm</type></os><devices>{disk_xml}</devices></domain>"
+    )
+
+
+def write_overlay(path: str, backing: str) -> None:
+    """A file with the qcow2 header fields that name its backing file (no data)."""
+    name = backing.encode()
+    offset = 72
+    header = b"QFI\xfb" + struct.pack(">IQI", 3, offset, len(name))
+    Path(path).write_bytes(header.ljust(offset, b"\0") + name)
+
+
+def _snapshot_state(state: DomainState, flags: CreateFlag) -> str:
+    """libvirt's <state>: the domain's, or disk-snapshot for an online disk-only one."""
+    if CreateFlag.DISK_ONLY in flags and state not in _OFFLINE:
+        return "disk-snapshot"
+    return state.value
+
+
+@dataclass
+class _Snapshot:
+    info: SnapshotInfo
+    xml: str
+
+
+@dataclass
+class _Domain:
+    root: etree._Element  # the definition; disk sources follow external snapshots
+    state: DomainState
+    agent: bool  # a guest agent that answers
+    snapshots: dict[str, _Snapshot] = field(default_factory=dict)  # in the order made
+    current: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.root.findtext("name"))
+
+    @property
+    def uuid(self) -> str:
+        return str(self.root.findtext("uuid"))
+
+    def text(self) -> str:
+        return etree.tostring(self.root, encoding="unicode")
+
+    def disk_source(self, target: str) -> etree._Element | None:
+        for disk in self.root.iterfind("devices/disk"):
+            found = disk.find("target")
+            if found is not None and found.get("dev") == target:
+                return disk.find("source")
+        return None
+
+
+class FakeHypervisor:
+    """A hypervisor in memory: what the actions ask of libvirt, and nothing more."""
+
+    def __init__(
+        self,
+        uri: str = "test:///fake",
+        *,
+        clock: Callable[[], float] = time.time,
+        version: tuple[int, int, int] = VERSION,
+    ) -> None:
+        self.uri = uri
+        self._clock = clock  # libvirt's creationTime: the host's clock, in seconds
+        self._version = version
+        self._domains: list[_Domain] = []
+        self._next_failure: LibvirtError | None = None
+        self.creates = 0  # calls that reached "libvirt" (failed or not)
+
+    # --- test controls ------------------------------------------------------------------
+
+    def define(
+        self, xml: str, *, state: DomainState = DomainState.RUNNING, agent: bool = False
+    ) -> DomainInfo:
+        """Add a domain from its XML, in ``state``; ``agent``: its guest agent answers."""
+        found = _Domain(parse_xml(xml, "domain XML"), state, agent)
+        self._domains.append(found)
+        return self.domain(found.uuid)
+
+    def set_state(self, name_or_uuid: str, state: DomainState) -> DomainInfo:
+        self._find(name_or_uuid).state = state
+        return self.domain(name_or_uuid)
+
+    def undefine(self, name_or_uuid: str) -> None:
+        self._domains.remove(self._find(name_or_uuid))
+
+    def fail_next_create(self, error: LibvirtError) -> None:
+        """The next snapshot create raises ``error`` (and changes nothing)."""
+        self._next_failure = error
+
+    def commit_disk(self, name_or_uuid: str, target: str) -> None:
+        """As an active block commit and pivot: the disk uses its base image again."""
+        source = self._find(name_or_uuid).disk_source(target)
+        if source is None or source.get("file") is None:
+            raise ValueError(f"disk {target} has no file")
+        source.set("file", files.backing_chain(str(source.get("file")))[-1])
+
+    # --- domains ------------------------------------------------------------------------
+
+    def libvirt_version(self) -> tuple[int, int, int]:
+        return self._version
+
+    def list_domains(self) -> list[DomainInfo]:
+        return [self.domain(d.uuid) for d in self._domains]
+
+    def domain(self, name_or_uuid: str) -> DomainInfo:
+        found = self._find(name_or_uuid)
+        return parse_domain(found.text(), found.state)
+
+    def domain_state(self, uuid: str) -> DomainState | None:
+        try:
+            return self._find(uuid).state
+        except NotFoundError:
+            return None
+
+    def domain_xml(self, name: str, *, inactive: bool = False, secure: bool = False) -> str:
+        return self._find(name).text()
+
+    def _find(self, name_or_uuid: str) -> _Domain:
+        for found in self._domains:
+            if name_or_uuid.lower() == found.uuid.lower() or name_or_uuid == found.name:
+                return found
+        raise NotFoundError(f"domain {name_or_uuid!r} not found: no domain has that name")
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def list_snapshots(self, domain: str) -> list[SnapshotRecord]:
+        found = self._find(domain)
+        ordered: list[str] = []
+
+        def visit(parent: str | None) -> None:
+            for name, snap in found.snapshots.items():
+                if snap.info.parent == parent:
+                    ordered.append(name)
+                    visit(name)
+
+        visit(None)
+        return [
+            SnapshotRecord(
+                n, found.snapshots[n].xml, n == found.current, found.snapshots[n].info.parent
+            )
+            for n in ordered
+        ]
+
+    def snapshot_xml(self, domain: str, snapshot: str, *, secure: bool = False) -> str:
+        return self._snapshot(domain, snapshot).xml
+
+    def snapshot_created(self, domain: str, snapshot: str) -> int | None:
+        snap = self._find(domain).snapshots.get(snapshot)
+        if snap is None:
+            return None
+        return snap.info.creation_time or 0
+
+    def current_snapshot(self, domain: str) -> str | None:
+        return self._find(domain).current
+
+    def _snapshot(self, domain: str, snapshot: str) -> _Snapshot:
+        snap = self._find(domain).snapshots.get(snapshot)
+        if snap is None:
+            raise NotFoundError(f"domain {domain!r} has no snapshot {snapshot!r}")
+        return snap
+
+    def create_snapshot_secure(
+        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+    ) -> tuple[str, str]:
+        found = self._find(uuid or domain)
+        self.creates += 1
+        failure, self._next_failure = self._next_failure, None
+        if failure is not None:
+            raise failure
+        request = snapxml.parse_snapshot(xml, source="snapshot request")
+        name = request.name or str(int(self._clock()))
+        self._refuse(found, domain, name, request, flags)
+        before = found.text()
+        for disk in request.disks:
+            if disk.snapshot == "external" and disk.source_file:
+                source = found.disk_source(disk.name)
+                backing = source.get("file") if source is not None else None
+                write_overlay(disk.source_file, backing or "")
+                if source is not None:
+                    source.set("file", disk.source_file)
+        if request.memory == "external" and request.memory_file:
+            Path(request.memory_file).write_bytes(b"guest memory")
+        if CreateFlag.HALT in flags:
+            found.state = DomainState.SHUTOFF
+        if CreateFlag.NO_METADATA in flags:
+            return xml, xml
+        info = dataclasses.replace(
+            request,
+            state=_snapshot_state(found.state, flags),
+            parent=found.current,
+            creation_time=int(self._clock()),
+            domain_xml=before,
+        )
+        made = _Snapshot(info, snapxml.render_info(info))
+        found.snapshots[name] = made
+        found.current = name
+        return made.xml, made.xml
+
+    def _refuse(
+        self, found: _Domain, domain: str, name: str, request: SnapshotInfo, flags: CreateFlag
+    ) -> None:
+        """What libvirt refuses before it changes anything."""
+        op = "create snapshot"
+        if name in found.snapshots:
+            raise libvirt_error(
+                f"operation failed: domain moment {name} already exists",
+                code=libvirt.VIR_ERR_OPERATION_FAILED,
+                operation=op,
+                domain=domain,
+            )
+        if CreateFlag.QUIESCE in flags and found.state is not DomainState.RUNNING:
+            raise libvirt_error(
+                "Requested operation is not valid: domain is not running",
+                code=libvirt.VIR_ERR_OPERATION_INVALID,
+                operation=op,
+                domain=domain,
+            )
+        if CreateFlag.QUIESCE in flags and not found.agent:
+            raise libvirt_error(
+                "argument unsupported: QEMU guest agent is not configured",
+                code=libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                operation=op,
+                domain=domain,
+            )
+        reuse = CreateFlag.REUSE_EXT in flags
+        for disk in request.disks:
+            path = disk.source_file
+            if disk.snapshot == "external" and path and Path(path).exists() and not reuse:
+                raise libvirt_error(
+                    "unsupported configuration: external snapshot file for disk "
+                    f"{disk.name} already exists and is not a block device: {path}",
+                    code=libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+                    operation=op,
+                    domain=domain,
+                )
+
+    def redefine_snapshot(self, domain: str, xml: str, *, current: bool = False) -> str:
+        found = self._find(domain)
+        info = snapxml.parse_snapshot(xml, source="snapshot to redefine")
+        name = info.name
+        if name is None:
+            raise libvirt_error(
+                "XML error: a redefined snapshot must have a name",
+                code=libvirt.VIR_ERR_XML_ERROR,
+                operation="redefine snapshot",
+                domain=domain,
+            )
+        info = dataclasses.replace(info, current=None)
+        found.snapshots[name] = _Snapshot(info, snapxml.render_info(info))
+        if current:
+            found.current = name
+        return name
+
+    def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
+        found = self._find(domain)
+        gone = self._snapshot(domain, snapshot)
+        external = gone.info.memory == "external" or any(
+            d.snapshot == "external" for d in gone.info.disks
+        )
+        if external and not metadata_only:
+            raise libvirt_error(
+                "this operation is not supported: FakeHypervisor does not merge an external "
+                "snapshot's overlays (delete it with metadata_only)",
+                code=libvirt.VIR_ERR_NO_SUPPORT,
+                operation=f"delete snapshot {snapshot!r}",
+                domain=domain,
+            )
+        del found.snapshots[snapshot]
+        parent = gone.info.parent
+        for name, child in found.snapshots.items():  # children move up to its parent
+            if child.info.parent == snapshot:
+                info = dataclasses.replace(child.info, parent=parent)
+                found.snapshots[name] = _Snapshot(info, snapxml.render_info(info))
+        if found.current == snapshot:
+            found.current = parent
+
+    def revert_snapshot(
+        self, domain: str, snapshot: str, *, running: bool = False, paused: bool = False
+    ) -> None:
+        found = self._find(domain)
+        snap = self._snapshot(domain, snapshot)
+        disks: tuple[SnapshotDisk, ...] = snap.info.disks
+        external = snap.info.memory == "external" or any(d.snapshot == "external" for d in disks)
+        if external and self._version < REVERT_EXTERNAL:
+            raise libvirt_error(
+                "unsupported configuration: revert to external snapshot not supported yet",
+                code=libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+                operation=f"revert to snapshot {snapshot!r}",
+                domain=domain,
+            )
+        if running:
+            found.state = DomainState.RUNNING
+        elif paused:
+            found.state = DomainState.PAUSED
+        elif snap.info.state in {"running", "paused"}:
+            found.state = DomainState(snap.info.state)
+        else:
+            found.state = DomainState.SHUTOFF
+        found.current = snapshot
