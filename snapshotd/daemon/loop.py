@@ -478,7 +478,7 @@ class Daemon:
                 self.connected[uri] = (up, error)
                 self.metrics.connected.labels(uri=sanitize_uri(uri)).set(1 if up else 0)
                 if not up and error:
-                    # The URI without its password: last_error goes to status.json and the status line.
+                    # Without its password: last_error goes to status.json and the status line.
                     self.status.last_error = f"{sanitize_uri(uri)}: {error}"[:120]
 
     def _listed(self, uri: str, domains: list[DomainInfo]) -> None:
