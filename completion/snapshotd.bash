@@ -1,13 +1,8 @@
 # bash completion for snapshotd; made by scripts/gen-docs.py from the parser.
 _snapshotd() {
-    local cur prev verb opts
+    local cur prev verb opts i=1
     cur="${COMP_WORDS[COMP_CWORD]}"
     prev="${COMP_WORDS[COMP_CWORD-1]}"
-    if [ "$COMP_CWORD" -eq 1 ]; then
-        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate revert --help --version' -- "$cur")
-        return
-    fi
-    verb="${COMP_WORDS[1]}"
     case "$prev" in
         --domain|-d)
             mapfile -t COMPREPLY < <(compgen -W "$(virsh -q list --all --name 2>/dev/null)" -- "$cur")
@@ -15,7 +10,22 @@ _snapshotd() {
         --config|--out|--policy-dir|--state-dir|--directory)
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return ;;
+        --config|--connect|--policy-dir|--state-dir|-c)
+            return ;;
     esac
+    # Options may come before the verb (snapshotd -c URI list ...): skip them.
+    while [ "$i" -lt "$COMP_CWORD" ]; do
+        case "${COMP_WORDS[i]}" in
+            --config|--connect|--policy-dir|--state-dir|-c) i=$((i + 2)) ;;
+            -*) i=$((i + 1)) ;;
+            *) break ;;
+        esac
+    done
+    if [ "$i" -ge "$COMP_CWORD" ]; then
+        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate revert --config --connect --help --policy-dir --state-dir --version -c -h' -- "$cur")
+        return
+    fi
+    verb="${COMP_WORDS[i]}"
     case "$verb" in
         check) opts='--config --connect --freshness --help --offline --policy-dir --state-dir -c -h' ;;
         plan) opts='--at --config --connect --description --directory --disk --disk-only --disks --domain --help --json --live --memory --name --no-atomic --policy --policy-dir --quiesce --reuse-external --state-dir -c -d -h -p' ;;

@@ -11,6 +11,17 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
     """The completion script for the verbs and options of ``parser`` (``build_parser()``)."""
     names = []
     cases = []
+    # The options the top-level parser takes before the verb, and those of them that take
+    # a value: the verb is the first word after them.
+    before = sorted(o for a in parser._actions if a.option_strings for o in a.option_strings)
+    valued = "|".join(
+        sorted(
+            o
+            for a in parser._actions
+            if a.option_strings and a.nargs != 0
+            for o in a.option_strings
+        )
+    )
     for name, _summary, sub in each_verb(parser):
         names.append(name)
         options = sorted(o for a in sub._actions for o in a.option_strings)
@@ -19,15 +30,9 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
         [
             "# bash completion for snapshotd; made by scripts/gen-docs.py from the parser.",
             "_snapshotd() {",
-            "    local cur prev verb opts",
+            "    local cur prev verb opts i=1",
             '    cur="${COMP_WORDS[COMP_CWORD]}"',
             '    prev="${COMP_WORDS[COMP_CWORD-1]}"',
-            '    if [ "$COMP_CWORD" -eq 1 ]; then',
-            f"        mapfile -t COMPREPLY < <(compgen -W '{' '.join(names)} --help --version' "
-            '-- "$cur")',
-            "        return",
-            "    fi",
-            '    verb="${COMP_WORDS[1]}"',
             '    case "$prev" in',
             "        --domain|-d)",
             '            mapfile -t COMPREPLY < <(compgen -W "$(virsh -q list --all --name '
@@ -36,7 +41,23 @@ def bash_completion(parser: argparse.ArgumentParser) -> str:
             "        --config|--out|--policy-dir|--state-dir|--directory)",
             '            mapfile -t COMPREPLY < <(compgen -f -- "$cur")',
             "            return ;;",
+            f"        {valued})",
+            "            return ;;",
             "    esac",
+            "    # Options may come before the verb (snapshotd -c URI list ...): skip them.",
+            '    while [ "$i" -lt "$COMP_CWORD" ]; do',
+            '        case "${COMP_WORDS[i]}" in',
+            f"            {valued}) i=$((i + 2)) ;;",
+            "            -*) i=$((i + 1)) ;;",
+            "            *) break ;;",
+            "        esac",
+            "    done",
+            '    if [ "$i" -ge "$COMP_CWORD" ]; then',
+            f"        mapfile -t COMPREPLY < <(compgen -W '{' '.join([*names, *before])}' "
+            '-- "$cur")',
+            "        return",
+            "    fi",
+            '    verb="${COMP_WORDS[i]}"',
             '    case "$verb" in',
             *cases,
             "        *) opts='' ;;",

@@ -3,6 +3,7 @@ everything it lists exists."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -13,8 +14,10 @@ ENTRY = re.compile(r"^(?P<indent>(?:  )*)(?P<name>[a-z_]+(?:/|\.py))(?:\s|$)")
 
 
 def listed(text: str) -> set[str]:
-    """The paths the first code block of the page names, relative to the repository."""
-    block = text.split("```", 2)[1]
+    """The paths the page's folder listing names (the code block that starts with the
+    package's folder), relative to the repository."""
+    blocks = text.split("```")[1::2]
+    block = next(b for b in blocks if b.lstrip("\n").startswith("snapshotd/"))
     stack: list[str] = []
     paths = set()
     for line in block.splitlines()[1:]:
@@ -31,11 +34,24 @@ def listed(text: str) -> set[str]:
     return paths
 
 
+def defines_something(path: Path) -> bool:
+    """Whether a module holds more than a docstring, imports and ``__all__``."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Expr | ast.Import | ast.ImportFrom):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if [getattr(t, "id", None) for t in targets] == ["__all__"]:
+            continue
+        return True
+    return False
+
+
 def modules() -> set[str]:
-    """Every module of the package except an empty __init__.py."""
+    """Every module of the package; a package's __init__.py only when it defines
+    something of its own (one that re-exports is its folder's face, listed as the folder)."""
     found = set()
     for path in (REPO / "snapshotd").rglob("*.py"):
-        if path.name == "__init__.py" and not path.read_text().strip():
+        if path.name == "__init__.py" and not defines_something(path):
             continue
         found.add(str(path.relative_to(REPO)))
     return found
@@ -43,6 +59,7 @@ def modules() -> set[str]:
 
 def test_the_listing_parser_reads_nested_folders() -> None:
     sample = (
+        "```\nnot the listing\n```\n\n"
         "```\nsnapshotd/\n  core/          pure\n    plan.py      plans\n"
         "                 second line of plan.py's job\n  errors.py      errors\n```\n"
     )

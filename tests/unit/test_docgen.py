@@ -84,3 +84,10 @@ def test_bash_completion_completes_verbs_and_their_options() -> None:
     assert run_completion("snapshotd", "list", "--t") == ["--tree"]
     assert "--freshness" in run_completion("snapshotd", "check", "--")
     assert run_completion("snapshotd", "status", "--js") == ["--json"]
+
+
+def test_bash_completion_finds_the_verb_after_options_before_it() -> None:
+    assert run_completion("snapshotd", "-c", "qemu:///system", "li") == ["list"]
+    assert run_completion("snapshotd", "--config", "/etc/s.yaml", "list", "--t") == ["--tree"]
+    assert "--state-dir" in run_completion("snapshotd", "--")
+    assert run_completion("snapshotd", "-c", "") == []  # a URI: nothing to offer
