@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapshotd.actions.ports import HypervisorAPI
-from snapshotd.actions.snapshot import epoch, log_operation
+from snapshotd.actions.snapshot import DomainAction, epoch
 from snapshotd.adapters import files
 from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.catalog.api import Catalog, SnapshotRow
@@ -147,20 +147,12 @@ def prune(
         judge()
         return report
     with catalog.domain_lock(domain.uuid, domain.name):
-        _delete(hv, catalog, policy, domain, judge(), report=report, now=now)
+        _delete(DomainAction(hv, catalog, domain, policy.name, now), judge(), report)
     return report
 
 
-def _delete(
-    hv: HypervisorAPI,
-    catalog: Catalog,
-    policy: Policy,
-    domain: DomainInfo,
-    owned: list[Owned],
-    *,
-    report: PruneReport,
-    now: dt.datetime,
-) -> None:
+def _delete(action: DomainAction, owned: list[Owned], report: PruneReport) -> None:
+    hv, catalog, domain = action.hv, action.catalog, action.domain
     by_name = {o.candidate.name: o for o in owned}
     doomed = sorted(report.to_delete, key=lambda n: by_name[n].candidate.created)
     chains: Chains | None = None  # read when the first catalog-only snapshot needs them
@@ -174,84 +166,35 @@ def _delete(
                 except SnapshotdError as exc:
                     report.failed.append((name, str(exc)))
                     continue
-            _prune_catalog_only(catalog, hv, policy, domain, entry.row, chains, report, now)
+            _prune_catalog_only(action, entry.row, chains, report)
             continue
         try:
             hv.delete_snapshot(domain.name, name)
         except SnapshotdError as exc:
             report.failed.append((name, str(exc)))
-            log_operation(
-                catalog,
-                hv,
-                "delete",
-                "failed",
-                policy=policy.name,
-                domain=domain,
-                snapshot=name,
-                message=str(exc),
-                started=started,
-                now=now,
-            )
+            action.log("delete", "failed", snapshot=name, message=str(exc), started=started)
             continue
         info = entry.info
         if info.creation_time is not None:
             _remove_memory_file(info, entry.row.files if entry.row is not None else ())
-            catalog.mark_deleted(domain.uuid, name, info.creation_time, epoch(now))
+            catalog.mark_deleted(domain.uuid, name, info.creation_time, epoch(action.now))
         report.deleted.append(name)
-        log_operation(
-            catalog,
-            hv,
-            "delete",
-            "ok",
-            policy=policy.name,
-            domain=domain,
-            snapshot=name,
-            message=None,
-            started=started,
-            now=now,
-        )
+        action.log("delete", "ok", snapshot=name, message=None, started=started)
 
 
-def _prune_catalog_only(  # noqa: PLR0917 - the prune's state, passed down once
-    catalog: Catalog,
-    hv: HypervisorAPI,
-    policy: Policy,
-    domain: DomainInfo,
-    row: SnapshotRow,
-    chains: Chains,
-    report: PruneReport,
-    now: dt.datetime,
+def _prune_catalog_only(
+    action: DomainAction, row: SnapshotRow, chains: Chains, report: PruneReport
 ) -> None:
     """Delete a catalog-only snapshot: its files, unless the domain still uses one."""
     started = time.monotonic()
-    why = in_use(chains, domain, row)
+    why = in_use(chains, action.domain, row)
     if why is not None:
         report.kept.append((row.name, why))
-        log_operation(
-            catalog,
-            hv,
-            "delete",
-            "kept",
-            policy=policy.name,
-            domain=domain,
-            snapshot=row.name,
-            message=why,
-            started=started,
-            now=now,
-        )
+        action.log("delete", "kept", snapshot=row.name, message=why, started=started)
         return
     files.remove_files(row.files)
-    catalog.mark_deleted(domain.uuid, row.name, row.created_at, epoch(now))
+    action.catalog.mark_deleted(action.domain.uuid, row.name, row.created_at, epoch(action.now))
     report.deleted.append(row.name)
-    log_operation(
-        catalog,
-        hv,
-        "delete",
-        "ok",
-        policy=policy.name,
-        domain=domain,
-        snapshot=row.name,
-        message="catalog-only: files removed",
-        started=started,
-        now=now,
+    action.log(
+        "delete", "ok", snapshot=row.name, message="catalog-only: files removed", started=started
     )

@@ -64,6 +64,44 @@ def epoch(now: dt.datetime) -> int:
     return int(now.timestamp())
 
 
+@dataclass(frozen=True, slots=True)
+class DomainAction:
+    """One action of snapshotd on one domain (a create, a prune): the connection and the
+    catalog it works with, the policy it acts for (None: by hand) and its instant."""
+
+    hv: HypervisorAPI
+    catalog: Catalog
+    domain: DomainInfo
+    policy: str | None
+    now: dt.datetime
+
+    def log(
+        self,
+        operation: str,
+        outcome: str,
+        *,
+        snapshot: str | None,
+        message: str | None,
+        started: float,
+    ) -> None:
+        """Add a line to the catalog's operations log; ``started``: time.monotonic() when
+        the operation began."""
+        self.catalog.record_operation(
+            Operation(
+                at=epoch(self.now),
+                uri=self.hv.uri,
+                operation=operation,
+                outcome=outcome,
+                policy=self.policy,
+                domain_uuid=self.domain.uuid,
+                domain_name=self.domain.name,
+                snapshot=snapshot,
+                message=message,
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+        )
+
+
 def create(
     hv: HypervisorAPI,
     catalog: Catalog,
@@ -93,12 +131,13 @@ def create_planned(
     Holds the domain's lock (shared with other snapshotd processes on the same catalog)
     from the name check to the catalog record.
     """
+    action = DomainAction(hv, catalog, domain, policy, now)
     with catalog.domain_lock(domain.uuid, domain.name):
         # The name first: a name already taken (perhaps by the process this one waited
         # for) is the refusal that holds whatever state the domain is in now.
-        _refuse_taken_name(hv, catalog, domain, plan.spec.name)
-        _still_as_planned(hv, catalog, domain, plan.spec.name, policy=policy, now=now)
-        return _create(hv, catalog, domain, plan, policy=policy, now=now)
+        _refuse_taken_name(action, plan.spec.name)
+        _still_as_planned(action, plan.spec.name)
+        return _create(action, plan)
 
 
 class DomainChanged(RequestError):
@@ -108,15 +147,7 @@ class DomainChanged(RequestError):
     """
 
 
-def _still_as_planned(
-    hv: HypervisorAPI,
-    catalog: Catalog,
-    domain: DomainInfo,
-    name: str,
-    *,
-    policy: str | None,
-    now: dt.datetime,
-) -> None:
+def _still_as_planned(action: DomainAction, name: str) -> None:
     """Read the domain again under its lock, right before libvirt is asked.
 
     The plan was made from a state read earlier (the daemon's domain list, or before a
@@ -124,7 +155,8 @@ def _still_as_planned(
     that has stopped since, nor of one that is gone.
     """
     started = time.monotonic()
-    state = hv.domain_state(domain.uuid)
+    domain = action.domain
+    state = action.hv.domain_state(domain.uuid)
     if state is domain.state:
         return
     if state is None:
@@ -135,29 +167,19 @@ def _still_as_planned(
         f"domain {domain.name!r} ({domain.uuid}) {why} after snapshot {name!r} was "
         "planned: skipped, nothing was changed; the next due time plans it again"
     )
-    log_operation(
-        catalog,
-        hv,
-        "create",
-        "skipped",
-        policy=policy,
-        domain=domain,
-        snapshot=name,
-        message=message,
-        started=started,
-        now=now,
-    )
+    action.log("create", "skipped", snapshot=name, message=message, started=started)
     raise DomainChanged(message)
 
 
-def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+def _refuse_taken_name(action: DomainAction, name: str) -> None:
     """A snapshot name is never reused: libvirt would refuse it half-way, and the
     catalog would hold two snapshots by one name."""
+    domain = action.domain
     try:
-        created = hv.snapshot_created(domain.uuid, name)
+        created = action.hv.snapshot_created(domain.uuid, name)
     except NotFoundError:
         return  # the domain is gone: _still_as_planned says so
-    row = catalog.find(domain.uuid, name)
+    row = action.catalog.find(domain.uuid, name)
     if created is None and row is None:
         return
     when = created if created is not None else row.created_at if row is not None else 0
@@ -169,15 +191,8 @@ def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, 
     )
 
 
-def _create(
-    hv: HypervisorAPI,
-    catalog: Catalog,
-    domain: DomainInfo,
-    plan: Plan,
-    *,
-    policy: str | None,
-    now: dt.datetime,
-) -> Created:
+def _create(action: DomainAction, plan: Plan) -> Created:
+    hv, domain, now = action.hv, action.domain, action.now
     spec = plan.spec
     xml = render_checked(spec)
     made_dirs = files.check_targets(spec, create_dirs=True)
@@ -194,18 +209,7 @@ def _create(
         if mismatch is not None:
             exc.message = f"{exc.message}; {mismatch}"
             exc.args = (exc.message,)
-        log_operation(
-            catalog,
-            hv,
-            "create",
-            "failed",
-            policy=policy,
-            domain=domain,
-            snapshot=spec.name,
-            message=str(exc),
-            started=started,
-            now=now,
-        )
+        action.log("create", "failed", snapshot=spec.name, message=str(exc), started=started)
         raise
     if before is None:
         stored = secure
@@ -216,32 +220,21 @@ def _create(
         )
         returned = snapxml.render_catalog_only(spec, online=online, created=epoch(now))
     info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
-    catalog.record_snapshot(
+    action.catalog.record_snapshot(
         SnapshotRow(
             uri=hv.uri,
             domain_uuid=domain.uuid,
             domain_name=domain.name,
             name=spec.name,
             created_at=info.creation_time if info.creation_time is not None else epoch(now),
-            policy=policy,
+            policy=action.policy,
             parent=info.parent,
             xml=stored,
             files=spec.new_files,
             libvirt_metadata=keeps_metadata,
         )
     )
-    log_operation(
-        catalog,
-        hv,
-        "create",
-        "ok",
-        policy=policy,
-        domain=domain,
-        snapshot=spec.name,
-        message=None,
-        started=started,
-        now=now,
-    )
+    action.log("create", "ok", snapshot=spec.name, message=None, started=started)
     return Created(plan, info)
 
 
@@ -306,34 +299,5 @@ def adopt(
             xml=hv.snapshot_xml(domain, name, secure=True),
             files=files_made + memory,
             libvirt_metadata=True,
-        )
-    )
-
-
-def log_operation(
-    catalog: Catalog,
-    hv: HypervisorAPI,
-    operation: str,
-    outcome: str,
-    *,
-    policy: str | None,
-    domain: DomainInfo,
-    snapshot: str | None,
-    message: str | None,
-    started: float,
-    now: dt.datetime,
-) -> None:
-    catalog.record_operation(
-        Operation(
-            at=epoch(now),
-            uri=hv.uri,
-            operation=operation,
-            outcome=outcome,
-            policy=policy,
-            domain_uuid=domain.uuid,
-            domain_name=domain.name,
-            snapshot=snapshot,
-            message=message,
-            duration_ms=int((time.monotonic() - started) * 1000),
         )
     )

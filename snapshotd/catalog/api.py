@@ -1,8 +1,9 @@
 """What the rest of snapshotd needs from a catalog, and the rows it keeps: pure types only.
 
 ``Catalog`` and ``RunLog`` are Protocols; ``catalog/sqlite.py`` (the catalog a daemon
-keeps in its state directory) and ``catalog/memory.py`` (for tests) implement them, and
-``tests/unit/test_catalog.py`` holds both to the same contract:
+keeps in its state directory) and ``catalog/memory.py`` (for tests) implement them, on
+``CatalogBase`` (what the two do alike), and ``tests/unit/test_catalog.py`` holds both
+to the same contract:
 
 * snapshot records: a snapshot is "ours" when a live (not deleted) row has its domain
   UUID, name and libvirt creation time; a row is never recorded twice (AlreadyRecorded),
@@ -15,11 +16,15 @@ keeps in its state directory) and ``catalog/memory.py`` (for tests) implement th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, Self
 
 LOCK_WAIT = 120.0  # seconds an operation waits for another one on the same domain
+
+# Holds a domain's lock: (UUID, domain name, seconds to wait) -> the hold.
+LockHolder = Callable[[str, str, float], AbstractContextManager[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +183,25 @@ class Catalog(Protocol):
     def operations(self, *, limit: int = 100) -> list[Operation]:
         """The most recent operations, newest first."""
         ...
+
+
+class CatalogBase:
+    """What both catalogs do alike: ``domain_lock`` through the ``hold`` each is made
+    with, and use as a context manager that closes the catalog on the way out."""
+
+    def __init__(self, hold: LockHolder) -> None:
+        self._hold = hold
+
+    def close(self) -> None:
+        """Nothing to release here; a catalog with a connection closes it."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def domain_lock(
+        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
+    ) -> AbstractContextManager[None]:
+        return self._hold(uuid, domain, wait)

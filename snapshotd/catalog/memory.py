@@ -9,10 +9,9 @@ this process (there is no other process to exclude).
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager
 from dataclasses import replace
 
-from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, Operation, Run, SnapshotRow
+from snapshotd.catalog.api import AlreadyRecorded, CatalogBase, Operation, Run, SnapshotRow
 from snapshotd.catalog.locks import ThreadLocks
 
 
@@ -66,15 +65,15 @@ class MemoryRunLog:
             )
 
 
-class MemoryCatalog:
+class MemoryCatalog(CatalogBase):
     """A catalog in memory.  Closing it keeps its content (it is one object)."""
 
     def __init__(self) -> None:
+        super().__init__(ThreadLocks().hold)
         self._guard = threading.Lock()
         self._rows: list[SnapshotRow] = []  # in the order recorded
         self._operations: list[Operation] = []  # oldest first
         self._runs = MemoryRunLog(self._guard)
-        self._locks = ThreadLocks()
 
     @property
     def location(self) -> str:
@@ -83,20 +82,6 @@ class MemoryCatalog:
     @property
     def runs(self) -> MemoryRunLog:
         return self._runs
-
-    def close(self) -> None:
-        return
-
-    def __enter__(self) -> MemoryCatalog:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def domain_lock(
-        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
-    ) -> AbstractContextManager[None]:
-        return self._locks.hold(uuid, domain, wait)
 
     # --- snapshots -------------------------------------------------------------------
 

@@ -28,16 +28,16 @@ The domain locks are files beside the database (catalog/locks.py: ``locks/UUID.l
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 from snapshotd.catalog import locks
-from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, Operation, Run, SnapshotRow
+from snapshotd.catalog.api import AlreadyRecorded, CatalogBase, Operation, Run, SnapshotRow
 
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
@@ -160,7 +160,7 @@ class _Database:
         self.connection.close()
 
 
-class SQLiteCatalog:
+class SQLiteCatalog(CatalogBase):
     """The catalog in ``state_dir``: its database, and the domain locks beside it."""
 
     def __init__(self, state_dir: str, *, shared: bool = False) -> None:
@@ -169,11 +169,11 @@ class SQLiteCatalog:
         ``shared``: the connection may be handed from thread to thread (never used by
         two at once), as the daemon's pool of connections does.
         """
+        super().__init__(functools.partial(locks.file_lock, state_dir))
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
         created = _create_private(path)
-        self._state_dir = state_dir
         self._path = str(path)
         self._database = _Database(self._path, shared=shared)
         self._runs = SQLiteRunLog(self._database)
@@ -200,17 +200,6 @@ class SQLiteCatalog:
 
     def close(self) -> None:
         self._database.close()
-
-    def __enter__(self) -> SQLiteCatalog:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def domain_lock(
-        self, uuid: str, domain: str, *, wait: float = LOCK_WAIT
-    ) -> AbstractContextManager[None]:
-        return locks.file_lock(self._state_dir, uuid, domain, wait)
 
     # --- snapshots -------------------------------------------------------------------
 

@@ -1,15 +1,19 @@
 """What every family of verbs needs from the parsed arguments: the exit codes, the
-clock, the connection URI, the settings, a policy by name, an ad hoc snapshot request,
-and JSON on the output."""
+clock, the connection URI, the settings, the hypervisor with the catalog, a policy by
+name, an ad hoc snapshot request, and JSON on the output."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from snapshotd.adapters.configfiles import load_settings
+from snapshotd.adapters.hypervisor import Hypervisor
+from snapshotd.catalog import Catalog, open_catalog
 from snapshotd.cli.parser import SNAPSHOT_OPTIONS
 from snapshotd.config.settings import DEFAULT_URI, Overrides, Settings
 from snapshotd.core.model import Request, SnapshotRequest
@@ -47,6 +51,14 @@ def settings(args: argparse.Namespace, *, policies: bool = True) -> Settings:
             + "\n  ".join(str(e) for e in loaded.errors)
         )
     return loaded
+
+
+@contextmanager
+def connected(args: argparse.Namespace, loaded: Settings) -> Iterator[tuple[Hypervisor, Catalog]]:
+    """The hypervisor at uri(args, loaded) and the catalog in the settings' state directory,
+    both closed on the way out."""
+    with Hypervisor.open(uri(args, loaded)) as hv, open_catalog(loaded.state_dir) as catalog:
+        yield hv, catalog
 
 
 def policy_named(loaded: Settings, name: str) -> Policy:

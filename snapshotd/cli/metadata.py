@@ -9,7 +9,6 @@ from typing import TextIO
 from snapshotd.actions import importing, metadata
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
-from snapshotd.catalog import open_catalog
 from snapshotd.cli import common, output
 from snapshotd.cli.common import EXIT_OK
 from snapshotd.core.hierarchy import Item
@@ -102,10 +101,7 @@ def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args, policies=False)
-    with (
-        Hypervisor.open(common.uri(args, settings)) as hv,
-        open_catalog(settings.state_dir) as catalog,
-    ):
+    with common.connected(args, settings) as (hv, catalog):
         redefined = metadata.revert(
             hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeAlias
 
 from snapshotd import __version__
@@ -100,6 +100,14 @@ CONNECT_HELP = f"libvirt connection URI, as virsh -c (default: from the config, 
 CONFIG_HELP = f"daemon settings (default: {DEFAULT_CONFIG})"
 POLICY_DIR_HELP = "policy directory (default: config)"
 STATE_DIR_HELP = "state directory (default: config)"
+DOMAIN_HELP = "domain name or UUID"
+
+# The settings options: the option, its dest and metavar, its help.
+_PATH_OPTIONS = (
+    ("--config", "config", "FILE", CONFIG_HELP),
+    ("--policy-dir", "policy_dir", "DIR", POLICY_DIR_HELP),
+    ("--state-dir", "state_dir", "DIR", STATE_DIR_HELP),
+)
 
 
 def _connect(parser: argparse.ArgumentParser) -> None:
@@ -107,20 +115,38 @@ def _connect(parser: argparse.ArgumentParser) -> None:
 
 
 def _paths(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    parser.add_argument("--policy-dir", metavar="DIR", help=POLICY_DIR_HELP)
-    parser.add_argument("--state-dir", metavar="DIR", help=STATE_DIR_HELP)
+    for flag, _dest, metavar, text in _PATH_OPTIONS:
+        parser.add_argument(flag, metavar=metavar, help=text)
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    """-c/--connect, then the settings options: most verbs take both."""
+    _connect(parser)
+    _paths(parser)
+
+
+def _domain(
+    parser: argparse.ArgumentParser, text: str = DOMAIN_HELP, *, required: bool = False
+) -> None:
+    parser.add_argument("--domain", "-d", type=_domain_arg, required=required, help=text)
+
+
+def _policy(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--policy", "-p", help=text)
+
+
+def _flag(parser: argparse._ActionsContainer, option: str, text: str | None = None) -> None:
+    parser.add_argument(option, action="store_true", help=text)
+
+
+def _json(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--json", "machine-readable output")
 
 
 # --- options before the verb -------------------------------------------------------------
 
 # The verb's dest -> how the option is spelled in messages.
-GLOBAL_OPTIONS = {
-    "connect": "-c/--connect",
-    "config": "--config",
-    "policy_dir": "--policy-dir",
-    "state_dir": "--state-dir",
-}
+GLOBAL_OPTIONS = {"connect": "-c/--connect"} | {dest: flag for flag, dest, _m, _t in _PATH_OPTIONS}
 _BEFORE = "before_verb_"  # the dests of the options given before the verb
 
 
@@ -154,11 +180,7 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=CONNECT_HELP + "; repeatable for run",
     )
-    for flag, dest, metavar, text in (
-        ("--config", "config", "FILE", CONFIG_HELP),
-        ("--policy-dir", "policy_dir", "DIR", POLICY_DIR_HELP),
-        ("--state-dir", "state_dir", "DIR", STATE_DIR_HELP),
-    ):
+    for flag, dest, metavar, text in _PATH_OPTIONS:
         group.add_argument(
             flag, dest=_BEFORE + dest, metavar=metavar, default=argparse.SUPPRESS, help=text
         )
@@ -189,20 +211,13 @@ def _refuse_before_verb(verb_parser: argparse.ArgumentParser, option: str, verb:
 
 def _snapshot_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("snapshot options (without --policy)")
-    group.add_argument(
-        "--memory",
-        type=_request_word,
-        default=None,
-        metavar="auto|no|internal|external",
-        help="what happens to the guest's memory (default: auto, the state table decides)",
-    )
-    group.add_argument(
-        "--disks",
-        type=_request_word,
-        default=None,
-        metavar="auto|no|internal|external",
-        help="the default for every disk (default: auto)",
-    )
+    for option, text in (
+        ("--memory", "what happens to the guest's memory (default: auto, the state table decides)"),
+        ("--disks", "the default for every disk (default: auto)"),
+    ):
+        group.add_argument(
+            option, type=_request_word, default=None, metavar="auto|no|internal|external", help=text
+        )
     group.add_argument(
         "--disk",
         type=_disk_selector,
@@ -211,9 +226,7 @@ def _snapshot_options(parser: argparse.ArgumentParser) -> None:
         metavar="TARGET_OR_PATH=MODE",
         help="one disk by target (vda) or source path, with its mode; repeatable",
     )
-    group.add_argument(
-        "--disk-only", action="store_true", help="no memory: a disk snapshot (DISK_ONLY)"
-    )
+    _flag(group, "--disk-only", "no memory: a disk snapshot (DISK_ONLY)")
     group.add_argument(
         "--name", type=_snapshot_name_arg, help="snapshot name (default: snapshotd-<UTC time>)"
     )
@@ -224,20 +237,13 @@ def _snapshot_options(parser: argparse.ArgumentParser) -> None:
         help="where external memory and disk files go; may use {domain} "
         "(default: disk overlays beside their image; external memory needs it)",
     )
-    group.add_argument(
-        "--quiesce", action="store_true", help="freeze guest file systems via the guest agent"
-    )
-    group.add_argument(
-        "--live", action="store_true", help="external memory: keep the guest running while saving"
-    )
-    group.add_argument(
-        "--no-atomic", action="store_true", help="do not ask libvirt for an all-or-nothing snapshot"
-    )
-    group.add_argument(
-        "--reuse-external",
-        action="store_true",
-        help="use existing external files instead of refusing (REUSE_EXT)",
-    )
+    for option, text in (
+        ("--quiesce", "freeze guest file systems via the guest agent"),
+        ("--live", "external memory: keep the guest running while saving"),
+        ("--no-atomic", "do not ask libvirt for an all-or-nothing snapshot"),
+        ("--reuse-external", "use existing external files instead of refusing (REUSE_EXT)"),
+    ):
+        _flag(group, option, text)
 
 
 SNAPSHOT_OPTIONS = (
@@ -255,8 +261,25 @@ SNAPSHOT_OPTIONS = (
 )
 
 
-# The verbs' parsers, as build_parser adds them (one function per verb, below).
+# The verbs' parsers, as build_parser adds them.
 Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+# What adds one verb's options to its parser.
+Options: TypeAlias = Callable[[argparse.ArgumentParser], None]
+
+# Each verb's name, one-line help, description and options, in the order `@_verb` below
+# registers them (the order of the usage line, the man page and the completion).
+_VERBS: list[tuple[str, str, str, Options]] = []
+
+
+def _verb(name: str, summary: str) -> Callable[[Options], Options]:
+    """Register the function below as verb ``name``'s options; its docstring, on one line,
+    is the verb's description (in its --help and the man page)."""
+
+    def register(options: Options) -> Options:
+        _VERBS.append((name, summary, " ".join((options.__doc__ or "").split()), options))
+        return options
+
+    return register
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,104 +289,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"snapshotd {__version__}")
     _global_options(parser)
-    sub = parser.add_subparsers(
+    sub: Verbs = parser.add_subparsers(
         dest="verb", required=True, metavar="VERB", parser_class=argparse.ArgumentParser
     )
-    _check_parser(sub)
-    _plan_parser(sub)
-    _take_parser(sub)
-    _prune_parser(sub)
-    _run_parser(sub)
-    _status_parser(sub)
-    _list_parser(sub)
-    _export_parser(sub)
-    _import_parser(sub)
-    _replicate_parser(sub)
-    _revert_parser(sub)
+    for name, summary, description, options in _VERBS:
+        options(sub.add_parser(name, help=summary, description=description))
     parser.verbs = dict(sub.choices)
     return parser
 
 
-def _check_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "check",
-        help="validate the config and every policy file",
-        description="Validate snapshotd.yaml and the policy directory. Exit 0 when all is "
-        "valid, 2 with every error otherwise. With libvirt reachable, also shows which "
-        "domains each policy selects and where policies overlap.",
-    )
+@_verb("check", "validate the config and every policy file")
+def _check(parser: argparse.ArgumentParser) -> None:
+    """Validate snapshotd.yaml and the policy directory. Exit 0 when all is valid, 2 with every
+    error otherwise. With libvirt reachable, also shows which domains each policy selects and
+    where policies overlap."""
     _paths(parser)
     _connect(parser)
-    parser.add_argument("--offline", action="store_true", help="do not ask libvirt for domains")
-    parser.add_argument(
+    _flag(parser, "--offline", "do not ask libvirt for domains")
+    _flag(
+        parser,
         "--freshness",
-        action="store_true",
-        help="Nagios-style plugin: is each monitored domain's newest snapshot younger than its "
+        "Nagios-style plugin: is each monitored domain's newest snapshot younger than its "
         "policy's monitor: limits? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; one line "
         "with perfdata",
     )
 
 
-def _plan_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "plan",
-        help="show what would be done (dry run)",
-        description="With --domain and snapshot options: the state table row, XML and flags "
-        "of one snapshot. Without --domain, or with --policy: for every domain, the "
-        "policies that select it, the next due time, the XML and flags in its current "
-        "state (or why it would be skipped) and what retention would delete. "
-        "Changes nothing.",
-    )
-    _connect(parser)
-    _paths(parser)
-    parser.add_argument("--domain", "-d", type=_domain_arg, help="domain name or UUID")
-    parser.add_argument("--policy", "-p", help="only this policy")
+@_verb("plan", "show what would be done (dry run)")
+def _plan(parser: argparse.ArgumentParser) -> None:
+    """With --domain and snapshot options: the state table row, XML and flags of one snapshot.
+    Without --domain, or with --policy: for every domain, the policies that select it, the next
+    due time, the XML and flags in its current state (or why it would be skipped) and what
+    retention would delete. Changes nothing."""
+    _connection(parser)
+    _domain(parser)
+    _policy(parser, "only this policy")
     parser.add_argument("--at", type=_when, help="pretend it is this time (ISO 8601)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _json(parser)
     _snapshot_options(parser)
 
 
-def _take_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "take",
-        help="take a snapshot now",
-        description="With --domain and snapshot options: one snapshot as asked. With "
-        "--policy: the policy's snapshot of every domain it selects (or of --domain), "
-        "then the policy's retention for each domain that got its snapshot.",
-    )
-    _connect(parser)
-    _paths(parser)
-    parser.add_argument("--domain", "-d", type=_domain_arg, help="domain name or UUID")
-    parser.add_argument("--policy", "-p", help="take this policy's snapshot")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+@_verb("take", "take a snapshot now")
+def _take(parser: argparse.ArgumentParser) -> None:
+    """With --domain and snapshot options: one snapshot as asked. With --policy: the policy's
+    snapshot of every domain it selects (or of --domain), then the policy's retention for each
+    domain that got its snapshot."""
+    _connection(parser)
+    _domain(parser)
+    _policy(parser, "take this policy's snapshot")
+    _json(parser)
     _snapshot_options(parser)
 
 
-def _prune_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "prune",
-        help="apply retention now",
-        description="Delete, through libvirt, the snapshots that no retention rule keeps. "
-        "Only snapshots snapshotd made under the policy are ever considered.",
-    )
-    _connect(parser)
-    _paths(parser)
-    parser.add_argument("--policy", "-p", help="only this policy (default: all)")
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, help="only this domain (default: all it selects)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+@_verb("prune", "apply retention now")
+def _prune(parser: argparse.ArgumentParser) -> None:
+    """Delete, through libvirt, the snapshots that no retention rule keeps. Only snapshots
+    snapshotd made under the policy are ever considered."""
+    _connection(parser)
+    _policy(parser, "only this policy (default: all)")
+    _domain(parser, "only this domain (default: all it selects)")
+    _flag(parser, "--dry-run", "say what would be deleted")
+    _json(parser)
 
 
-def _run_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "run",
-        help="run the daemon in the foreground (under systemd)",
-        description="Run the schedules of every policy until SIGTERM. Reloads the policies on "
-        "SIGHUP and when the policy directory changes; keeps the previous policies when the "
-        "new ones are not valid. Speaks systemd's notify protocol when NOTIFY_SOCKET is set.",
-    )
+@_verb("run", "run the daemon in the foreground (under systemd)")
+def _run(parser: argparse.ArgumentParser) -> None:
+    """Run the schedules of every policy until SIGTERM. Reloads the policies on SIGHUP and when
+    the policy directory changes; keeps the previous policies when the new ones are not valid.
+    Speaks systemd's notify protocol when NOTIFY_SOCKET is set."""
     _paths(parser)
     parser.add_argument(
         "-c",
@@ -378,114 +371,77 @@ def _run_parser(sub: Verbs) -> None:
     )
 
 
-def _status_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "status",
-        help="what the daemon is doing and has done",
-        description="Read the daemon's state directory: whether it is running, the policies "
-        "in force and any load errors, and per domain and policy the last snapshot and its "
-        "age, the next due time and the last error. Exit status 0 when the daemon is "
-        "running, 3 when it is not.",
-    )
+@_verb("status", "what the daemon is doing and has done")
+def _status(parser: argparse.ArgumentParser) -> None:
+    """Read the daemon's state directory: whether it is running, the policies in force and any
+    load errors, and per domain and policy the last snapshot and its age, the next due time and
+    the last error. Exit status 0 when the daemon is running, 3 when it is not."""
     _paths(parser)
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _json(parser)
 
 
-def _list_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "list",
-        help="list a domain's snapshots",
-        description="libvirt's snapshots of the domain, and the catalog-only ones "
-        "(metadata: catalog) that only snapshotd's catalog knows.",
-    )
+@_verb("list", "list a domain's snapshots")
+def _list(parser: argparse.ArgumentParser) -> None:
+    """libvirt's snapshots of the domain, and the catalog-only ones (metadata: catalog) that
+    only snapshotd's catalog knows."""
+    _connection(parser)
+    _domain(parser, required=True)
+    _json(parser)
+    _flag(parser, "--tree", "the hierarchy, as virsh snapshot-list --tree draws it")
+
+
+@_verb("export", "write a domain's snapshot metadata as XML files")
+def _export(parser: argparse.ArgumentParser) -> None:
+    """One libvirt snapshot XML file per snapshot, parents first, and index.json naming the
+    current one. Files are written 0600."""
     _connect(parser)
-    _paths(parser)
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID"
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--tree", action="store_true", help="the hierarchy, as virsh snapshot-list --tree draws it"
-    )
-
-
-def _export_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "export",
-        help="write a domain's snapshot metadata as XML files",
-        description="One libvirt snapshot XML file per snapshot, parents first, and "
-        "index.json naming the current one. Files are written 0600.",
-    )
-    _connect(parser)
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID"
-    )
+    _domain(parser, required=True)
     parser.add_argument(
         "--out", metavar="DIR", type=_out_arg, help="directory (default: ./DOMAIN-snapshots)"
     )
-    parser.add_argument(
-        "--secure", action="store_true", help="include secrets (VIR_DOMAIN_SNAPSHOT_XML_SECURE)"
-    )
+    _flag(parser, "--secure", "include secrets (VIR_DOMAIN_SNAPSHOT_XML_SECURE)")
 
 
-def _import_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "import",
-        help="redefine snapshot metadata into libvirt",
-        description="Check every document against the domain and libvirt first (UUID, "
-        "parents, cycles, files), then redefine parents first (REDEFINE), the current one "
-        "with REDEFINE|CURRENT. All or nothing. With --dry-run and no --domain: describe and "
-        "validate any snapshot XML files.",
-    )
-    _connect(parser)
-    _paths(parser)
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, help="domain name or UUID (optional with --dry-run)"
-    )
+@_verb("import", "redefine snapshot metadata into libvirt")
+def _import(parser: argparse.ArgumentParser) -> None:
+    """Check every document against the domain and libvirt first (UUID, parents, cycles, files),
+    then redefine parents first (REDEFINE), the current one with REDEFINE|CURRENT. All or
+    nothing. With --dry-run and no --domain: describe and validate any snapshot XML files."""
+    _connection(parser)
+    _domain(parser, "domain name or UUID (optional with --dry-run)")
     parser.add_argument(
         "sources", nargs="*", metavar="DIR|FILE", help="export directories or files"
     )
-    parser.add_argument(
+    _flag(
+        parser,
         "--from-catalog",
-        action="store_true",
-        help="import the catalog's snapshots of the domain that libvirt does not have",
+        "import the catalog's snapshots of the domain that libvirt does not have",
     )
     parser.add_argument(
         "--snapshot", action="append", default=[], help="with --from-catalog: only these"
     )
     parser.add_argument("--current", metavar="NAME", help="make this snapshot current")
-    parser.add_argument("--dry-run", action="store_true", help="check and describe only")
+    _flag(parser, "--dry-run", "check and describe only")
 
 
-def _replicate_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "replicate",
-        help="copy a domain's snapshot metadata to another host",
-        description="Export from --connect, import into --to, where a domain with the same "
-        "UUID must exist. --remove-source-metadata then deletes the source's metadata only "
-        "(METADATA_ONLY), which lets libvirt migrate the domain.",
-    )
+@_verb("replicate", "copy a domain's snapshot metadata to another host")
+def _replicate(parser: argparse.ArgumentParser) -> None:
+    """Export from --connect, import into --to, where a domain with the same UUID must exist.
+    --remove-source-metadata then deletes the source's metadata only (METADATA_ONLY), which lets
+    libvirt migrate the domain."""
     _connect(parser)
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID"
-    )
+    _domain(parser, required=True)
     parser.add_argument("--to", metavar="URI", required=True, help="the destination connection")
-    parser.add_argument("--remove-source-metadata", action="store_true")
+    _flag(parser, "--remove-source-metadata")
 
 
-def _revert_parser(sub: Verbs) -> None:
-    parser = sub.add_parser(
-        "revert",
-        help="revert a domain to a snapshot",
-        description="If libvirt has no metadata for the snapshot (catalog-only, or lost with "
-        "a transient domain), it is redefined from the catalog first.",
-    )
-    _connect(parser)
-    _paths(parser)
-    parser.add_argument(
-        "--domain", "-d", type=_domain_arg, required=True, help="domain name or UUID"
-    )
+@_verb("revert", "revert a domain to a snapshot")
+def _revert(parser: argparse.ArgumentParser) -> None:
+    """If libvirt has no metadata for the snapshot (catalog-only, or lost with a transient
+    domain), it is redefined from the catalog first."""
+    _connection(parser)
+    _domain(parser, required=True)
     parser.add_argument("snapshot", help="the snapshot's name")
     state = parser.add_mutually_exclusive_group()
-    state.add_argument("--running", action="store_true", help="running afterwards")
-    state.add_argument("--paused", action="store_true", help="paused afterwards")
+    _flag(state, "--running", "running afterwards")
+    _flag(state, "--paused", "paused afterwards")

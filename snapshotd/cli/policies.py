@@ -48,10 +48,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args)
     policies = common.chosen_policies(args, settings)
     at = args.at or common.now()
-    with (
-        Hypervisor.open(common.uri(args, settings)) as hv,
-        open_catalog(settings.state_dir) as catalog,
-    ):
+    with common.connected(args, settings) as (hv, catalog):
         overview = planning.overview(hv, catalog, policies, args.domain, at)
     if args.json:
         common.dump(reports.overview_dict(overview), out)
@@ -80,10 +77,7 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args)
     policy = common.policy_named(settings, args.policy)
     now = common.now()  # the instant of every domain's run
-    with (
-        Hypervisor.open(common.uri(args, settings)) as hv,
-        open_catalog(settings.state_dir) as catalog,
-    ):
+    with common.connected(args, settings) as (hv, catalog):
         done = taking.run_policy(
             hv,
             catalog,
@@ -125,10 +119,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args)
     policies = common.chosen_policies(args, settings)
     now = common.now()
-    with (
-        Hypervisor.open(common.uri(args, settings)) as hv,
-        open_catalog(settings.state_dir) as catalog,
-    ):
+    with common.connected(args, settings) as (hv, catalog):
         done = sweep.prune_selected(
             hv,
             catalog,

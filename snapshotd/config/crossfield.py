@@ -19,7 +19,7 @@ from snapshotd.core import schedule
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.plan import ONLINE_STATES, fold_requests
 from snapshotd.core.policy import render_name
-from snapshotd.core.retention import Retention
+from snapshotd.core.retention import COUNT_FIELDS, Retention
 from snapshotd.core.schedule import Schedule
 from snapshotd.core.table import INVALID_ADVICE, UNSUPPORTED_ADVICE, Outcome, Row, lookup
 from snapshotd.errors import RequestError
@@ -307,12 +307,7 @@ def _cross_retention(r: Reader) -> Retention | None:
     if not r.ok(*paths):
         return None
     retention = Retention(
-        keep_last=r.count("retention.keep_last"),
-        hourly=r.count("retention.hourly"),
-        daily=r.count("retention.daily"),
-        weekly=r.count("retention.weekly"),
-        monthly=r.count("retention.monthly"),
-        yearly=r.count("retention.yearly"),
+        **{name: r.count(f"retention.{name}") for name in COUNT_FIELDS},
         min_age=r.duration("retention.min_age"),
     )
     if retention.is_empty:

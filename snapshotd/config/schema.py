@@ -19,6 +19,7 @@ from snapshotd.config.settings import (
     DEFAULT_WORKERS,
 )
 from snapshotd.core import schedule
+from snapshotd.core.policy import BeforeFailure, Metadata, Quiesce
 from snapshotd.core.retention import format_duration
 
 MAX_COUNT = 100_000  # retention counts
@@ -86,6 +87,11 @@ class Option:
             Kind.COMMANDS: "a list of commands, each a list of strings: an absolute program "
             "path and its arguments (no shell)",
         }[self.kind]
+
+
+def _values(choices: type[enum.StrEnum]) -> tuple[str, ...]:
+    """An option's choices: the values of the enum its text is read into."""
+    return tuple(member.value for member in choices)
 
 
 _REQUESTS = ("auto", "no", "internal", "external")
@@ -224,7 +230,7 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         "does not answer.",
         default="false",
         example="try",
-        choices=("false", "true", "try"),
+        choices=_values(Quiesce),
     ),
     Option(
         "snapshot.live",
@@ -273,7 +279,7 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         "NO_METADATA; snapshotd's catalog keeps the XML).",
         default="libvirt",
         example="catalog",
-        choices=("libvirt", "catalog"),
+        choices=_values(Metadata),
     ),
     Option(
         "retention",
@@ -379,7 +385,7 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         "`continue` and take it anyway.",
         default="skip",
         example="continue",
-        choices=("skip", "continue"),
+        choices=_values(BeforeFailure),
     ),
     Option(
         "monitor",

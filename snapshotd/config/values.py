@@ -12,7 +12,7 @@ import re
 import string
 import uuid
 from collections.abc import Callable
-from typing import cast
+from typing import Any
 
 from snapshotd.config.schema import DESCRIPTION_MAX, MIN_EVERY, POLICY_NAME_MAX
 from snapshotd.config.yamlreader import show
@@ -65,22 +65,22 @@ def _refuse_empty(message: str) -> Callable[[object], str | None]:
     return lambda items: message if items == () else None
 
 
-def _check_cron(expr: object) -> str | None:
+def _check_cron(expr: str) -> str | None:
     try:
-        return schedule.check_cron(cast(str, expr))
+        return schedule.check_cron(expr)
     except (ValueError, OverflowError) as exc:
         return str(exc)
 
 
-def _check_timezone(name: object) -> str | None:
+def _check_timezone(name: str) -> str | None:
     try:
-        return schedule.check_timezone(cast(str, name))
+        return schedule.check_timezone(name)
     except (ValueError, OSError) as exc:
         return str(exc)
 
 
-def _check_every(every: object) -> str | None:
-    if cast(dt.timedelta, every) < MIN_EVERY:
+def _check_every(every: dt.timedelta) -> str | None:
+    if every < MIN_EVERY:
         return (
             f"must be at least {int(MIN_EVERY.total_seconds())}s; more frequent "
             "snapshots would keep the domains busy taking them"
@@ -88,8 +88,7 @@ def _check_every(every: object) -> str | None:
     return None
 
 
-def _check_description(text: object) -> str | None:
-    description = cast(str, text)
+def _check_description(description: str) -> str | None:
     if len(description) > DESCRIPTION_MAX:
         return f"is {len(description)} characters long; at most {DESCRIPTION_MAX}"
     if _control_character(description, "\n\t"):
@@ -97,9 +96,8 @@ def _check_description(text: object) -> str | None:
     return None
 
 
-def _check_name_template(template: object) -> str | None:
+def _check_name_template(text: str) -> str | None:
     """The template's own rules; rendering it needs the policy name (cross step)."""
-    text = cast(str, template)
     try:
         fields = naming.template_fields(
             text, NAME_FIELDS, "snapshot name template", specs=frozenset({"time"})
@@ -129,8 +127,7 @@ def _check_name_template(template: object) -> str | None:
     return None
 
 
-def _check_directory(template: object) -> str | None:
-    text = cast(str, template)
+def _check_directory(text: str) -> str | None:
     try:
         naming.check_directory(text, "snapshot directory")
         naming.template_fields(text, frozenset({"domain"}), "snapshot directory")
@@ -139,8 +136,7 @@ def _check_directory(template: object) -> str | None:
     return None
 
 
-def _check_plain_directory(path: object) -> str | None:
-    text = cast(str, path)
+def _check_plain_directory(text: str) -> str | None:
     try:
         naming.check_directory(text, "directory")
     except RequestError as exc:
@@ -175,8 +171,9 @@ def check_metrics_address(address: str) -> str | None:
     return None
 
 
-CHECKS: dict[str, Callable[[object], str | None]] = {
-    "name": lambda v: check_policy_name(cast(str, v)),
+# A check takes the option's value as the reader made it: a str, a timedelta, a tuple, ...
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "name": check_policy_name,
     "domains.include": _refuse_empty(
         'selects no domain; list globs or uuids, or leave it out for all ("*")'
     ),

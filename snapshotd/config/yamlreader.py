@@ -20,13 +20,14 @@ import yaml
 MAX_BYTES = 256 * 1024  # a policy file is a few hundred bytes; anything this big is wrong
 MAX_DEPTH = 10  # mappings and lists inside each other; a policy needs 3
 
-STR_TAG = "tag:yaml.org,2002:str"
-INT_TAG = "tag:yaml.org,2002:int"
-BOOL_TAG = "tag:yaml.org,2002:bool"
-NULL_TAG = "tag:yaml.org,2002:null"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
+_YAML_TAG = "tag:yaml.org,2002:"  # the standard tags' prefix: !!str is tag:yaml.org,2002:str
+STR_TAG = _YAML_TAG + "str"
+INT_TAG = _YAML_TAG + "int"
+BOOL_TAG = _YAML_TAG + "bool"
+NULL_TAG = _YAML_TAG + "null"
+_FLOAT_TAG = _YAML_TAG + "float"
+_TIMESTAMP_TAG = _YAML_TAG + "timestamp"
+_MERGE_TAG = _YAML_TAG + "merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +114,7 @@ def _code_point(character: object) -> str:
 
 
 def _tag_as_written(tag: str) -> str:
-    prefix = "tag:yaml.org,2002:"
-    return "!!" + tag[len(prefix) :] if tag.startswith(prefix) else tag
+    return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
 
 
 # --------------------------------------------------------------------------

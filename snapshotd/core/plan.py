@@ -199,21 +199,18 @@ def _fold(requests: dict[str, Request], domain: str) -> Request:
     return folded
 
 
+def _row_error(kind: str, message: str, row: Row, domain: DomainInfo) -> PlanError:
+    """A refusal of the request, naming the state table row that applied."""
+    return PlanError(kind, message, domain=domain.name, row=row.number)
+
+
 def _refuse_row(row: Row, domain: DomainInfo) -> PlanError:
     if row.outcome is Outcome.INVALID:
         reason = row.reason or ""
-        return PlanError(
-            "invalid",
-            f"invalid combination ({reason}): {INVALID_ADVICE[reason]}",
-            domain=domain.name,
-            row=row.number,
-        )
-    return PlanError(
-        "unsupported",
-        f"unsupported for now: {UNSUPPORTED_ADVICE[row.number]}",
-        domain=domain.name,
-        row=row.number,
-    )
+        advice = f"invalid combination ({reason}): {INVALID_ADVICE[reason]}"
+        return _row_error("invalid", advice, row, domain)
+    advice = f"unsupported for now: {UNSUPPORTED_ADVICE[row.number]}"
+    return _row_error("unsupported", advice, row, domain)
 
 
 def _default_location(disk: DiskInfo, row: Row) -> tuple[Location, str]:
@@ -368,12 +365,12 @@ def _memory_file(
     if row.memory_result is not Location.EXTERNAL:
         return None
     if files.directory is None or files.root is None:
-        raise PlanError(
+        raise _row_error(
             "invalid",
             "external memory needs a directory for its state file; "
             "set one with --directory (or 'directory:' in the policy)",
-            domain=domain.name,
-            row=row.number,
+            row,
+            domain,
         )
     values = {"domain": domain.name, "snapshot": req.name}
     name = naming.render_template(req.memory_file_template, values, "memory file template")
@@ -437,11 +434,11 @@ def _check_something(plans: list[DiskPlan], row: Row, domain: DomainInfo) -> Non
     if any(p.location is not Location.NO for p in plans):
         return
     reasons = "; ".join(f"{p.target}: {p.reason}" for p in plans) or "the domain has no disks"
-    raise PlanError(
+    raise _row_error(
         "invalid",
         f"invalid combination (nothing to snapshot): every disk is left out ({reasons})",
-        domain=domain.name,
-        row=row.number,
+        row,
+        domain,
     )
 
 
@@ -469,39 +466,32 @@ def _check_files(plans: list[DiskPlan], memory_file: str | None, domain: DomainI
 def _flags(
     req: SnapshotRequest, row: Row, online: bool, plans: list[DiskPlan], domain: DomainInfo
 ) -> CreateFlag:
-    flags = CreateFlag(0)
+    def invalid(message: str) -> PlanError:
+        return _row_error("invalid", message, row, domain)
+
     external_disks = any(p.location is Location.EXTERNAL for p in plans)
-    if row.memory_result is Location.NO and (online or external_disks):
-        # Online: QEMU's transaction.  Offline: libvirt implies it for external
-        # disks; it is never passed for offline internal snapshots, which
-        # libvirt would then refuse.
-        flags |= CreateFlag.DISK_ONLY
+    # DISK_ONLY online: QEMU's transaction.  Offline: libvirt implies it for external
+    # disks; it is never passed for offline internal snapshots, which libvirt would
+    # then refuse.
+    disk_only = row.memory_result is Location.NO and (online or external_disks)
+    flags = CreateFlag.DISK_ONLY if disk_only else CreateFlag(0)
     if req.quiesce:
         if not (online and row.method is Method.TRANSACTION):
-            raise PlanError(
-                "invalid",
+            raise invalid(
                 "quiesce freezes the guest's file systems through its agent, which only "
-                "works for a disk-only snapshot (memory 'no') of a running domain",
-                domain=domain.name,
-                row=row.number,
+                "works for a disk-only snapshot (memory 'no') of a running domain"
             )
         if domain.state is DomainState.PAUSED:
-            raise PlanError(
-                "invalid",
+            raise invalid(
                 "quiesce needs the guest agent, which cannot answer while the domain is "
-                "paused; resume it or drop quiesce",
-                domain=domain.name,
-                row=row.number,
+                "paused; resume it or drop quiesce"
             )
         flags |= CreateFlag.QUIESCE
     if req.live:
         if not (online and row.memory_result is Location.EXTERNAL):
-            raise PlanError(
-                "invalid",
+            raise invalid(
                 "live snapshots keep the guest running while its memory is saved, which "
-                "libvirt only supports for external memory of a running domain",
-                domain=domain.name,
-                row=row.number,
+                "libvirt only supports for external memory of a running domain"
             )
         flags |= CreateFlag.LIVE
     if req.reuse_external:

@@ -32,6 +32,8 @@ import pytest
 
 _HERE = Path(__file__).parent
 BOOT = _HERE / "boot.sh"
+# Where the system tests make their domains' images (kept visible inside the namespace).
+IMAGES = Path("/var/lib/snapshotd-tests")
 BOOT_TIMEOUT = 20.0
 POWEROFF_TIMEOUT = 15.0
 # Hierarchies in which systemd makes its cgroups (v1 name=systemd, and v2 when mounted).
@@ -209,9 +211,16 @@ def systemd_ns() -> Iterator[SystemdNamespace]:
     if os.geteuid() != 0:
         pytest.fail("tests/system boot a systemd in a namespace: run them as root")
     before = _cgroups()
+    # boot.sh binds the test images' directory into the namespace only if it exists when
+    # systemd boots; the tests' domains are made in it later.
+    made = not IMAGES.exists()
+    IMAGES.mkdir(mode=0o700, exist_ok=True)
     ns = _boot()
     try:
         yield ns
     finally:
         _shutdown(ns.proc, ns.pid)
         _remove_cgroups(before)
+        if made:
+            with contextlib.suppress(OSError):  # only when no test left anything in it
+                IMAGES.rmdir()

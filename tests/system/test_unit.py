@@ -18,7 +18,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.system.conftest import SystemdNamespace
+from tests.system.conftest import IMAGES, SystemdNamespace
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "snapshotd.service"
@@ -257,7 +257,6 @@ SYSTEST = "/etc/snapshotd-systest"  # config and policies.d, in the namespace's 
 SYSTEST_STATE = "/var/lib/snapshotd-systest"  # the catalog, in its /var/lib overlay
 # Images of the throwaway domains: libvirtd (on the host) must reach them; the harness
 # binds this host directory into the namespace.
-IMAGES = Path("/var/lib/snapshotd-tests")
 
 
 def _configure(ns: SystemdNamespace, policies: dict[str, str], dropin: str = "") -> str:
