@@ -1,7 +1,7 @@
 """Fault case 19: random policy documents never crash `snapshotd check`.
 
 The real ``check`` code path runs in-process (``cli.main``): a policy directory on
-disk, the config file, policyfiles' reading checks, the loader, and the CLI's exit
+disk, the config file, configfiles' reading checks, the loader, and the CLI's exit
 codes.  Documents come in two kinds: structured (built from the schema's own keys, with
 the documented examples, defaults and choices, sometimes mutated) and unstructured
 (arbitrary text and bytes).
