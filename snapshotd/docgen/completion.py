@@ -9,6 +9,7 @@ from snapshotd.docgen.verbs import each_verb
 
 def bash_completion(parser: argparse.ArgumentParser) -> str:
     """The completion script for the verbs and options of ``parser`` (``build_parser()``)."""
+    # Long because most of it is the script itself, line by line, read top to bottom.
     names = []
     cases = []
     # The options the top-level parser takes before the verb, and those of them that take

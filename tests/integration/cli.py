@@ -34,6 +34,28 @@ def snapshotd(*args: str, timeout: float = 120) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def make_settings(root: Path) -> Path:
+    """A snapshotd.yaml (connect: qemu:///system) and an empty policy directory in ``root``,
+    with modes snapshotd trusts; the config file's path."""
+    (root / "policies").mkdir(mode=0o755, exist_ok=True)
+    config = root / "snapshotd.yaml"
+    config.write_text("connect: [qemu:///system]\n")
+    config.chmod(0o644)
+    return config
+
+
+def settings_args(root: Path) -> list[str]:
+    """The options that point a verb at ``root``'s config, policies and state."""
+    return [
+        "--config",
+        str(root / "snapshotd.yaml"),
+        "--policy-dir",
+        str(root / "policies"),
+        "--state-dir",
+        str(root / "state"),
+    ]
+
+
 def files_under(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*")}
 

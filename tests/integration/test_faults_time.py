@@ -27,32 +27,13 @@ from snapshotd.catalog.api import Run
 from snapshotd.config.settings import Overrides
 from snapshotd.daemon.link import Link
 from snapshotd.daemon.loop import Daemon as Loop
-from tests.integration.cli import snapshotd
+from tests.integration.cli import make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, snapshots, write_policy
 
 URI = "qemu:///system"
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
 UTC = dt.UTC
-
-
-def _settings(root: Path) -> Path:
-    (root / "policies").mkdir(mode=0o755, exist_ok=True)
-    config = root / "snapshotd.yaml"
-    config.write_text(f"connect: [{URI}]\n")
-    config.chmod(0o644)
-    return config
-
-
-def _paths(root: Path) -> list[str]:
-    return [
-        "--config",
-        str(root / "snapshotd.yaml"),
-        "--policy-dir",
-        str(root / "policies"),
-        "--state-dir",
-        str(root / "state"),
-    ]
 
 
 def _policy_file(root: Path, name: str, body: str) -> Path:
@@ -95,7 +76,7 @@ class Driven:
     """The daemon's main loop, driven pass by pass: its own tick(), events and jobs."""
 
     def __init__(self, root: Path, clock: SteppedClock) -> None:
-        config = _settings(root)
+        config = make_settings(root)
         paths = Overrides(str(config), str(root / "policies"), str(root / "state"))
         self.clock = clock
         self.loop = Loop(paths, workers=1, clock=clock)
@@ -142,7 +123,7 @@ def test_fault_11_clock_stepped_backward_and_forward_no_duplicates_no_burst(
     slot (not the stale planned slot and then a catch-up); backward gives no second
     run for any slot already served."""
     dom = domain_factory(state="shutoff")
-    _settings(tmp_path)
+    make_settings(tmp_path)
     _policy_file(
         tmp_path,
         "hourly",
@@ -337,7 +318,7 @@ def test_fault_10_host_down_30_days_one_catch_up_and_the_history_stays(
     history (periods count the ones that have a snapshot, not calendar windows)."""
     dom = domain_factory(state="shutoff")
     root = daemon.root
-    _settings(root)
+    make_settings(root)
     body = f"""
 domains:
   include: ["{dom.name}"]
@@ -350,7 +331,7 @@ snapshot:
     write_policy(daemon, "daily", body)  # the history is taken without retention...
     old = []
     for _ in range(4):
-        result = snapshotd("take", "--policy", "daily", "--json", *_paths(root))
+        result = snapshotd("take", "--policy", "daily", "--json", *settings_args(root))
         assert result.code == 0, result.err
         old.append(json.loads(result.out)[0]["snapshot"]["name"])
     write_policy(daemon, "daily", body + "retention:\n  hourly: 24\n  daily: 7\n")  # ...kept by it
@@ -400,7 +381,7 @@ def _virsh(*args: str) -> str:
 
 
 def _take(root: Path, policy: str) -> dict[str, Any]:
-    result = snapshotd("take", "--policy", policy, "--json", *_paths(root))
+    result = snapshotd("take", "--policy", policy, "--json", *settings_args(root))
     (entry,) = json.loads(result.out)
     assert isinstance(entry, dict)
     assert entry["outcome"] == "created", result.err
@@ -444,7 +425,7 @@ def test_fault_09_foreign_lookalikes_are_never_pruned(
     snapshot the policy took (deleted by hand, then made again by hand).  keep_last 1
     prunes the policy's own older snapshots around them and never them."""
     dom = domain_factory(state="shutoff")
-    _settings(tmp_path)
+    make_settings(tmp_path)
     _policy_file(tmp_path, "keep1", _keep_one(dom))
     lookalike = "keep1-20200101T000000000000Z"
     _virsh("snapshot-create-as", dom.name, lookalike, "--description", "by hand")
@@ -496,7 +477,7 @@ def test_fault_09_internal_parent_of_a_needed_child_loses_no_data(
     is lost: its disk contents read the same, and reverting to it gives them back."""
     dom = domain_factory(state="shutoff")
     image = dom.image("vda")
-    _settings(tmp_path)
+    make_settings(tmp_path)
     _policy_file(tmp_path, "chain", _keep_one(dom))
     _write(image, 0x11)
     a = _take(tmp_path, "chain")["snapshot"]["name"]
@@ -547,7 +528,7 @@ def test_fault_09_external_parent_of_a_needed_child_loses_no_data(
     started) and every overlay are still there."""
     dom = domain_factory(state="shutoff")
     base = dom.image("vda")
-    _settings(tmp_path)
+    make_settings(tmp_path)
     _policy_file(tmp_path, "ext", _keep_one(dom, "  disk_only: true\n  disks: external"))
     _write(base, 0x11)
     a = _take(tmp_path, "ext")["snapshot"]["name"]
@@ -595,7 +576,7 @@ def test_fault_09_running_external_parent_is_merged_and_no_data_is_lost(
     gone (no leftover)."""
     dom = domain_factory(state="running")
     base = dom.image("vda")
-    _settings(tmp_path)
+    make_settings(tmp_path)
     _policy_file(tmp_path, "ext", _keep_one(dom, "  disk_only: true\n  disks: external"))
     _guest_write(dom, 0x11)
     a = _take(tmp_path, "ext")["snapshot"]["name"]

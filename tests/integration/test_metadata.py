@@ -16,7 +16,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.integration.cli import Result, snapshotd
+from tests.integration.cli import Result, make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
@@ -24,22 +24,8 @@ NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
-    config = tmp_path / "snapshotd.yaml"
-    config.write_text("connect: [qemu:///system]\n")
-    config.chmod(0o644)
-    (tmp_path / "policies").mkdir(mode=0o755)
+    make_settings(tmp_path)
     return tmp_path
-
-
-def opts(root: Path) -> list[str]:
-    return [
-        "--config",
-        str(root / "snapshotd.yaml"),
-        "--policy-dir",
-        str(root / "policies"),
-        "--state-dir",
-        str(root / "state"),
-    ]
 
 
 def ok(result: Result) -> Result:
@@ -93,15 +79,17 @@ retention: {{keep_last: 1}}
     )
     policy.chmod(0o644)
     for _ in range(3):
-        ok(snapshotd("take", "--policy", "cat", *opts(state)))
+        ok(snapshotd("take", "--policy", "cat", *settings_args(state)))
     assert dom.dom.listAllSnapshots(0) == []  # libvirt keeps no metadata
-    listed = json.loads(ok(snapshotd("list", "--domain", dom.name, "--json", *opts(state))).out)
+    listed = json.loads(
+        ok(snapshotd("list", "--domain", dom.name, "--json", *settings_args(state))).out
+    )
     assert len(listed) == 3
     assert all(s["catalog_only"] for s in listed)
     overlays = sorted(snaps.glob("*.qcow2"))
     assert len(overlays) == 3
     # Every overlay is still in vda's backing chain: retention keeps them and says why.
-    report = json.loads(ok(snapshotd("prune", "--json", *opts(state))).out)
+    report = json.loads(ok(snapshotd("prune", "--json", *settings_args(state))).out)
     (entry,) = report
     assert entry["deleted"] == []
     assert len(entry["kept_in_use"]) == 2
@@ -118,24 +106,34 @@ retention: {{keep_last: 1}}
             break
         time.sleep(0.1)
     dom.dom.blockJobAbort("vda", libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-    report = json.loads(ok(snapshotd("prune", "--json", *opts(state))).out)
+    report = json.loads(ok(snapshotd("prune", "--json", *settings_args(state))).out)
     (entry,) = report
     newest = listed[-1]["name"]
     assert sorted(entry["deleted"]) == sorted(s["name"] for s in listed[:-1])
     remaining = sorted(snaps.glob("*.qcow2"))
     assert remaining == [p for p in overlays if newest in p.name]
     assert dom.state() == libvirt.VIR_DOMAIN_RUNNING
-    listed = json.loads(ok(snapshotd("list", "--domain", dom.name, "--json", *opts(state))).out)
+    listed = json.loads(
+        ok(snapshotd("list", "--domain", dom.name, "--json", *settings_args(state))).out
+    )
     assert [s["name"] for s in listed] == [newest]
 
     # On demand, the kept one goes into libvirt.
     ok(
         snapshotd(
-            "import", "--domain", dom.name, "--from-catalog", "--snapshot", newest, *opts(state)
+            "import",
+            "--domain",
+            dom.name,
+            "--from-catalog",
+            "--snapshot",
+            newest,
+            *settings_args(state),
         )
     )
     assert list(tree(dom.dom)) == [newest]
-    listed = json.loads(ok(snapshotd("list", "--domain", dom.name, "--json", *opts(state))).out)
+    listed = json.loads(
+        ok(snapshotd("list", "--domain", dom.name, "--json", *settings_args(state))).out
+    )
     assert [(s["name"], s["catalog_only"]) for s in listed] == [(newest, False)]
 
 
@@ -151,18 +149,25 @@ def test_a_transient_domain_gets_its_snapshot_back_from_the_catalog(
     dom = libvirt_conn.createXML(xml, 0)
     ok(
         snapshotd(
-            "take", "--domain", made.name, "--memory", "internal", "--name", "saved", *opts(state)
+            "take",
+            "--domain",
+            made.name,
+            "--memory",
+            "internal",
+            "--name",
+            "saved",
+            *settings_args(state),
         )
     )
     assert [s.getName() for s in dom.listAllSnapshots(0)] == ["saved"]
     dom.destroy()  # the domain, and libvirt's metadata with it, are gone
     dom = libvirt_conn.createXML(xml, 0)
     assert dom.listAllSnapshots(0) == []
-    result = ok(snapshotd("import", "--domain", made.name, "--from-catalog", *opts(state)))
+    result = ok(snapshotd("import", "--domain", made.name, "--from-catalog", *settings_args(state)))
     assert "saved" in result.out
     assert [s.getName() for s in dom.listAllSnapshots(0)] == ["saved"]
     dom.suspend()  # a state the snapshot does not have
-    result = ok(snapshotd("revert", "--domain", made.name, "saved", *opts(state)))
+    result = ok(snapshotd("revert", "--domain", made.name, "saved", *settings_args(state)))
     assert "it is running" in result.out
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     assert current(dom) == "saved"
@@ -172,23 +177,30 @@ def test_revert_redefines_from_the_catalog_and_refuses_external_on_old_libvirt(
     domain_factory: DomainFactory, state: Path
 ) -> None:
     dom = domain_factory(state="shutoff")
-    ok(snapshotd("take", "--domain", dom.name, "--name", "inside", *opts(state)))
+    ok(snapshotd("take", "--domain", dom.name, "--name", "inside", *settings_args(state)))
     ok(
         snapshotd(
-            "take", "--domain", dom.name, "--disks", "external", "--name", "outside", *opts(state)
+            "take",
+            "--domain",
+            dom.name,
+            "--disks",
+            "external",
+            "--name",
+            "outside",
+            *settings_args(state),
         )
     )
     for snap in reversed(dom.dom.listAllSnapshots(0)):
         snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-    result = snapshotd("revert", "--domain", dom.name, "outside", *opts(state))
+    result = snapshotd("revert", "--domain", dom.name, "outside", *settings_args(state))
     version = dom.dom.connect().getLibVersion()
     if version < 9_009_000:
         assert result.code == 2, result
         assert "came in libvirt 9.9" in result.err
         assert f"vda: {dom.directory / 'vda.qcow2'}" in result.err
-    ok(snapshotd("revert", "--domain", dom.name, "inside", *opts(state)))
+    ok(snapshotd("revert", "--domain", dom.name, "inside", *settings_args(state)))
     assert current(dom.dom) == "inside"
-    missing = snapshotd("revert", "--domain", dom.name, "never", *opts(state))
+    missing = snapshotd("revert", "--domain", dom.name, "never", *settings_args(state))
     assert missing.code == 2
     assert "no snapshot 'never'" in missing.err
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli import REPO, snapshotd
+from tests.integration.cli import REPO, make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 
 CONFIG = REPO / "config"
@@ -27,22 +27,9 @@ def write_policy(directory: Path, name: str, body: str) -> Path:
     return path
 
 
-def paths(tmp_path: Path) -> list[str]:
-    return [
-        "--policy-dir",
-        str(tmp_path / "policies"),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--config",
-        str(tmp_path / "snapshotd.yaml"),
-    ]
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Path:
-    (tmp_path / "snapshotd.yaml").write_text("connect: [qemu:///system]\n")
-    (tmp_path / "snapshotd.yaml").chmod(0o644)
-    (tmp_path / "policies").mkdir(mode=0o755)
+    make_settings(tmp_path)
     return tmp_path
 
 
@@ -79,7 +66,7 @@ retention:
     time.sleep(1.1)
     taken, pruned = [], []
     for _ in range(4):
-        result = snapshotd("take", "--policy", "keep2", "--json", *paths(settings))
+        result = snapshotd("take", "--policy", "keep2", "--json", *settings_args(settings))
         assert result.code == 0, result.err
         (entry,) = json.loads(result.out)
         assert entry["outcome"] == "created"
@@ -112,7 +99,7 @@ retention:
     )
     names = []
     for _ in range(3):
-        result = snapshotd("take", "--policy", "ext", "--json", *paths(settings))
+        result = snapshotd("take", "--policy", "ext", "--json", *settings_args(settings))
         assert result.code == 0, result.err
         names.append(json.loads(result.out)[0]["snapshot"]["name"])
         time.sleep(1.1)
@@ -160,7 +147,9 @@ retention:
   daily: 7
 """,
     )
-    result = snapshotd("plan", "--json", "--at", "2026-11-25T12:00:00+00:00", *paths(settings))
+    result = snapshotd(
+        "plan", "--json", "--at", "2026-11-25T12:00:00+00:00", *settings_args(settings)
+    )
     assert result.code == 0, result.err
     data = json.loads(result.out)
     plans = {p["domain"]: p for p in data["plans"]}
@@ -179,7 +168,7 @@ retention:
     # 02:30 in Berlin on the 26th is 01:30 UTC.
     assert plans[running.name]["next_due"] == "2026-11-26T01:30:00+00:00"
     assert plans[running.name]["would_delete"] == []
-    text = snapshotd("plan", "--at", "2026-11-25T12:00:00+00:00", *paths(settings))
+    text = snapshotd("plan", "--at", "2026-11-25T12:00:00+00:00", *settings_args(settings))
     assert text.code == 0, text.err
     assert f"{running.name} (running): both" in text.out
     assert f"== {shutoff.name} (shutoff) by policy both" in text.out
@@ -204,18 +193,18 @@ snapshot:
     )
     names = []
     for _ in range(3):
-        result = snapshotd("take", "--policy", "p", "--json", *paths(settings))
+        result = snapshotd("take", "--policy", "p", "--json", *settings_args(settings))
         assert result.code == 0, result.err
         names.append(json.loads(result.out)[0]["snapshot"]["name"])
         time.sleep(1.1)
     # Without retention nothing is ever pruned; now add one.
     policy.write_text(policy.read_text() + "retention:\n  keep_last: 1\n")
-    dry = snapshotd("prune", "--dry-run", "--json", *paths(settings))
+    dry = snapshotd("prune", "--dry-run", "--json", *settings_args(settings))
     assert dry.code == 0, dry.err
     (report,) = json.loads(dry.out)
     assert report["would_delete"] == names[:2]
     assert snapshot_names(dom) == sorted(names)
-    real = snapshotd("prune", "--policy", "p", "--domain", dom.name, *paths(settings))
+    real = snapshotd("prune", "--policy", "p", "--domain", dom.name, *settings_args(settings))
     assert real.code == 0, real.err
     assert f"deleted {names[0]}, {names[1]}" in real.out
     assert snapshot_names(dom) == [names[2]]
@@ -269,7 +258,7 @@ monitor: {{warn: WARN, crit: CRIT}}
     )
 
     def freshness() -> tuple[int, str]:
-        result = snapshotd("check", "--freshness", *paths(settings))
+        result = snapshotd("check", "--freshness", *settings_args(settings))
         assert result.out.count("\n") == 1, result.out  # one line, as Nagios reads it
         return result.code, result.out.strip()
 
@@ -278,7 +267,7 @@ monitor: {{warn: WARN, crit: CRIT}}
     assert code == 2
     assert line.startswith(f"SNAPSHOTD CRITICAL - {dom.name}/fresh: no snapshot |")
     # A fresh one: OK, with the age in the perfdata.
-    result = snapshotd("take", "--policy", "fresh", *paths(settings))
+    result = snapshotd("take", "--policy", "fresh", *settings_args(settings))
     assert result.code == 0, result.err
     code, line = freshness()
     assert code == 0

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 _HERE = Path(__file__).parent
@@ -204,6 +205,25 @@ def _remove_cgroups(before: set[Path]) -> None:
     for path in sorted(_cgroups() - before, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             path.rmdir()
+
+
+def remove_domain(conn: libvirt.virConnect, name: str, directory: Path) -> None:
+    """Undo a test domain, pass or fail: stopped, undefined with its snapshot metadata,
+    its directory removed (and the images' directory when no other test uses it)."""
+    try:
+        try:
+            found = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            found = None
+        if found is not None:
+            if found.isActive():
+                found.destroy()
+            found.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        conn.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when no other session uses it
+            IMAGES.rmdir()
 
 
 @pytest.fixture(scope="session")

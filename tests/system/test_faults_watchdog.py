@@ -10,12 +10,10 @@ run its predecessor left in progress and adopt libvirt's snapshot, once.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -29,7 +27,7 @@ import pytest
 from snapshotd.catalog import open_catalog
 from snapshotd.catalog.api import Run
 from snapshotd.catalog.sqlite import DB_NAME
-from tests.system.conftest import SystemdNamespace
+from tests.system.conftest import SystemdNamespace, remove_domain
 from tests.system.test_unit import (
     IMAGES,
     SYSTEST,
@@ -81,20 +79,7 @@ def noisy_domain() -> Iterator[tuple[str, str, Path]]:
         dom.create()
         yield name, dom.UUIDString(), directory
     finally:
-        try:
-            found = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            found = None
-        try:
-            if found is not None:
-                if found.isActive():
-                    found.destroy()
-                found.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-        finally:
-            conn.close()
-            shutil.rmtree(directory, ignore_errors=True)
-            with contextlib.suppress(OSError):  # only when no other session uses it
-                IMAGES.rmdir()
+        remove_domain(conn, name, directory)
 
 
 def _read(catalog: Path, query: str, *args: object) -> list[tuple[Any, ...]]:

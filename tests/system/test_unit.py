@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.system.conftest import IMAGES, SystemdNamespace
+from tests.system.conftest import IMAGES, SystemdNamespace, remove_domain
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "snapshotd.service"
@@ -360,20 +359,7 @@ def shutoff_domain() -> Iterator[str]:
         conn.defineXML(_domain_xml(name, _virt_type(conn), image))
         yield name
     finally:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            dom = None
-        try:
-            if dom is not None:
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-        finally:
-            conn.close()
-            shutil.rmtree(directory, ignore_errors=True)
-            with contextlib.suppress(OSError):  # only when no other session uses it
-                IMAGES.rmdir()
+        remove_domain(conn, name, directory)
 
 
 def test_the_daemon_logs_structured_fields_to_the_journal(
