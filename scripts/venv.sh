@@ -3,7 +3,9 @@
 #
 # libvirt-python and systemd-python have no wheels: pip builds them from source against the
 # host's libvirt-dev and libsystemd-dev (scripts/host-setup.sh installs those, plus gcc and
-# python3-dev).  Quick when nothing changed: pip runs only when the stamp file is missing,
+# python3-dev).  libvirt-python is built at the host's libvirt version, as pkg-config reports
+# it (9.0.0 on Debian 12, 11.3.0 on Debian 13): a binding newer than the library may call
+# symbols the library lacks.  Quick when nothing changed: pip runs only when the stamp file is missing,
 # older than pyproject.toml or constraints.txt, or was written for a .venv somewhere else
 # (a venv's scripts hard-code its path, so a moved checkout needs a new one).
 set -euo pipefail
@@ -11,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 STAMP=$VENV/.snapshotd-installed
-HERE="$PWD/$VENV"
+LIBVIRT=$(pkg-config --modversion libvirt)
+HERE="$PWD/$VENV libvirt $LIBVIRT"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HERE" ] &&
     [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt constraints.txt ]; then
@@ -28,5 +31,7 @@ elif [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$HERE" ]; then
 fi
 
 echo "venv: installing snapshotd and its dev dependencies into $VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+echo "venv: libvirt-python $LIBVIRT, for the host's libvirt"
+"$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+    "libvirt-python==$LIBVIRT"
 echo "$HERE" >"$STAMP"

@@ -15,7 +15,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
@@ -211,10 +210,6 @@ def catalog_items(catalog: Catalog, domain: DomainInfo, names: Sequence[str] = (
 # --- import ----------------------------------------------------------------------------------
 
 
-def _is_local(uri: str) -> bool:
-    return not urlsplit(uri).netloc
-
-
 def _existing(hv: HypervisorAPI, domain: str) -> dict[str, int | None]:
     found: dict[str, int | None] = {}
     for record in hv.list_snapshots(domain):
@@ -236,7 +231,7 @@ def check_import(
     ``existing`` is what libvirt has (name -> creation time), when the caller has
     just read it."""
     missing: dict[str, list[str]] = {}
-    if _is_local(hv.uri):
+    if files.is_local_uri(hv.uri):
         for item in items:
             gone = [p for p in referenced_files(item.info) if not Path(p).exists()]
             if gone:

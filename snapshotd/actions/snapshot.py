@@ -211,6 +211,9 @@ def _create(action: DomainAction, plan: Plan) -> Created:
             exc.args = (exc.message,)
         action.log("create", "failed", snapshot=spec.name, message=str(exc), started=started)
         raise
+    if files.is_local_uri(hv.uri):
+        # Before anything else: from now on the domain may write guest data into them.
+        files.narrow_modes(spec)
     if before is None:
         stored = secure
     else:

@@ -4,20 +4,26 @@ The planner has already checked every path as a string.  Here the real
 filesystem is consulted: directories are created when missing, every new file's
 directory must resolve (symlinks followed) inside the root it was planned in,
 and no new file may exist already, unless the user asked to reuse external
-files.
+files.  After libvirt made them, ``narrow_modes`` takes back what libvirt left
+more readable than the data they hold.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from snapshotd.core.model import CreateFlag, SnapshotSpec
 from snapshotd.core.naming import is_inside
 from snapshotd.errors import RequestError
+
+log = logging.getLogger("snapshotd")
 
 
 def check_targets(spec: SnapshotSpec, *, create_dirs: bool) -> list[str]:
@@ -52,6 +58,87 @@ def check_targets(spec: SnapshotSpec, *, create_dirs: bool) -> list[str]:
             if Path(path).is_symlink() or not Path(path).is_file():
                 raise RequestError(f"{path} is not a regular file; it cannot be reused")
     return created
+
+
+def is_local_uri(uri: str) -> bool:
+    """Whether a libvirt URI names this machine (no host: qemu:///system, qemu:///embed?),
+    so that the files its snapshots name are files here."""
+    return not urlsplit(uri).netloc
+
+
+def narrow_modes(spec: SnapshotSpec) -> list[str]:
+    """Make each file the snapshot created no more readable than the data it holds.
+
+    An overlay holds what its domain writes to the disk from now on, so its group and
+    others get at most what they have on the base image (nothing for a group other
+    than the image's); a memory file, and an overlay whose base cannot be looked at
+    (a network disk), are the owner's alone.  libvirt before 11.10 creates the overlay
+    of a shut-off domain 0644 whatever the image's mode (CVE-2025-13193).  Modes are
+    only ever narrowed, the owner's bits are kept (QEMU writes the overlay), and a
+    symlink is never followed.  Returns the files whose mode changed, as "PATH MODE".
+    """
+    bases = [(d.new_file, d.source) for d in spec.disks if d.new_file]
+    if spec.memory_file:
+        bases.append((spec.memory_file, None))
+    changed: list[str] = []
+    for path, base in bases:
+        allowed = _allowed_bits(path, base)
+        if allowed is None:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # gone, or a symlink: nothing of ours to narrow
+        try:
+            found = os.fstat(fd)
+            mode = stat.S_IMODE(found.st_mode)
+            narrowed = (mode & 0o700) | (mode & allowed & 0o077)
+            if narrowed != mode and stat.S_ISREG(found.st_mode):
+                _narrow(fd, path, mode, narrowed, changed)
+        finally:
+            os.close(fd)
+    return changed
+
+
+def _narrow(fd: int, path: str, mode: int, narrowed: int, changed: list[str]) -> None:
+    try:
+        os.fchmod(fd, narrowed)
+    except OSError as exc:
+        # Not owned by root (QEMU's user, under libvirt's dynamic ownership), and the unit
+        # has no CAP_FOWNER: the snapshot stands, and the admin is told what to do.
+        want, now = f"{narrowed:04o}", f"{mode:04o}"
+        log.warning(
+            "%s: cannot narrow its mode to %s (%s); it stays %s, more readable than the "
+            "image it copies: chmod %s %s",
+            path,
+            want,
+            exc.strerror,
+            now,
+            want,
+            path,
+        )
+        return
+    changed.append(f"{path} {narrowed:04o}")
+
+
+def _allowed_bits(path: str, base: str | None) -> int | None:
+    """The group and other bits ``path`` may keep: those of ``base`` (none for a group
+    other than base's), or none when there is no base to compare with; None when
+    ``path`` is not there."""
+    try:
+        made = Path(path).lstat()
+    except OSError:
+        return None
+    if base is None:
+        return 0
+    try:
+        image = Path(base).stat()
+    except OSError:
+        return 0
+    allowed = stat.S_IMODE(image.st_mode) & 0o077
+    if made.st_gid != image.st_gid:
+        allowed &= 0o007
+    return allowed
 
 
 def _make_dirs(directory: str) -> list[str]:

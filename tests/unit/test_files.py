@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from pathlib import Path
 
 import pytest
 
 from snapshotd.adapters import files
+from snapshotd.core.model import CreateFlag, DiskPlan, Location, Method, SnapshotSpec
 
 
 def qcow2(path: Path, backing: str | None) -> None:
@@ -78,3 +81,97 @@ def test_write_private_leaves_no_temporary_file_when_writing_fails(tmp_path: Pat
         files.write_private(target, "bad \udc80 text")  # a lone surrogate cannot be encoded
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
+def _spec(overlay: Path, base: str | None, memory: Path | None = None) -> SnapshotSpec:
+    disk = DiskPlan("vda", Location.EXTERNAL, "test", source=base, new_file=str(overlay))
+    return SnapshotSpec(
+        domain="d",
+        name="s",
+        description=None,
+        memory=Location.EXTERNAL if memory else Location.NO,
+        memory_file=str(memory) if memory else None,
+        disks=(disk,),
+        flags=CreateFlag(0),
+        method=Method.QEMU_IMG,
+        row=1,
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    ("base_mode", "made_mode", "expected"),
+    [
+        (0o600, 0o644, 0o600),  # libvirt < 11.10 on a shut-off domain: closed again
+        (0o640, 0o644, 0o640),  # the image's group may read it: so may the overlay's
+        (0o644, 0o600, 0o600),  # never widened
+        (0o600, 0o600, 0o600),
+        (0o400, 0o644, 0o600),  # the owner's bits stay: QEMU writes the overlay
+    ],
+)
+def test_an_overlay_is_no_more_readable_than_its_base_image(
+    tmp_path: Path, base_mode: int, made_mode: int, expected: int
+) -> None:
+    base, overlay = tmp_path / "vda.qcow2", tmp_path / "vda.s"
+    base.write_bytes(b"image")
+    base.chmod(base_mode)
+    overlay.write_bytes(b"")
+    overlay.chmod(made_mode)
+    changed = files.narrow_modes(_spec(overlay, str(base)))
+    assert _mode(overlay) == expected
+    assert changed == ([] if expected == made_mode else [f"{overlay} {expected:04o}"])
+
+
+def test_a_memory_file_and_an_overlay_of_a_network_disk_are_the_owners_alone(
+    tmp_path: Path,
+) -> None:
+    overlay, memory = tmp_path / "vda.s", tmp_path / "d.s.memory"
+    for path in (overlay, memory):
+        path.write_bytes(b"")
+        path.chmod(0o644)
+    files.narrow_modes(_spec(overlay, None, memory))
+    assert (_mode(overlay), _mode(memory)) == (0o600, 0o600)
+
+
+def test_an_overlay_of_another_group_loses_the_group_bits(tmp_path: Path) -> None:
+    base, overlay = tmp_path / "vda.qcow2", tmp_path / "vda.s"
+    base.write_bytes(b"image")
+    base.chmod(0o660)
+    overlay.write_bytes(b"")
+    overlay.chmod(0o660)
+    os.chown(overlay, -1, base.stat().st_gid + 1)
+    files.narrow_modes(_spec(overlay, str(base)))
+    assert _mode(overlay) == 0o600
+
+
+def test_a_symlink_in_an_overlay_s_place_is_not_followed(tmp_path: Path) -> None:
+    base, target, overlay = tmp_path / "vda.qcow2", tmp_path / "other", tmp_path / "vda.s"
+    base.write_bytes(b"image")
+    base.chmod(0o600)
+    target.write_bytes(b"someone else's")
+    target.chmod(0o644)
+    overlay.symlink_to(target)
+    assert files.narrow_modes(_spec(overlay, str(base))) == []
+    assert _mode(target) == 0o644
+
+
+def test_a_mode_that_cannot_be_narrowed_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in the unit, which has no CAP_FOWNER, for an overlay QEMU's user owns."""
+    base, overlay = tmp_path / "vda.qcow2", tmp_path / "vda.s"
+    base.write_bytes(b"image")
+    base.chmod(0o600)
+    overlay.write_bytes(b"")
+    overlay.chmod(0o644)
+
+    def refuse(_fd: int, _mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "fchmod", refuse)
+    assert files.narrow_modes(_spec(overlay, str(base))) == []
+    assert f"{overlay}: cannot narrow its mode to 0600 (Operation not permitted)" in caplog.text
+    assert f"chmod 0600 {overlay}" in caplog.text
