@@ -17,12 +17,10 @@ its error counts.  The job ends by putting ``JobDone`` on the loop's queue.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from snapshotd.actions.policyrun import Outcome, PolicyRun, RunResult
 from snapshotd.actions.prune import PruneReport
@@ -107,19 +105,23 @@ class Worker:
                 int(job.due.slot.timestamp()),
                 int(now.timestamp()),
             )
-            made = _Made(job, runs, run.name, started, self._metrics, self._now)
-            result = run.execute(
-                job.hv, catalog, clock=lambda: utc(self._clock()), retention_progress=made
-            )
-            if result.error is not None:
-                return self._failed(job, catalog, runs, run.name, result.error)
-            if result.outcome is Outcome.SKIPPED:  # its state changed since the dispatch
-                log_skipped(job.domain, job.policy.name, result.reason or "")
+            taken = run.take(job.hv, catalog)
+            if taken.error is not None:
+                return self._failed(job, catalog, runs, run.name, taken.error)
+            if taken.outcome is Outcome.SKIPPED:  # its state changed since the dispatch
+                log_skipped(job.domain, job.policy.name, taken.reason or "")
                 runs.finish(
                     job.policy.name, job.domain.uuid, slot=None, error=None, now=self._now()
                 )
                 return OK
-            made.record()  # done already, unless retention did not run
+            # The run served its slot before retention starts: a daemon killed while
+            # retention runs leaves no run in progress.
+            self._made(job, runs, run.name, started)
+            if taken.note:
+                log_event(log, logging.WARNING, f"{job.domain.name}: {taken.note}", **_fields(job))
+            pruning = time.monotonic()
+            result = run.retain(job.hv, catalog, taken, clock=lambda: utc(self._clock()))
+            self._metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
             self._report(job, result)
             return OK
 
@@ -139,6 +141,28 @@ class Worker:
         # Raised through the pool (a failed job's catalog is not reused) to run()'s line.
         raise error
 
+    def _made(self, job: DomainRun, runs: RunLog, name: str, started: float) -> None:
+        """The snapshot is made: count it, finish the run, say so."""
+        self._metrics.created.labels(policy=job.policy.name).inc()
+        self._metrics.duration.labels(operation="create").observe(time.monotonic() - started)
+        runs.finish(
+            job.policy.name,
+            job.domain.uuid,
+            slot=int(job.due.slot.timestamp()),
+            error=None,
+            now=self._now(),
+        )
+        ms = int((time.monotonic() - started) * 1000)
+        log_event(
+            log,
+            logging.INFO,
+            f"{job.domain.name}: created {name} ({ms} ms)",
+            snapshot=name,
+            operation="create",
+            duration_ms=ms,
+            **_fields(job),
+        )
+
     def _now(self) -> int:
         """The wall clock in whole seconds, as the run log records it."""
         return int(self._clock())
@@ -150,8 +174,6 @@ class Worker:
             self._metrics.last_success.labels(policy=job.policy.name, domain=job.domain.name).set(
                 result.created.info.creation_time or time.time()
             )
-        if result.note:
-            log_event(log, logging.WARNING, f"{job.domain.name}: {result.note}", **fields)
         if result.pruned is not None:
             self._metrics.pruned.labels(policy=job.policy.name).inc(len(result.pruned.deleted))
             _log_retention(job.domain.name, result.pruned, fields)
@@ -184,55 +206,3 @@ def _log_retention(domain: str, report: PruneReport, fields: dict[str, object]) 
                 operation="delete",
                 **fields,
             )
-
-
-@dataclass(slots=True)
-class _Made:
-    """PolicyRun's ``retention_progress``, entered once the snapshot is made and its
-    ``after`` hooks ran, right before retention: the moment the run served its slot.
-
-    The run log, the created metrics and the "created" line are written there, so they
-    come before retention as they always did (a daemon killed while retention runs
-    leaves no run in progress); the prune's duration is measured around it.
-    """
-
-    job: DomainRun
-    runs: RunLog
-    name: str  # the run's snapshot
-    started: float  # time.monotonic() when the job started
-    metrics: Metrics
-    now: Callable[[], int]  # the wall clock, as the run log records it
-    recorded: bool = False
-
-    @contextlib.contextmanager
-    def __call__(self, _domain: DomainInfo) -> Iterator[None]:
-        self.record()
-        pruning = time.monotonic()
-        yield
-        self.metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
-
-    def record(self) -> None:
-        """The snapshot is made: count it, finish the run, say so (once)."""
-        if self.recorded:
-            return
-        self.recorded = True
-        job, metrics = self.job, self.metrics
-        metrics.created.labels(policy=job.policy.name).inc()
-        metrics.duration.labels(operation="create").observe(time.monotonic() - self.started)
-        self.runs.finish(
-            job.policy.name,
-            job.domain.uuid,
-            slot=int(job.due.slot.timestamp()),
-            error=None,
-            now=self.now(),
-        )
-        ms = int((time.monotonic() - self.started) * 1000)
-        log_event(
-            log,
-            logging.INFO,
-            f"{job.domain.name}: created {self.name} ({ms} ms)",
-            snapshot=self.name,
-            operation="create",
-            duration_ms=ms,
-            **_fields(job),
-        )
