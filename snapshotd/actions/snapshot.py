@@ -112,9 +112,8 @@ def create(
     now: dt.datetime,
 ) -> Created:
     """Plan, check, create and record one snapshot.  Raises SnapshotdError on refusal."""
-    return create_planned(
-        hv, catalog, domain, plan_snapshot(domain, request), policy=policy, now=now
-    )
+    plan = plan_named(hv, catalog, domain, request)
+    return create_planned(hv, catalog, domain, plan, policy=policy, now=now)
 
 
 def create_planned(
@@ -135,7 +134,7 @@ def create_planned(
     with catalog.domain_lock(domain.uuid, domain.name):
         # The name first: a name already taken (perhaps by the process this one waited
         # for) is the refusal that holds whatever state the domain is in now.
-        _refuse_taken_name(action, plan.spec.name)
+        _refuse_taken_name(hv, catalog, domain, plan.spec.name)
         _still_as_planned(action, plan.spec.name)
         return _create(action, plan)
 
@@ -171,15 +170,28 @@ def _still_as_planned(action: DomainAction, name: str) -> None:
     raise DomainChanged(message)
 
 
-def _refuse_taken_name(action: DomainAction, name: str) -> None:
+def plan_named(
+    hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, request: SnapshotRequest
+) -> Plan:
+    """The plan of ``request`` for ``domain``, after its name is checked.
+
+    A name already taken is the refusal that holds: the snapshot by that name (perhaps
+    just made by another process) may have changed the disks so that the plan itself
+    would be refused, for a reason that is not the real one.  create_planned checks the
+    name again under the domain's lock.
+    """
+    _refuse_taken_name(hv, catalog, domain, request.name)
+    return plan_snapshot(domain, request)
+
+
+def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
     """A snapshot name is never reused: libvirt would refuse it half-way, and the
     catalog would hold two snapshots by one name."""
-    domain = action.domain
     try:
-        created = action.hv.snapshot_created(domain.uuid, name)
+        created = hv.snapshot_created(domain.uuid, name)
     except NotFoundError:
         return  # the domain is gone: _still_as_planned says so
-    row = action.catalog.find(domain.uuid, name)
+    row = catalog.find(domain.uuid, name)
     if created is None and row is None:
         return
     when = created if created is not None else row.created_at if row is not None else 0

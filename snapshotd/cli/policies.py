@@ -12,7 +12,6 @@ from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import open_catalog
 from snapshotd.cli import common, output, progress, reports
 from snapshotd.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from snapshotd.core.plan import plan_snapshot
 from snapshotd.errors import RequestError, SnapshotdError
 
 
@@ -101,7 +100,7 @@ def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     state_dir = common.settings(args, policies=False).state_dir
     with Hypervisor.open(common.uri(args)) as hv, open_catalog(state_dir) as catalog:
         domain = hv.domain(args.domain)
-        plan = plan_snapshot(domain, common.adhoc_request(args))
+        plan = snapshot.plan_named(hv, catalog, domain, common.adhoc_request(args))
         with progress.memory(domain, plan.spec.memory_file):
             made = snapshot.create_planned(hv, catalog, domain, plan, policy=None, now=common.now())
     if args.json:
