@@ -23,6 +23,7 @@ from snapshotd.cli import output, reports
 from snapshotd.config.settings import Overrides
 from snapshotd.core import freshness as verdicts
 from snapshotd.core.model import DomainInfo, DomainState, Request, SnapshotRequest
+from snapshotd.core.plan import plan_snapshot
 from snapshotd.core.policy import Policy
 from snapshotd.core.retention import Verdict
 from snapshotd.errors import RequestError
@@ -483,3 +484,19 @@ def test_a_prune_report_is_shown_as_prune_always_showed_it() -> None:
         "web1 (policy hourly): deleted nothing",
         "  could not delete old: e",
     ]
+
+
+def test_a_taken_name_is_the_refusal_even_when_its_snapshot_moved_the_disk(
+    tmp_path: Path,
+) -> None:
+    """As when another process took the snapshot by this name between this one's domain
+    read and its plan: the disk now is that snapshot's overlay, which the plan would write."""
+    hv = fake_hypervisor(tmp_path)
+    catalog = MemoryCatalog()
+    request = SnapshotRequest(name="same", disks=Request.EXTERNAL, disk_only=True)
+    snapshot.create(hv, catalog, hv.domain("web1"), request, policy=None, now=AT)
+    moved = hv.domain("web1")  # vda is now the overlay web1.vda.same.qcow2
+    with pytest.raises(RequestError, match="would be written over"):
+        plan_snapshot(moved, request)  # the plan alone gives the wrong reason
+    with pytest.raises(RequestError, match="already has a snapshot named 'same' in libvirt"):
+        snapshot.plan_named(hv, catalog, moved, request)
