@@ -69,7 +69,10 @@ class LibvirtError(SnapshotdError):
     """libvirt refused or failed an operation.
 
     ``transient`` errors (state change lock held, guest agent silent, connection
-    lost) may succeed when retried; permanent ones will not.
+    lost) may succeed when retried; permanent ones will not.  ``unsupported``: libvirt
+    said this libvirt, hypervisor or configuration cannot do it at all (its
+    VIR_ERR_NO_SUPPORT, VIR_ERR_CONFIG_UNSUPPORTED or VIR_ERR_OPERATION_UNSUPPORTED),
+    which is how snapshotd learns what a host cannot do without comparing versions.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class LibvirtError(SnapshotdError):
         domain: str | None,
         transient: bool,
         code: int | None = None,
+        unsupported: bool = False,
     ) -> None:
         where = f"domain {domain!r}: " if domain else ""
         kind = "transient" if transient else "permanent"
@@ -89,6 +93,7 @@ class LibvirtError(SnapshotdError):
         self.transient = transient
         self.code = code
         self.reason = message
+        self.unsupported = unsupported
 
 
 class NotFoundError(RequestError):

@@ -18,19 +18,19 @@ from pathlib import Path
 
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
+from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.adapters.logs import sanitize_uri
-from snapshotd.catalog.api import Catalog
+from snapshotd.catalog.api import Catalog, SnapshotRow
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
 from snapshotd.core.model import DomainInfo, DomainState, SnapshotInfo
 from snapshotd.core.naming import is_inside
-from snapshotd.errors import RequestError, SnapshotdError, XMLError
+from snapshotd.errors import LibvirtError, RequestError, SnapshotdError, XMLError
 
 INDEX = "index.json"
 FORMAT = "snapshotd-export/1"
 MAX_DOCUMENT = 16 * 1024 * 1024  # a snapshot with its domain XML is a few kB
-REVERT_EXTERNAL = (9, 9, 0)  # the first libvirt that reverts to external snapshots
 
 
 class ImportRefused(RequestError):
@@ -358,22 +358,102 @@ def revert(
     paused: bool = False,
 ) -> list[str]:
     """Revert to a snapshot, redefining it (and any missing ancestors) from the catalog
-    first when libvirt has no metadata for it.  Returns what was redefined."""
+    first when libvirt has no metadata for it.  Returns what was redefined.
+
+    Before an external revert the domain must have a current snapshot: libvirt (9.9 and
+    newer) deletes the current snapshot's overlays as part of it, and libvirt 11.3 was
+    seen crashing when there was none.  Whether this libvirt can revert to an external
+    snapshot at all is its own answer (an "unsupported" error), not a version compared.
+    After the revert the catalog's row takes libvirt's XML again: a revert to an
+    external snapshot gives it new overlay files.
+    """
     info = hv.domain(domain)
+    records = hv.list_snapshots(info.name)
     existing = _existing(hv, info.name)
-    redefined: list[str] = []
-    if snapshot not in existing:
-        items = _with_ancestors(catalog, info, snapshot, existing)
-        plan = check_import(hv, info, items, current=None, existing=existing)
-        redefined = list(run_import(hv, info, plan, catalog=catalog))
-    xml = hv.snapshot_xml(info.name, snapshot)
+    rows = {r.name: r for r in catalog.snapshots(domain_uuid=info.uuid)}
+    if snapshot in existing:
+        xml = hv.snapshot_xml(info.name, snapshot)
+    elif snapshot in rows:
+        xml = rows[snapshot].xml
+    else:
+        raise RequestError(
+            f"domain {info.name!r} has no snapshot {snapshot!r}, in libvirt or in "
+            "snapshotd's catalog (`snapshotd list --domain` shows both)"
+        )
     parsed = snapxml.parse_snapshot(xml, source=f"snapshot {snapshot!r}")
     external = parsed.memory == "external" or any(d.snapshot == "external" for d in parsed.disks)
-    version = hv.libvirt_version()
-    if external and version < REVERT_EXTERNAL:
-        raise RequestError(_external_advice(info.name, snapshot, parsed, version))
-    hv.revert_snapshot(info.name, snapshot, running=running, paused=paused)
+    leaf = None
+    if external and not any(r.is_current for r in records):
+        leaf = _leaf(info, records, rows, snapshot)
+    redefined: list[str] = []
+    items: list[Item] = []
+    for name in (snapshot, leaf):
+        if name is not None and name not in existing:
+            chain = _with_ancestors(catalog, info, name, existing)
+            items.extend(i for i in chain if i.name not in {j.name for j in items})
+    if items or leaf is not None:
+        plan = check_import(hv, info, items, current=leaf, existing=existing)
+        redefined = list(run_import(hv, info, plan, catalog=catalog))
+    try:
+        hv.revert_snapshot(info.name, snapshot, running=running, paused=paused)
+    except LibvirtError as exc:
+        if external and exc.unsupported:
+            version = ".".join(map(str, hv.libvirt_version()))
+            raise RequestError(
+                _external_advice(info.name, snapshot, parsed, version, exc.reason)
+            ) from None
+        raise
+    _refresh_row(hv, catalog, info, snapshot)
     return redefined
+
+
+def _leaf(
+    domain: DomainInfo, records: Sequence[SnapshotRecord], rows: dict[str, SnapshotRow], target: str
+) -> str:
+    """The snapshot whose overlays the domain's disks use now, in libvirt or in the
+    catalog: the one libvirt must know as current before an external revert.
+
+    libvirt (9.9 and newer) deletes the current snapshot's overlays in an external
+    revert, and libvirt 11.3 was seen crashing when there was no current snapshot.
+    Marking any other snapshot current would have it delete files another snapshot is
+    built on, so when none owns the files in use the revert is refused.
+    """
+    in_use = {d.target: d.path for d in domain.disks if d.path}
+    known = {r.name for r in records}
+    candidates = [(r.name, r.xml) for r in records] + [
+        (name, row.xml) for name, row in rows.items() if name not in known
+    ]
+    for name, xml in reversed(candidates):  # the newest first
+        source = f"snapshot {name!r}"
+        disks = (
+            snapxml.revert_disks(xml, source=source)
+            or snapxml.parse_snapshot(xml, source=source).disks
+        )
+        made = {d.name: d.source_file for d in disks if d.snapshot == "external"}
+        if made and all(in_use.get(t) == path for t, path in made.items()):
+            return name
+    using = ", ".join(f"{t}: {p}" for t, p in sorted(in_use.items())) or "none"
+    raise RequestError(
+        f"cannot revert domain {domain.name!r} to external snapshot {target!r}: libvirt "
+        "knows no current snapshot for it, and no snapshot made the files its disks use "
+        f"now ({using}). An external revert deletes the current snapshot's overlay "
+        "files, so libvirt must know which snapshot that is. Mark it with `virsh "
+        f"snapshot-create {domain.name} FILE --redefine --current` (FILE from `virsh "
+        f"snapshot-dumpxml {domain.name} NAME --security-info`) and run the revert again."
+    )
+
+
+def _refresh_row(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+    """Give the catalog's row of a reverted-to snapshot libvirt's XML and files again."""
+    row = catalog.find(domain.uuid, name)
+    if row is None:
+        return
+    xml = hv.snapshot_xml(domain.name, name, secure=True)
+    info = snapxml.parse_snapshot(xml, source=f"snapshot {name!r} from libvirt")
+    made = tuple(d.source_file for d in info.disks if d.snapshot == "external" and d.source_file)
+    memory = (info.memory_file,) if info.memory_file else ()
+    if (xml, made + memory) != (row.xml, row.files):
+        catalog.update_snapshot(domain.uuid, name, row.created_at, xml=xml, files=made + memory)
 
 
 def _with_ancestors(
@@ -396,12 +476,11 @@ def _with_ancestors(
 
 
 def _external_advice(
-    domain: str, snapshot: str, parsed: SnapshotInfo, version: tuple[int, int, int]
+    domain: str, snapshot: str, parsed: SnapshotInfo, version: str, reason: str
 ) -> str:
-    have = ".".join(map(str, version))
     lines = [
-        f"libvirt {have} cannot revert domain {domain!r} to snapshot {snapshot!r}: it is "
-        "external, and reverting to external snapshots came in libvirt 9.9.",
+        f"libvirt {version} cannot revert domain {domain!r} to external snapshot "
+        f"{snapshot!r}: {reason}. (libvirt reverts to external snapshots from 9.9 on.)",
         "Instead: upgrade libvirt to 9.9 or newer, or restore it by hand: shut the domain "
         f"off (virsh shutdown {domain}), point each disk back at the image the snapshot kept",
     ]

@@ -164,6 +164,13 @@ class Catalog(Protocol):
         """Record whether libvirt now holds this snapshot's metadata (after a redefine)."""
         ...
 
+    def update_snapshot(
+        self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]
+    ) -> None:
+        """Replace a live row's XML and file list with what libvirt says now (a revert
+        to an external snapshot gives it new overlay files)."""
+        ...
+
     def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
         """The newest live row for a snapshot name of a domain, or None."""
         ...

@@ -117,6 +117,14 @@ class MemoryCatalog(CatalogBase):
                 if r.deleted_at is None:
                     self._rows[index] = replace(r, libvirt_metadata=held)
 
+    def update_snapshot(
+        self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]
+    ) -> None:
+        with self._guard:
+            for index, r in self._matching(domain_uuid, name, created_at):
+                if r.deleted_at is None:
+                    self._rows[index] = replace(r, xml=xml, files=files)
+
     def _matching(
         self, domain_uuid: str, name: str, created_at: int
     ) -> list[tuple[int, SnapshotRow]]:

@@ -260,6 +260,16 @@ class SQLiteCatalog(CatalogBase):
                 (int(held), domain_uuid, name, created_at),
             )
 
+    def update_snapshot(
+        self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]
+    ) -> None:
+        with self._database.transaction():
+            self._database.execute(
+                """UPDATE snapshots SET xml = ?, files = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
+                (xml, json.dumps(list(files)), domain_uuid, name, created_at),
+            )
+
     def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
         cur = self._database.execute(
             """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL

@@ -13,6 +13,12 @@ snapshot does what libvirt does that the actions can see:
 * a name that is taken, an overlay that exists, QUIESCE without a guest agent (or on a
   domain that is not running) fail with the codes and words libvirt 9.0 uses.
 
+Reverting to an external snapshot depends on ``version``: before 9.9 libvirt refuses
+it (config unsupported); from 9.9 it builds new overlays on the snapshot's images
+(``<overlay>.<epoch>``), points the domain's disks at them and, when the snapshot has
+no children, its ``<disks>`` too.  With no current snapshot the fake "crashes" as
+libvirt 11.3 was seen to (``crashed`` is set, the connection's end-of-file error raised).
+
 Errors are the adapter's: NotFoundError for a missing domain or snapshot, LibvirtError
 (classified as the adapter classifies it) for the rest.  What it does not model it
 refuses, with a LibvirtError that says so: deleting an external snapshot (libvirt
@@ -36,7 +42,8 @@ import libvirt
 from lxml import etree
 
 from snapshotd.adapters import files
-from snapshotd.adapters.hypervisor import SnapshotRecord, classify
+from snapshotd.adapters.hypervisor import SnapshotRecord
+from snapshotd.adapters.hypervisor.errors import make_error
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain, parse_xml
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState, SnapshotDisk, SnapshotInfo
@@ -52,13 +59,7 @@ def libvirt_error(
     message: str, *, code: int, operation: str, domain: str | None, origin: int = 0
 ) -> LibvirtError:
     """The LibvirtError the adapter makes of a libvirt error with this code and text."""
-    return LibvirtError(
-        message,
-        operation=operation,
-        domain=domain,
-        transient=classify(code, origin, message),
-        code=code,
-    )
+    return make_error(message, code=code, origin=origin, operation=operation, domain=domain)
 
 
 def domain_xml(
@@ -146,6 +147,7 @@ class FakeHypervisor:
         self._domains: list[_Domain] = []
         self._next_failure: LibvirtError | None = None
         self.creates = 0  # calls that reached "libvirt" (failed or not)
+        self.crashed = False  # an external revert with no current snapshot (libvirt 11.3)
 
     # --- test controls ------------------------------------------------------------------
 
@@ -369,6 +371,8 @@ class FakeHypervisor:
                 operation=f"revert to snapshot {snapshot!r}",
                 domain=domain,
             )
+        if external:
+            self._revert_external(found, snapshot, snap)
         if running:
             found.state = DomainState.RUNNING
         elif paused:
@@ -378,3 +382,35 @@ class FakeHypervisor:
         else:
             found.state = DomainState.SHUTOFF
         found.current = snapshot
+
+    def _revert_external(self, found: _Domain, name: str, snap: _Snapshot) -> None:
+        if found.current is None:
+            self.crashed = True
+            raise libvirt_error(
+                "End of file while reading data: Input/output error",
+                code=libvirt.VIR_ERR_SYSTEM_ERROR,
+                origin=libvirt.VIR_FROM_RPC,
+                operation=f"revert to snapshot {name!r}",
+                domain=found.name,
+            )
+        epoch = int(self._clock())
+        then = parse_xml(snap.info.domain_xml or found.text(), "snapshot's domain")
+        bases = {
+            str(d.find("target").get("dev")): str(d.find("source").get("file", ""))  # type: ignore[union-attr]
+            for d in then.iterfind("devices/disk")
+            if d.find("target") is not None and d.find("source") is not None
+        }
+        disks = []
+        for disk in snap.info.disks:
+            if disk.snapshot != "external" or not disk.source_file:
+                disks.append(disk)
+                continue
+            overlay = f"{disk.source_file}.{epoch}"
+            write_overlay(overlay, bases.get(disk.name, ""))
+            source = found.disk_source(disk.name)
+            if source is not None:
+                source.set("file", overlay)
+            disks.append(dataclasses.replace(disk, source_file=overlay))
+        if not any(s.info.parent == name for s in found.snapshots.values()):
+            info = dataclasses.replace(snap.info, disks=tuple(disks))
+            found.snapshots[name] = _Snapshot(info, snapxml.render_info(info))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lxml import etree
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.target import REPO, connect_line
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ def snapshotd(*args: str, timeout: float = 120) -> Result:
 
 
 def make_settings(root: Path) -> Path:
-    """A snapshotd.yaml (connect: qemu:///system) and an empty policy directory in ``root``,
+    """A snapshotd.yaml (connect: the tested URI) and an empty policy directory in ``root``,
     with modes snapshotd trusts; the config file's path."""
     (root / "policies").mkdir(mode=0o755, exist_ok=True)
     config = root / "snapshotd.yaml"
-    config.write_text("connect: [qemu:///system]\n")
+    config.write_text(connect_line())
     config.chmod(0o644)
     return config
 

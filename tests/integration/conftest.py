@@ -1,14 +1,15 @@
-"""Fixtures for tests against the real libvirtd at qemu:///system (run as root).
+"""Fixtures for tests against a real libvirtd (run as root): qemu:///system, or the
+host tests/integration/target.py names.
 
 Every test in tests/integration is marked ``libvirt``; ``pytest -m "not libvirt"`` runs
 the rest without a libvirtd.  When the marked tests do run and libvirtd does not answer,
 they fail (scripts/host-setup.sh starts it): they never skip.
 
 Fixtures:
-  libvirt_conn    (session)  a plain libvirt.open("qemu:///system") connection
+  libvirt_conn    (session)  a plain libvirt.open(target.URI) connection
   virt_type       (session)  "kvm" when /dev/kvm works for libvirt, otherwise "qemu" (TCG)
   session_prefix  (session)  "snapshotd-test-<8 hex>-": the name prefix of every domain
-  hypervisor      (session)  snapshotd's Hypervisor on qemu:///system
+  hypervisor      (session)  snapshotd's Hypervisor on target.URI
   domain_factory  (function) DomainFactory: call it to make a scratch domain; every domain
                              it made is removed after the test, pass or fail
   daemon          (function) test_daemon.Daemon in tmp_path: `snapshotd run` with its own
@@ -31,14 +32,10 @@ import pytest
 
 from snapshotd.adapters.hypervisor import Hypervisor
 from tests.integration.domains import DomainFactory
+from tests.integration.target import ROOT, URI
 
 if TYPE_CHECKING:
     from tests.integration.test_daemon import Daemon
-
-URI = "qemu:///system"
-# Images live where libvirtd (and, on a real host, AppArmor or SELinux) expects guest
-# images, not in a private /tmp.
-ROOT = Path(os.environ.get("SNAPSHOTD_TEST_ROOT", "/var/lib/snapshotd-tests"))
 
 _HERE = Path(__file__).parent
 

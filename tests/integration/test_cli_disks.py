@@ -10,6 +10,7 @@ from lxml import etree
 
 from tests.integration.cli import disk_modes, files_under, snapshot_xml, snapshotd
 from tests.integration.domains import DiskSpec, DomainFactory
+from tests.integration.target import URI
 
 QCOW_RAW = (DiskSpec("vda", "qcow2"), DiskSpec("vdb", "raw"))
 
@@ -167,7 +168,7 @@ def test_list_shows_hierarchy_and_current(domain_factory: DomainFactory) -> None
     for name in ("first", "second"):
         made = snapshotd("take", "--domain", dom.name, "--name", name, "--description", name)
         assert made.code == 0, made.err
-    result = snapshotd("list", "--domain", dom.name, "--json", "--connect", "qemu:///system")
+    result = snapshotd("list", "--domain", dom.name, "--json", "--connect", URI)
     assert result.code == 0, result.err
     items = {item["name"]: item for item in json.loads(result.out)}
     assert set(items) == {"first", "second"}

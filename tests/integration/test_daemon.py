@@ -18,8 +18,10 @@ import libvirt
 from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
+from snapshotd.adapters.logs import sanitize_uri
 from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import URI, connect_line, qemu_pid
 
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
 
@@ -44,7 +46,7 @@ class Daemon:
         env.pop("JOURNAL_STREAM", None)
         config = self.root / "snapshotd.yaml"
         if not config.exists():
-            config.write_text("connect: [qemu:///system]\n")
+            config.write_text(connect_line())
             config.chmod(0o644)
         self.proc = subprocess.Popen(
             [
@@ -251,7 +253,7 @@ def test_an_unreachable_uri_does_not_hold_up_the_others(
     dom = domain_factory(state="shutoff")
     config = daemon.root / "snapshotd.yaml"
     dead = f"qemu+unix:///system?socket={daemon.root}/no-libvirtd.sock"
-    config.write_text(f'connect: ["{dead}", "qemu:///system"]\n')
+    config.write_text(connect_line(dead))
     config.chmod(0o644)
     write_policy(daemon, "two", policy(dom, every="2s"))
     daemon.start()
@@ -280,7 +282,7 @@ def test_a_hung_qemu_is_reported_and_does_not_hold_up_the_others(
     other = domain_factory(state="shutoff")
     config = daemon.root / "snapshotd.yaml"
     # One worker: the other domain only gets snapshots if the overrun job frees it.
-    config.write_text("connect: [qemu:///system]\nworkers: 1\noperation_timeout: 3s\n")
+    config.write_text(connect_line() + "workers: 1\noperation_timeout: 3s\n")
     config.chmod(0o644)
     write_policy(daemon, "h", policy(hung, every="2s", keep=50))
     write_policy(daemon, "o", policy(other, every="2s", keep=3))
@@ -288,7 +290,7 @@ def test_a_hung_qemu_is_reported_and_does_not_hold_up_the_others(
     daemon.wait_ready()
     daemon.wait_for(lambda: len(snapshots(hung)) >= 1, 20, "a first snapshot of each")
     daemon.wait_for(lambda: len(snapshots(other)) >= 1, 20, "a first snapshot of each")
-    pid = int(Path(f"/run/libvirt/qemu/{hung.name}.pid").read_text())
+    pid = qemu_pid(hung.name)
     os.kill(pid, signal.SIGSTOP)  # QEMU stops answering its monitor: libvirt calls hang
     try:
         daemon.wait_for(
@@ -341,7 +343,7 @@ def test_status_reports_what_the_daemon_did(domain_factory: DomainFactory, daemo
     assert data["daemon"]["pid"] == daemon.proc.pid
     assert data["policies"] == ["st"]
     assert data["load_errors"] == []
-    assert data["connections"] == [{"uri": "qemu:///system", "connected": True, "error": None}]
+    assert data["connections"] == [{"uri": sanitize_uri(URI), "connected": True, "error": None}]
     (row,) = [d for d in data["domains"] if d["domain"] == dom.name]
     assert row["policy"] == "st"
     assert row["domain_uuid"] == dom.dom.UUIDString()
@@ -408,7 +410,7 @@ def test_metrics_tree_and_status_agree_with_libvirt(
     dom = domain_factory(state="shutoff")
     port = free_port()
     config = daemon.root / "snapshotd.yaml"
-    config.write_text(f'connect: [qemu:///system]\nmetrics_address: "127.0.0.1:{port}"\n')
+    config.write_text(connect_line() + f'metrics_address: "127.0.0.1:{port}"\n')
     config.chmod(0o644)
     write_policy(daemon, "m", policy(dom, every="2s", keep=2))
     daemon.start()
@@ -441,7 +443,7 @@ def test_metrics_tree_and_status_agree_with_libvirt(
         created
     )
     assert metric(before, "snapshotd_policy_load_errors") == 0
-    assert metric(before, "snapshotd_connection_up", uri="qemu:///system") == 1
+    assert metric(before, "snapshotd_connection_up", uri=sanitize_uri(URI)) == 1
 
     # Stopped, so nothing changes between the two: list --tree draws what virsh draws,
     # less snapshotd's mark of the current snapshot.

@@ -28,6 +28,7 @@ import pytest
 from snapshotd.cli.parser import build_parser
 from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain
+from tests.integration.target import connect_line
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_|.]*[A-Z]\b|\[|\.\.\.|\|")
@@ -122,7 +123,7 @@ class Env:
 def make_env(domain_factory: DomainFactory, root: Path, disks: list[DiskSpec]) -> Env:
     web = domain_factory(disks, state="running")
     (root / "policies").mkdir(mode=0o755)
-    (root / "snapshotd.yaml").write_text("connect: [qemu:///system]\n")
+    (root / "snapshotd.yaml").write_text(connect_line())
     (root / "snapshotd.yaml").chmod(0o644)
     for example in sorted((REPO / "config" / "policies.d").glob("*.yaml")):
         text = example.read_text()

@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.cli import REPO, files_under, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import connect_line
 from tests.integration.test_daemon import Daemon, free_port, metrics_text, policy, write_policy
 
 INVALID = REPO / "tests" / "policies" / "invalid"
@@ -31,7 +32,7 @@ QUICKLY = 10.0  # seconds: generous; a hang or an exponential blow-up goes far p
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
 
 
-def config_file(root: Path, text: str = "connect: [qemu:///system]\n") -> Path:
+def config_file(root: Path, text: str = connect_line()) -> Path:
     config = root / "snapshotd.yaml"
     config.write_text(text)
     config.chmod(0o644)
@@ -430,9 +431,7 @@ def test_fault_18_no_secret_leaks_and_secure_xml_is_private(
     dom = domain_factory(state="shutoff")
     with_vnc_password(libvirt_conn, dom, password)
     port = free_port()
-    config = config_file(
-        daemon.root, f'connect: [qemu:///system]\nmetrics_address: "127.0.0.1:{port}"\n'
-    )
+    config = config_file(daemon.root, connect_line() + f'metrics_address: "127.0.0.1:{port}"\n')
     seen = tmp_path / "hook-env"
     seen.mkdir()
     hook = ["/bin/sh", "-c", f'env > {seen}/"$SNAPSHOTD_SNAPSHOT"']

@@ -25,8 +25,10 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.integration import target
 from tests.integration.cli import REPO, files_under, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import URI, connect_line
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
 from tests.integration.test_progress import noisy_domain
 
@@ -35,7 +37,7 @@ VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
 
 def configure(daemon: Daemon, extra: str = "") -> Path:
     config = daemon.root / "snapshotd.yaml"
-    config.write_text(f"connect: [qemu:///system]\n{extra}")
+    config.write_text(connect_line() + extra)
     config.chmod(0o644)
     return config
 
@@ -74,7 +76,7 @@ def names(dom: ScratchDomain) -> set[str]:
 
 
 def qemu_pid(dom: ScratchDomain) -> int:
-    return int(Path(f"/run/libvirt/qemu/{dom.name}.pid").read_text())
+    return target.qemu_pid(dom.name)
 
 
 def serving(daemon: Daemon, bystander: ScratchDomain) -> None:
@@ -110,7 +112,7 @@ def test_fault_02_state_change_lock_held_by_another_job(
     # stopped, never answers it.  Every snapshot job must wait for that lock.
     os.kill(pid, signal.SIGSTOP)
     holder = subprocess.Popen(
-        [VIRSH, "-c", "qemu:///system", "domblkstat", locked.name, "vda"],
+        [VIRSH, "-c", URI, "domblkstat", locked.name, "vda"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -359,7 +361,7 @@ def test_fault_05_domain_stops_or_vanishes_between_planning_and_snapshot(
         (gone, "undefine", "disks", "shutoff"),
     ):
         extra = f"  {what}: external\n  directory: {dom.directory / 'snaps'}"
-        hook = json.dumps([VIRSH, "-c", "qemu:///system", verb, dom.name])
+        hook = json.dumps([VIRSH, "-c", URI, verb, dom.name])
         write_policy(
             daemon,
             verb,

@@ -1,6 +1,7 @@
 """Fault and bad-input cases 9, 10, 11, 12 (issue 7): retention, time and policy files.
 
-Against real libvirtd (qemu:///system) and real QEMU domains made by ``domain_factory``.
+Against real libvirtd (tests/integration/target.py's URI) and real QEMU domains made by
+``domain_factory``.
 Case 19 (random documents and ``snapshotd check``) needs no libvirt: it is in
 tests/unit/test_faults_check.py.
 """
@@ -29,9 +30,9 @@ from snapshotd.daemon.link import Link
 from snapshotd.daemon.loop import Daemon as Loop
 from tests.integration.cli import make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import URI
 from tests.integration.test_daemon import Daemon, snapshots, write_policy
 
-URI = "qemu:///system"
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
 UTC = dt.UTC
 

@@ -1,4 +1,4 @@
-"""snapshotd.adapters.hypervisor against the real libvirtd (qemu:///system) and QEMU domains."""
+"""snapshotd.adapters.hypervisor against the real libvirtd (target.URI) and QEMU domains."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from snapshotd.adapters.hypervisor import Hypervisor, SnapshotRecord
 from snapshotd.core.model import CreateFlag, DomainState
 from snapshotd.errors import LibvirtError, NotFoundError
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain, remove_domain
+from tests.integration.target import URI
 
 THREE_DISKS = (
     DiskSpec("vda", "qcow2"),
@@ -53,7 +54,7 @@ def external_xml(name: str, overlay: Path) -> str:
 
 def test_open_reports_version_and_closes(libvirt_conn: Any) -> None:
     with Hypervisor.open() as hv:
-        assert hv.uri == "qemu:///system"
+        assert hv.uri == URI
         major, minor, micro = hv.libvirt_version()
         assert major * 1_000_000 + minor * 1_000 + micro == libvirt_conn.getLibVersion()
         assert (major, minor) >= (9, 0)

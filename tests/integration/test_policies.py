@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.cli import REPO, make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import virsh
 
 CONFIG = REPO / "config"
 INVALID = REPO / "tests" / "policies" / "invalid"
@@ -59,7 +60,7 @@ retention:
     # A snapshot made by hand, named like the policy's own.
     lookalike = "keep2-20200101T000000000000Z"
     subprocess.run(
-        ["virsh", "-q", "-c", "qemu:///system", "snapshot-create-as", dom.name, lookalike],
+        virsh("snapshot-create-as", dom.name, lookalike),
         check=True,
         capture_output=True,
     )
@@ -106,7 +107,7 @@ retention:
     assert snapshot_names(dom) == [names[-1]]
     newest = dom.directory / f"{dom.name}.vda.{names[-1]}.qcow2"
     blk = subprocess.run(
-        ["virsh", "-q", "-c", "qemu:///system", "domblklist", dom.name],
+        virsh("domblklist", dom.name),
         check=True,
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """One policy run against real libvirt: tests/policyrun_scenarios.py's scenarios, each on
-real QEMU domains (qemu:///system) through snapshotd's Hypervisor and the SQLite catalog.
+real QEMU domains (target.URI) through snapshotd's Hypervisor and the SQLite catalog.
 
 tests/unit/test_policyrun.py runs the same scenarios through the fakes.
 """
@@ -24,7 +24,7 @@ COMMIT_WAIT = 30  # seconds a block commit of a 16 MiB disk may take
 
 
 class LibvirtEnv:
-    """tests/policyrun_scenarios.py's Env on qemu:///system."""
+    """tests/policyrun_scenarios.py's Env on the tested libvirt host."""
 
     def __init__(
         self, factory: DomainFactory, hv: Hypervisor, catalog: Catalog, root: Path

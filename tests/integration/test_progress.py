@@ -19,6 +19,7 @@ from typing import Any
 
 from tests.integration.cli import REPO
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain
+from tests.integration.target import connect_line
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
@@ -110,7 +111,7 @@ def test_retention_merging_an_external_snapshot_shows_progress(
     policies = tmp_path / "policies"
     policies.mkdir(mode=0o755)
     config = tmp_path / "snapshotd.yaml"
-    config.write_text("connect: [qemu:///system]\n")
+    config.write_text(connect_line())
     config.chmod(0o644)
     policy = policies / "ext.yaml"
     body = f"""

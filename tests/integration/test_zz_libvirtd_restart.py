@@ -16,7 +16,8 @@ import libvirt
 
 from snapshotd.catalog import open_catalog
 from snapshotd.catalog.api import Run
-from tests.integration.cli import REPO, files_under
+from tests.integration import target
+from tests.integration.cli import files_under
 from tests.integration.domains import DomainFactory
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
 from tests.integration.test_faults_libvirt import (
@@ -33,21 +34,16 @@ from tests.integration.test_progress import noisy_domain
 
 def restart_libvirtd() -> float:
     """Stop libvirtd (QEMU keeps running), then start it again; returns when it stopped."""
-    if Path("/run/systemd/system").is_dir() and (
-        subprocess.run(["systemctl", "is-active", "-q", "libvirtd"], check=False).returncode == 0
+    if (
+        target.URI == "qemu:///system"
+        and Path("/run/systemd/system").is_dir()
+        and subprocess.run(["systemctl", "is-active", "-q", "libvirtd"], check=False).returncode
+        == 0
     ):
         stopped = time.time()
         subprocess.run(["systemctl", "restart", "libvirtd"], check=True)
         return stopped
-    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
-    deadline = time.monotonic() + 20
-    while subprocess.run(["pgrep", "-x", "libvirtd"], check=False).returncode == 0:
-        assert time.monotonic() < deadline, "libvirtd did not stop"
-        time.sleep(0.1)
-    stopped = time.time()
-    time.sleep(4)  # an outage spanning at least one due time
-    subprocess.run([str(REPO / "scripts" / "host-setup.sh")], check=True, capture_output=True)
-    return stopped
+    return target.restart_libvirtd()
 
 
 def test_daemon_reconnects_after_libvirtd_restart(
@@ -105,7 +101,7 @@ def test_fault_01_libvirtd_restarted_in_the_middle_of_a_snapshot(
         seeded = int(time.time()) // 3600 * 3600 - 7200
         with open_catalog(str(daemon.state)) as catalog:
             runs = catalog.runs
-            runs.start(Run("mid", dom.uuid, "qemu:///system", dom.name), "seed", seeded, seeded)
+            runs.start(Run("mid", dom.uuid, target.URI, dom.name), "seed", seeded, seeded)
             runs.finish("mid", dom.uuid, slot=seeded, error=None, now=seeded)
         before_files = files_under(dom.directory)
         daemon.start()

@@ -133,6 +133,19 @@ def test_libvirt_metadata_is_recorded_for_live_rows(catalog: Catalog) -> None:
     assert [r.libvirt_metadata for r in catalog.snapshots()] == [True]
 
 
+def test_update_snapshot_replaces_xml_and_files_of_that_live_row_only(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("s", 1000))
+    catalog.record_snapshot(row("s", 2000))
+    catalog.record_snapshot(row("s", 3000))
+    catalog.mark_deleted(UUID, "s", 3000, 3500)
+    catalog.update_snapshot(UUID, "s", 1000, xml="<domainsnapshot/>", files=("/new.1",))
+    catalog.update_snapshot(UUID, "s", 3000, xml="<deleted/>", files=("/gone",))  # deleted
+    live = {r.created_at: r for r in catalog.snapshots()}
+    assert (live[1000].xml, live[1000].files) == ("<domainsnapshot/>", ("/new.1",))
+    assert (live[2000].xml, live[2000].files) == (row("s", 2000).xml, row("s", 2000).files)
+    assert 3000 not in live
+
+
 def test_the_operations_log_is_newest_first(catalog: Catalog) -> None:
     for number in range(5):
         catalog.record_operation(

@@ -79,6 +79,15 @@ _TRANSIENT_MESSAGES = (
 
 _NOT_FOUND_CODES = frozenset({libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT})
 
+# "This libvirt (or hypervisor, or configuration) cannot do that": a capability answer.
+_UNSUPPORTED_CODES = frozenset(
+    {
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    }
+)
+
 
 def classify(code: int, domain_code: int, message: str) -> bool:
     """Is this libvirt error transient (True) or permanent (False)?
@@ -122,12 +131,21 @@ def convert(
         return NotFoundError(no_domain(domain))
     if code in _NOT_FOUND_CODES and missing is not None:
         return NotFoundError(missing)
+    return make_error(message, code=code, origin=domain_code, operation=operation, domain=domain)
+
+
+def make_error(
+    message: str, *, code: int, origin: int, operation: str, domain: str | None
+) -> LibvirtError:
+    """snapshotd's LibvirtError for libvirt's error ``code`` raised by part ``origin``
+    (a virErrorDomain) with ``message``."""
     return LibvirtError(
         message,
         operation=operation,
         domain=domain,
-        transient=classify(code, domain_code, message),
+        transient=classify(code, origin, message),
         code=code,
+        unsupported=code in _UNSUPPORTED_CODES,
     )
 
 

@@ -86,6 +86,14 @@ def parse_snapshot(text: str | bytes, *, source: str = "snapshot XML") -> Snapsh
     )
 
 
+def revert_disks(text: str | bytes, *, source: str = "snapshot XML") -> tuple[SnapshotDisk, ...]:
+    """The ``<revertDisks>`` of libvirt's own snapshot XML: the overlays a revert to this
+    snapshot made when it has children (libvirt 9.9 and newer keep its ``<disks>`` for the
+    children then).  Empty when there are none."""
+    root = parse_xml(text, source)
+    return _disks(root.find("revertDisks"), source)
+
+
 def _top_level(root: etree._Element, source: str) -> tuple[dict[str, etree._Element], list[str]]:
     """The known top-level elements by name (each at most once), and the other names."""
     found: dict[str, etree._Element] = {}
