@@ -238,6 +238,22 @@ class Hypervisor:
                 raise convert(exc, "read domain", str(dom.name()), None) from exc
         return result
 
+    def domain_handles(self) -> list[tuple[str, str, DomainState]]:
+        """(UUID, name, state) of every domain: calls that need no job on the domain, so a
+        domain another job holds answers at once (libvirt 11.3 makes its XML wait)."""
+        with calling("list domains", None):
+            domains = self._open_conn.listAllDomains(0)
+        result = []
+        for dom in domains:
+            try:
+                state = DomainState.from_libvirt(int(dom.state()[0]))
+                result.append((str(dom.UUIDString()), str(dom.name()), state))
+            except libvirt.libvirtError as exc:
+                if error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise convert(exc, "read domain state", str(dom.name()), None) from exc
+        return result
+
     def domain(self, name_or_uuid: str) -> DomainInfo:
         """One domain, named by name or UUID; NotFoundError if there is none."""
         dom = self._lookup(name_or_uuid)
