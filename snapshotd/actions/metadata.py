@@ -22,7 +22,7 @@ from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog.api import Catalog, SnapshotRow
 from snapshotd.core import snapxml
-from snapshotd.core.domain import parse_domain
+from snapshotd.core.domain import machine_type, machine_types, parse_domain
 from snapshotd.core.hierarchy import ImportPlan, Item, Problem, plan_import, referenced_files
 from snapshotd.core.model import DomainInfo, DomainState, SnapshotInfo
 from snapshotd.core.naming import is_inside
@@ -334,6 +334,7 @@ def replicate(
         xml = source.snapshot_xml(info.name, record.name, secure=True)
         src = f"{sanitize_uri(source.uri)}: {record.name}"
         items.append(Item(src, snapxml.parse_snapshot(xml, source=src), xml))
+    _check_machine_types(target, items)
     current = next((r.name for r in records if r.is_current), None)
     plan = check_import(target, there, items, current=current)
     defined = run_import(target, there, plan)
@@ -343,6 +344,44 @@ def replicate(
             source.delete_snapshot(info.name, record.name, metadata_only=True)
             removed.append(record.name)
     return Replicated(defined, current, tuple(removed))
+
+
+def _check_machine_types(target: HypervisorAPI, items: Sequence[Item]) -> None:
+    """Refuse up front when a snapshot's domain names a machine type the target host's
+    QEMU does not offer: libvirt would refuse the redefine half-way (a snapshot from a
+    QEMU 10 host carries machine='pc-i440fx-10.0', unknown to an older QEMU)."""
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for item in items:
+        if item.info.domain_xml is None:
+            continue
+        try:
+            found = machine_type(item.info.domain_xml)
+        except XMLError:
+            continue  # check_import reports a broken document
+        if found is not None:
+            wanted.setdefault(found, []).append(item.name)
+    if not wanted:
+        return
+    capabilities = target.capabilities()
+    missing = []
+    for (arch, machine), names in sorted(wanted.items()):
+        offered = machine_types(capabilities, arch)
+        if machine not in offered:
+            similar = ", ".join(
+                sorted(m for m in offered if m.startswith(machine.rsplit("-", 1)[0]))[-3:]
+            )
+            missing.append(
+                f"machine type {machine!r} ({arch}) of snapshot(s) {', '.join(names)}: "
+                f"{sanitize_uri(target.uri)} offers {similar or 'no machine of that family'}"
+            )
+    if missing:
+        raise RequestError(
+            "the target host's QEMU cannot run these snapshots, so libvirt there would "
+            "refuse them; nothing was replicated:\n  "
+            + "\n  ".join(missing)
+            + "\nReplicate to a host whose QEMU is as new as the source's (`virsh "
+            "capabilities` lists its machine types), or upgrade QEMU on the target."
+        )
 
 
 # --- revert -------------------------------------------------------------------------------------

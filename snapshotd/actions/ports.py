@@ -47,6 +47,10 @@ class HypervisorAPI(Protocol):
 
     # --- snapshots --------------------------------------------------------------------
 
+    def capabilities(self) -> str:
+        """The host's capabilities XML."""
+        ...
+
     def list_snapshots(self, domain: str) -> list[SnapshotRecord]:
         """The domain's snapshots, parents before children."""
         ...

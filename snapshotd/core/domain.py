@@ -109,3 +109,30 @@ def _kib(elem: etree._Element | None) -> int | None:
         return None
     factor = _UNITS.get(elem.get("unit", "KiB").lower())
     return None if factor is None else int(elem.text or "0") * factor // 1024
+
+
+def machine_type(xml: str) -> tuple[str, str] | None:
+    """(arch, machine) of a ``<domain>``'s ``<os><type arch=... machine=...>``, or None
+    when it names no machine type."""
+    root = parse_xml(xml, "domain XML")
+    found = root.find("os/type")
+    if found is None or not found.get("machine"):
+        return None
+    return found.get("arch") or "x86_64", str(found.get("machine"))
+
+
+def machine_types(capabilities: str, arch: str) -> frozenset[str]:
+    """Every machine type (names and the canonical names they stand for) that a host's
+    capabilities XML offers for ``arch``, whatever the domain type."""
+    root = parse_xml(capabilities, "host capabilities")
+    names: set[str] = set()
+    for guest in root.iterfind("guest"):
+        found = guest.find("arch")
+        if found is None or found.get("name") != arch:
+            continue
+        for machine in found.iter("machine"):
+            if machine.text:
+                names.add(machine.text.strip())
+            if machine.get("canonical"):
+                names.add(str(machine.get("canonical")))
+    return frozenset(names)

@@ -69,8 +69,10 @@ def domain_xml(
     uuid: str | None = None,
     memory_mib: int = 64,
     virt_type: str = "kvm",
+    machine: str | None = None,
 ) -> str:
     """A small domain definition: ``disks`` are (target, qcow2 image) pairs."""
+    machine_attr = f" machine='{machine}'" if machine else ""
     disk_xml = "".join(
         f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
         f"<source file='{path}'/><target dev='{target}' bus='virtio'/></disk>"
@@ -79,7 +81,8 @@ def domain_xml(
     return (
         f"<domain type='{virt_type}'><name>{name}</name><uuid>{uuid or uuidlib.uuid4()}</uuid>"
         f"<memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>"
-        f"<os><type arch='x86_64'>hvm</type></os><devices>{disk_xml}</devices></domain>"
+        f"<os><type arch='x86_64'{machine_attr}>hvm</type></os>"
+        f"<devices>{disk_xml}</devices></domain>"
     )
 
 
@@ -140,10 +143,12 @@ class FakeHypervisor:
         *,
         clock: Callable[[], float] = time.time,
         version: tuple[int, int, int] = VERSION,
+        machines: Sequence[str] = ("pc-i440fx-7.2", "pc-q35-7.2"),
     ) -> None:
         self.uri = uri
         self._clock = clock  # libvirt's creationTime: the host's clock, in seconds
         self._version = version
+        self._machines = tuple(machines)  # the machine types "QEMU" offers (capabilities)
         self._domains: list[_Domain] = []
         self._next_failure: LibvirtError | None = None
         self.creates = 0  # calls that reached "libvirt" (failed or not)
@@ -178,6 +183,13 @@ class FakeHypervisor:
         source.set("file", files.backing_chain(str(source.get("file")))[-1])
 
     # --- domains ------------------------------------------------------------------------
+
+    def capabilities(self) -> str:
+        machines = "".join(f"<machine>{m}</machine>" for m in self._machines)
+        return (
+            "<capabilities><host/><guest><os_type>hvm</os_type><arch name='x86_64'>"
+            f"{machines}<domain type='qemu'/></arch></guest></capabilities>"
+        )
 
     def libvirt_version(self) -> tuple[int, int, int]:
         return self._version

@@ -238,6 +238,11 @@ class Hypervisor:
                 raise convert(exc, "read domain", str(dom.name()), None) from exc
         return result
 
+    def capabilities(self) -> str:
+        """The host's capabilities XML (virConnectGetCapabilities): its machine types."""
+        with calling("read host capabilities", None):
+            return str(self._open_conn.getCapabilities())
+
     def domain_handles(self) -> list[tuple[str, str, DomainState]]:
         """(UUID, name, state) of every domain: calls that need no job on the domain, so a
         domain another job holds answers at once (libvirt 11.3 makes its XML wait)."""
