@@ -49,9 +49,15 @@ else
 fi
 
 answers() { virsh -c "$URI" version >/dev/null 2>&1; }
-# Is a process of this name alive?  A zombie does not count (pgrep would count it).
-# shellcheck disable=SC2009
-alive() { [ -n "$(ps -C "$1" -o stat= | grep -v '^Z' || true)" ]; }
+# Is the daemon whose pid file is /run/NAME.pid alive, and this machine's own (its root
+# is /)?  Not a search by name: the second test host (scripts/host2.sh) runs a libvirtd
+# and a virtlogd of its own in a chroot, and those must not count.  A zombie does not.
+alive() {
+    local pid
+    pid=$(cat "/run/$1.pid" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = / ] &&
+        [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
 # Set "key = value" in qemu.conf: replace an uncommented assignment of the key when there
 # is one, append it otherwise.  Commented-out defaults are left as they are, so the file

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -33,6 +34,13 @@ from snapshotd.errors import LibvirtError, NotFoundError
 KEEPALIVE_INTERVAL = 5  # seconds of silence before a keepalive probe is sent
 KEEPALIVE_COUNT = 3  # unanswered probes before the connection counts as dead
 MAX_HANDLES = 4096  # domain handles kept by UUID per connection (then the cache starts over)
+# A quiesced snapshot talks to the guest agent, which libvirt waits for without end by
+# default: a hung agent (or an fsfreeze hook that never returns) would hold the call, and
+# the domain, forever.  For the call, snapshotd sets the domain's agent response timeout
+# (virDomainAgentSetResponseTimeout) to AGENT_WAIT and then back to libvirt's default.
+AGENT_WAIT = 20  # seconds libvirt waits for any one answer of the agent
+THAW_WAIT = 20  # seconds a failed quiesced snapshot keeps trying to thaw the guest
+THAW_TRY = 2  # seconds each of those tries waits for the agent
 
 
 _LIFECYCLE = {
@@ -343,11 +351,40 @@ class Hypervisor:
         the catalog only), both read from the snapshot libvirt returned."""
         dom = self._lookup(uuid or domain)
         with calling("create snapshot", domain, f"domain {domain!r} not found"):
-            snapshot = self._create_call(dom, xml, int(flags))
+            if CreateFlag.QUIESCE in flags:
+                snapshot = self._quiesced(dom, domain, xml, int(flags))
+            else:
+                snapshot = self._create_call(dom, xml, int(flags))
             if CreateFlag.NO_METADATA in flags:
                 return xml, xml
             plain = str(snapshot.getXMLDesc(0))
             return plain, str(snapshot.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+
+    def _quiesced(self, dom: Any, domain: str, xml: str, flags: int) -> Any:
+        """The create call with the guest agent's answers bounded (AGENT_WAIT).  When it
+        fails on the agent, the guest is thawed (virDomainFSThaw, retried for THAW_WAIT):
+        a freeze that timed out may still happen in the guest after libvirt gave up."""
+        dom.agentSetResponseTimeout(AGENT_WAIT, 0)
+        try:
+            return self._create_call(dom, xml, flags)
+        except libvirt.libvirtError as exc:
+            if error_code(exc) not in _AGENT_SILENT:
+                raise
+            thawed = _thaw(dom, THAW_WAIT)
+            failure = convert(exc, "create snapshot", domain, None)
+            advice = (
+                "the guest's file systems are thawed"
+                if thawed
+                else f"the agent did not confirm a thaw within {THAW_WAIT} s: check with "
+                f"`virsh domfsinfo {domain}` and thaw with `virsh domfsthaw {domain}`"
+            )
+            failure.message = (
+                f"{failure.message} (the guest agent gets {AGENT_WAIT} s to answer; {advice})"
+            )
+            raise failure from exc
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.agentSetResponseTimeout(libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0)
 
     def _create_call(self, dom: Any, xml: str, flags: int) -> Any:
         """virDomainSnapshotCreateXML itself, and nothing else (a benchmark times it)."""
@@ -515,3 +552,23 @@ def _parent_name(snap: Any) -> str | None:
             return None
         raise
     return str(parent.getName())
+
+
+# The agent did not answer in time, or is out of step: a freeze may be pending in the guest.
+_AGENT_SILENT = frozenset({libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED})
+
+
+def _thaw(dom: Any, within: float) -> bool:
+    """Thaw the guest's file systems, retrying while its agent is silent; True once the
+    agent answered a thaw (it thaws what is frozen, and nothing when nothing is)."""
+    deadline = time.monotonic() + within
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.agentSetResponseTimeout(THAW_TRY, 0)  # many short tries, not one long one
+    while True:
+        try:
+            dom.fsThaw(None, 0)
+            return True
+        except libvirt.libvirtError as exc:
+            if error_code(exc) not in _AGENT_SILENT or time.monotonic() >= deadline:
+                return False
+        time.sleep(1)
