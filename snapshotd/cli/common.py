@@ -29,10 +29,16 @@ def now() -> dt.datetime:
 
 
 def uri(args: argparse.Namespace, settings: Settings | None = None) -> str:
-    """--connect, else the config's URI (when the verb read the config), else the default."""
+    """--connect, else the config's first URI, else the default.  Without ``settings``
+    the config is read here for it, by the verbs that take --config (a config with
+    errors gives the default: the verbs that need the rest of it refuse it themselves)."""
     if args.connect:
         return str(args.connect)
-    return settings.uri if settings is not None else DEFAULT_URI
+    if settings is None:
+        if not hasattr(args, "config"):  # export, replicate: no config
+            return DEFAULT_URI
+        settings = read_settings(args, policies=False)
+    return settings.uri
 
 
 def read_settings(args: argparse.Namespace, *, policies: bool) -> Settings:

@@ -97,8 +97,11 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
-    state_dir = common.settings(args, policies=False).state_dir
-    with Hypervisor.open(common.uri(args)) as hv, open_catalog(state_dir) as catalog:
+    settings = common.settings(args, policies=False)
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        open_catalog(settings.state_dir) as catalog,
+    ):
         domain = hv.domain(args.domain)
         plan = snapshot.plan_named(hv, catalog, domain, common.adhoc_request(args))
         with progress.memory(domain, plan.spec.memory_file):

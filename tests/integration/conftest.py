@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 import pytest
 
+from snapshotd.adapters.files import is_local_uri
 from snapshotd.adapters.hypervisor import Hypervisor
 from tests.integration.domains import DomainFactory
-from tests.integration.target import ROOT, URI
+from tests.integration.target import PEER_URI, ROOT, URI
 
 if TYPE_CHECKING:
     from tests.integration.test_daemon import Daemon
@@ -40,10 +41,21 @@ if TYPE_CHECKING:
 _HERE = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(_HERE):
             item.add_marker(pytest.mark.libvirt)
+    # Deselected, never passed or skipped: the two-host tests without a second host, and
+    # the tests of what snapshotd does only for a local libvirtd when the host is remote.
+    unfit = set()
+    if PEER_URI is None:
+        unfit.add("two_hosts")
+    if not is_local_uri(URI):
+        unfit.add("local_only")
+    dropped = [i for i in items if any(i.get_closest_marker(m) for m in unfit)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
 
 
 class LiveConnection:
@@ -126,6 +138,25 @@ def domain_factory(_session_domains: DomainFactory) -> Iterator[DomainFactory]:
         _session_domains.prefix,
         _session_domains.root,
         _session_domains.virt_type,
+    )
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def peer_conn() -> Iterator[Any]:
+    """A plain connection to the second host (target.PEER_URI)."""
+    assert PEER_URI is not None  # tests without one are deselected
+    conn = LiveConnection(PEER_URI)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def peer_factory(peer_conn: Any, _session_domains: DomainFactory) -> Iterator[DomainFactory]:
+    """Scratch domains on the second host, same prefix and test root; removed after."""
+    factory = DomainFactory(
+        peer_conn, _session_domains.prefix, _session_domains.root, _session_domains.virt_type
     )
     yield factory
     factory.cleanup()

@@ -10,6 +10,11 @@ scripts/host2.sh):
                                 is read under it
   SNAPSHOTD_TEST_LIBVIRTD_START a command that starts that libvirtd again after a test
                                 stopped it (default scripts/host-setup.sh)
+  SNAPSHOTD_TEST_PEER_URI       a second host for the tests marked ``two_hosts``
+                                (replicate, one daemon on both); without it they are
+                                deselected, never passed
+  SNAPSHOTD_TEST_LINK           a command taking ``down`` or ``up`` that cuts and restores
+                                the network between this machine and the tested host
 
 What the suite needs of any host: it runs as root on this machine, and the host sees
 the test directory (tests/integration/conftest.py's ROOT, /var/lib/snapshotd-tests) at
@@ -31,6 +36,8 @@ REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml"
 
 URI = os.environ.get("SNAPSHOTD_TEST_URI", "qemu:///system")
 LIBVIRT_ROOT = Path(os.environ.get("SNAPSHOTD_TEST_LIBVIRT_ROOT", "/"))
+PEER_URI = os.environ.get("SNAPSHOTD_TEST_PEER_URI")
+LINK = shlex.split(os.environ.get("SNAPSHOTD_TEST_LINK", ""))
 LIBVIRTD_START = shlex.split(
     os.environ.get("SNAPSHOTD_TEST_LIBVIRTD_START", str(REPO / "scripts" / "host-setup.sh"))
 )

@@ -11,6 +11,10 @@ import pytest
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory
 
+# snapshotd narrows modes of files on this machine; for a remote libvirt host it cannot
+# (docs/libvirt-versions.md says what to do there).
+pytestmark = pytest.mark.local_only
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
