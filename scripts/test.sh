@@ -32,6 +32,7 @@ SECOND_HOST_TESTS=(
     tests/integration/test_daemon.py
     tests/integration/test_hypervisor.py
     tests/integration/test_guest.py
+    tests/integration/test_guest_snapshots.py
     tests/integration/test_two_hosts.py
     tests/integration/test_zz_libvirtd_restart.py
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -29,16 +30,17 @@ def now() -> dt.datetime:
 
 
 def uri(args: argparse.Namespace, settings: Settings | None = None) -> str:
-    """--connect, else the config's first URI, else the default.  Without ``settings``
+    """--connect; else the config file's first URI, when there is a config file; else
+    $LIBVIRT_DEFAULT_URI, as virsh takes it; else qemu:///system.  Without ``settings``
     the config is read here for it, by the verbs that take --config (a config with
     errors gives the default: the verbs that need the rest of it refuse it themselves)."""
     if args.connect:
         return str(args.connect)
-    if settings is None:
-        if not hasattr(args, "config"):  # export, replicate: no config
-            return DEFAULT_URI
+    if settings is None and hasattr(args, "config"):  # export, replicate: no config
         settings = read_settings(args, policies=False)
-    return settings.uri
+    if settings is not None and settings.config_found and not settings.errors:
+        return settings.uri
+    return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
 
 
 def read_settings(args: argparse.Namespace, *, policies: bool) -> Settings:

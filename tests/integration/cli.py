@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from tests.integration.target import REPO, connect_line
+from tests.integration.target import REPO, URI, connect_line
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Result:
 
 
 def snapshotd(*args: str, timeout: float = 120) -> Result:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # LIBVIRT_DEFAULT_URI: a verb without --connect or a config reaches the tested host.
+    env = dict(os.environ, PYTHONPATH=str(REPO), LIBVIRT_DEFAULT_URI=URI)
     proc = subprocess.run(
         [sys.executable, "-m", "snapshotd", *args],
         capture_output=True,

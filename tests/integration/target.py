@@ -1,7 +1,7 @@
 """The libvirt host the integration tests run against, and how to reach its parts.
 
 By default that is this machine's libvirtd at qemu:///system.  Any other libvirt host
-works when these say where it is (scripts/test-host2.sh sets them for the second host of
+works when these say where it is (scripts/test.sh sets them for the second host of
 scripts/host2.sh):
 
   SNAPSHOTD_TEST_URI            the URI (default qemu:///system)
