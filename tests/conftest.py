@@ -4,12 +4,11 @@ As root (the integration and system tests run as root), pytest's temporary direc
 go under the shared test directory (tests/integration/target.py's ROOT) instead of /tmp:
 a libvirtd in another root, or on another host sharing that directory, must reach the
 disk images, memory files and policy directories a test makes in tmp_path.  They are
-removed when the session ends, pass or fail.
+removed when the session ends, pass or fail; the (empty) shared directory stays.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +33,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     ours = config.stash.get(_OURS, None)
     if ours is None:
         return
-    shutil.rmtree(ours, ignore_errors=True)
-    with contextlib.suppress(OSError):  # only when no other session uses it
-        ROOT.rmdir()
+    shutil.rmtree(ours, ignore_errors=True)  # ROOT stays (tests/integration/conftest.py)
