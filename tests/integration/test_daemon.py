@@ -451,7 +451,10 @@ def test_metrics_tree_and_status_agree_with_libvirt(
     tree = snapshotd("list", "--domain", dom.name, "--tree", "--config", str(config))
     assert tree.code == 0, tree.err
     virsh = subprocess.run(
-        ["virsh", "snapshot-list", dom.name, "--tree"], capture_output=True, text=True, check=True
+        ["virsh", "-c", URI, "snapshot-list", dom.name, "--tree"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     ours = [line.removesuffix(" *") for line in tree.out.splitlines() if line.strip()]
     assert ours == [line for line in virsh.stdout.splitlines() if line.strip()]

@@ -118,7 +118,8 @@ def test_agent_response_timeout_bounds_a_hung_freeze(guest: Guest) -> None:
         guest.dom.fsFreeze()
     took = time.monotonic() - start
     print(f"fsFreeze gave up after {took:.1f} s: {raised.value}")
-    assert raised.value.get_error_code() == libvirt.VIR_ERR_AGENT_UNRESPONSIVE
+    # libvirt 9.0 says "unresponsive", libvirt 11 "command timed out" (code 112)
+    assert raised.value.get_error_code() in {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, 112}
     assert took < FREEZE_DELAY
 
     # The guest goes on freezing once the hook returns; libvirt drops the late reply.  Until

@@ -53,7 +53,7 @@ def external_xml(name: str, overlay: Path) -> str:
 
 
 def test_open_reports_version_and_closes(libvirt_conn: Any) -> None:
-    with Hypervisor.open() as hv:
+    with Hypervisor.open(URI) as hv:
         assert hv.uri == URI
         major, minor, micro = hv.libvirt_version()
         assert major * 1_000_000 + minor * 1_000 + micro == libvirt_conn.getLibVersion()

@@ -19,6 +19,7 @@ from typing import Any, Self
 import libvirt
 
 from snapshotd.adapters.hypervisor.errors import (
+    AGENT_COMMAND_TIMEOUT,
     calling,
     convert,
     error_code,
@@ -555,7 +556,9 @@ def _parent_name(snap: Any) -> str | None:
 
 
 # The agent did not answer in time, or is out of step: a freeze may be pending in the guest.
-_AGENT_SILENT = frozenset({libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED})
+_AGENT_SILENT = frozenset(
+    {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED, AGENT_COMMAND_TIMEOUT}
+)
 
 
 def _thaw(dom: Any, within: float) -> bool:

@@ -45,6 +45,10 @@ _check_enums()
 
 # --- error classification ---------------------------------------------------------------
 
+# libvirt 11 (not 9.0) reports an agent that did not answer in time with its own code,
+# VIR_ERR_AGENT_COMMAND_TIMEOUT; bindings built against 9.0 do not name it.
+AGENT_COMMAND_TIMEOUT = int(getattr(libvirt, "VIR_ERR_AGENT_COMMAND_TIMEOUT", 112))
+
 # Errors that say "not now" rather than "never": another job holds the domain's state
 # change lock, the guest agent is silent or out of sync, or the connection to libvirtd
 # broke.  Retrying (on a new connection, for the last kind) may succeed.
@@ -53,6 +57,7 @@ _TRANSIENT_CODES = frozenset(
         libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "cannot acquire state change lock"
         libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
         libvirt.VIR_ERR_AGENT_UNSYNCED,
+        AGENT_COMMAND_TIMEOUT,
         libvirt.VIR_ERR_NO_CONNECT,  # libvirtd not reachable (yet, or any more)
         libvirt.VIR_ERR_INVALID_CONN,  # this connection was closed under us
         libvirt.VIR_ERR_RPC,
@@ -110,6 +115,7 @@ _AGENT_CODES = frozenset(
     {
         libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
         libvirt.VIR_ERR_AGENT_UNSYNCED,
+        AGENT_COMMAND_TIMEOUT,
         libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,  # "QEMU guest agent is not configured"
     }
 )
