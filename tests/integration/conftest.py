@@ -12,6 +12,7 @@ Fixtures:
   hypervisor      (session)  snapshotd's Hypervisor on target.URI
   domain_factory  (function) DomainFactory: call it to make a scratch domain; every domain
                              it made is removed after the test, pass or fail
+  guest           (function) a real Linux guest (guest.py) with a running agent
   daemon          (function) test_daemon.Daemon in tmp_path: `snapshotd run` with its own
                              NOTIFY_SOCKET, policy and state directories; stopped after
 At the end of the session every domain with the session's prefix is removed, whatever
@@ -20,6 +21,7 @@ happened before.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -32,12 +34,14 @@ import pytest
 from snapshotd.adapters.files import is_local_uri
 from snapshotd.adapters.hypervisor import Hypervisor
 from tests.integration.domains import DomainFactory
+from tests.integration.guest import Guest, guest_virt_type, make_guest, remove_guest
 from tests.integration.target import PEER_URI, ROOT, URI
 
 if TYPE_CHECKING:
     from tests.integration.test_daemon import Daemon
 
 _HERE = Path(__file__).parent
+_guests = itertools.count(1)  # guest names are unique across the session
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -159,6 +163,25 @@ def peer_factory(peer_conn: Any, _session_domains: DomainFactory) -> Iterator[Do
     )
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def guest(
+    libvirt_conn: Any, session_prefix: str, virt_type: str, _session_domains: DomainFactory
+) -> Iterator[Guest]:
+    """A booted guest with a running agent, removed after the test, pass or fail.
+
+    Its directory is in the session's root, beside the scratch domains', so the session's
+    sweep removes whatever a crashed run left.  KVM only when libvirt offers it and the
+    host's KVM is hardware KVM (guest_virt_type).
+    """
+    name = f"{session_prefix}guest{next(_guests):02d}"
+    kind = "kvm" if virt_type == "kvm" and guest_virt_type() == "kvm" else "qemu"
+    made = make_guest(libvirt_conn, name, _session_domains.root / name, virt_type=kind)
+    try:
+        yield made
+    finally:
+        remove_guest(libvirt_conn, made, session_prefix)
 
 
 @pytest.fixture(scope="session")

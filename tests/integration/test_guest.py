@@ -4,47 +4,19 @@ the data disk's filesystem, and can be made to hang in a freeze for real."""
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import libvirt
 import pytest
 
-from tests.integration.domains import DomainFactory
 from tests.integration.guest import (
     DATA_MOUNT,
     AgentError,
     Guest,
-    guest_virt_type,
-    make_guest,
-    remove_guest,
 )
 
 BOOT_BOUND = 60.0  # seconds from define to a running agent: 7-16 s seen under TCG here
 FREEZE_DELAY = 4  # seconds the fsfreeze hook sleeps in the hang tests
-
-_counter = itertools.count(1)
-
-
-@pytest.fixture
-def guest(
-    libvirt_conn: Any, session_prefix: str, virt_type: str, _session_domains: DomainFactory
-) -> Iterator[Guest]:
-    """A booted guest with a running agent, removed after the test, pass or fail.
-
-    Its directory is in the session's root, beside the scratch domains', so the session's
-    sweep removes whatever a crashed run left.  KVM only when libvirt offers it and the
-    host's KVM is hardware KVM (guest_virt_type).
-    """
-    name = f"{session_prefix}guest{next(_counter):02d}"
-    kind = "kvm" if virt_type == "kvm" and guest_virt_type() == "kvm" else "qemu"
-    made = make_guest(libvirt_conn, name, _session_domains.root / name, virt_type=kind)
-    try:
-        yield made
-    finally:
-        remove_guest(libvirt_conn, made, session_prefix)
 
 
 def test_boots_to_a_running_agent(guest: Guest) -> None:

@@ -3,35 +3,14 @@ the guest's own fsfreeze hook shows what happened inside it."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from snapshotd.adapters.hypervisor.connection import AGENT_WAIT, THAW_WAIT
 from tests.integration.cli import make_settings, settings_args, snapshotd
-from tests.integration.domains import DomainFactory
-from tests.integration.guest import DATA_TARGET, Guest, guest_virt_type, make_guest, remove_guest
-
-_counter = itertools.count(1)
-
-
-@pytest.fixture
-def guest(
-    libvirt_conn: Any, session_prefix: str, virt_type: str, _session_domains: DomainFactory
-) -> Iterator[Guest]:
-    name = f"{session_prefix}qguest{next(_counter):02d}"
-    kind = "kvm" if virt_type == "kvm" and guest_virt_type() == "kvm" else "qemu"
-    made = make_guest(libvirt_conn, name, _session_domains.root / name, virt_type=kind)
-    try:
-        yield made
-    finally:
-        remove_guest(libvirt_conn, made, session_prefix)
+from tests.integration.guest import DATA_TARGET, Guest
 
 
 def read_in_image(image: Path, path: str, scratch: Path) -> str:
