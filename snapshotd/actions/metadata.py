@@ -210,9 +210,12 @@ def catalog_items(catalog: Catalog, domain: DomainInfo, names: Sequence[str] = (
 # --- import ----------------------------------------------------------------------------------
 
 
-def _existing(hv: HypervisorAPI, domain: str) -> dict[str, int | None]:
+def _existing(
+    hv: HypervisorAPI, domain: str, records: Sequence[SnapshotRecord] | None = None
+) -> dict[str, int | None]:
+    """What libvirt has: name -> creation time (from ``records`` when just listed)."""
     found: dict[str, int | None] = {}
-    for record in hv.list_snapshots(domain):
+    for record in hv.list_snapshots(domain) if records is None else records:
         info = snapxml.parse_snapshot(record.xml, source=f"snapshot {record.name!r}")
         found[record.name] = info.creation_time
     return found
@@ -408,7 +411,7 @@ def revert(
     """
     info = hv.domain(domain)
     records = hv.list_snapshots(info.name)
-    existing = _existing(hv, info.name)
+    existing = _existing(hv, info.name, records)
     rows = {r.name: r for r in catalog.snapshots(domain_uuid=info.uuid)}
     if snapshot in existing:
         xml = hv.snapshot_xml(info.name, snapshot)
