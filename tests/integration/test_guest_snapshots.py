@@ -9,8 +9,24 @@ import time
 from pathlib import Path
 
 from snapshotd.adapters.hypervisor.connection import AGENT_WAIT, THAW_WAIT
-from tests.integration.cli import make_settings, settings_args, snapshotd
+from tests.integration.cli import Result, make_settings, settings_args, snapshotd
 from tests.integration.guest import DATA_TARGET, Guest
+
+
+def take_quiesced(guest: Guest, name: str, root: Path, *extra: str) -> Result:
+    """`snapshotd take --disk-only --quiesce` of the guest, with ``root``'s settings."""
+    return snapshotd(
+        "take",
+        "--domain",
+        guest.name,
+        "--disk-only",
+        "--quiesce",
+        "--name",
+        name,
+        *extra,
+        *settings_args(root),
+        timeout=180,
+    )
 
 
 def read_in_image(image: Path, path: str, scratch: Path) -> str:
@@ -38,17 +54,7 @@ def test_quiesced_snapshot_freezes_then_thaws_and_holds_the_synced_file(
     assert code == 0, err
     image = guest.directory / "data.qcow2"
     started = time.time()
-    result = snapshotd(
-        "take",
-        "--domain",
-        guest.name,
-        "--disk-only",
-        "--quiesce",
-        "--name",
-        "q1",
-        "--json",
-        *settings_args(tmp_path),
-    )
+    result = take_quiesced(guest, "q1", tmp_path, "--json")
     ended = time.time()
     assert result.code == 0, result
     assert "QUIESCE" in json.loads(result.out)["flags"]
@@ -74,17 +80,7 @@ def test_quiesce_with_a_hung_agent_fails_in_bounded_time_and_leaves_nothing(
     time.sleep(2)
     before = sorted(p.name for p in guest.directory.iterdir())
     started = time.monotonic()
-    result = snapshotd(
-        "take",
-        "--domain",
-        guest.name,
-        "--disk-only",
-        "--quiesce",
-        "--name",
-        "q2",
-        *settings_args(tmp_path),
-        timeout=180,
-    )
+    result = take_quiesced(guest, "q2", tmp_path)
     took = time.monotonic() - started
     assert result.code != 0, result
     assert took < AGENT_WAIT + THAW_WAIT + 20, took
@@ -103,17 +99,7 @@ def test_a_freeze_that_hangs_past_the_bound_fails_and_the_guest_is_thawed(
     delay = AGENT_WAIT + 5
     guest.set_freeze_delay(delay)
     before = sorted(p.name for p in guest.directory.iterdir())
-    result = snapshotd(
-        "take",
-        "--domain",
-        guest.name,
-        "--disk-only",
-        "--quiesce",
-        "--name",
-        "q3",
-        *settings_args(tmp_path),
-        timeout=180,
-    )
+    result = take_quiesced(guest, "q3", tmp_path)
     assert result.code != 0, result
     assert "the guest's file systems are thawed" in result.err, result.err
     guest.set_freeze_delay(None)
