@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import libvirt
 
 MIB = 1 << 20
+
+COMMIT_WAIT = 30  # seconds an active block commit of a test disk may take
 
 # Disks are attached to the bus their target name implies.
 _BUS_BY_PREFIX = {"vd": "virtio", "hd": "ide", "sd": "sata"}
@@ -210,6 +213,24 @@ class DomainFactory:
         if errors:
             raise errors[0]
         return swept
+
+
+def commit_active(dom: Any, target: str) -> None:
+    """Merge disk ``target``'s active overlay down to its base, as ``virsh blockcommit
+    --active --pivot`` does, and return once the domain writes to the base again."""
+    dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+    deadline = time.monotonic() + COMMIT_WAIT
+    while True:
+        # cur == end is not enough (both are 0 before the job starts copying): pivot
+        # until libvirt no longer says the job is not ready for it.
+        try:
+            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            return
+        except libvirt.libvirtError as exc:
+            if "not ready for pivot" not in str(exc):
+                raise
+        assert time.monotonic() < deadline, f"the block commit of {target} did not finish"
+        time.sleep(0.1)
 
 
 def remove_domain(conn: Any, name: str, prefix: str) -> None:

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from lxml import etree
 
 from snapshotd.catalog import open_catalog
 from tests.integration.cli import Result, make_settings, settings_args, snapshotd
-from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.domains import DomainFactory, ScratchDomain, commit_active
 from tests.integration.target import URI, peer_xml
 
 NAME = "{policy}-{time:%Y%m%dT%H%M%S%fZ}"
@@ -101,14 +100,7 @@ retention: {{keep_last: 1}}
     assert sorted(snaps.glob("*.qcow2")) == overlays
 
     # Merge the overlays back into the base image; now the old ones are free to go.
-    dom.dom.blockCommit("vda", None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        info = dom.dom.blockJobInfo("vda", 0)
-        if info and info["cur"] == info["end"]:
-            break
-        time.sleep(0.1)
-    dom.dom.blockJobAbort("vda", libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+    commit_active(dom.dom, "vda")
     report = json.loads(ok(snapshotd("prune", "--json", *settings_args(state))).out)
     (entry,) = report
     newest = listed[-1]["name"]

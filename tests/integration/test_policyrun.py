@@ -11,16 +11,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import Catalog, open_catalog
 from snapshotd.core.model import DomainInfo, DomainState
-from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.domains import DomainFactory, ScratchDomain, commit_active
 from tests.policyrun_scenarios import SCENARIOS, Env
-
-COMMIT_WAIT = 30  # seconds a block commit of a 16 MiB disk may take
 
 
 class LibvirtEnv:
@@ -60,20 +57,7 @@ class LibvirtEnv:
         self._made[domain.uuid].dom.snapshotCreateXML(xml, 0)
 
     def merge_disk(self, domain: DomainInfo, target: str) -> None:
-        dom = self._made[domain.uuid].dom
-        dom.blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
-        deadline = time.monotonic() + COMMIT_WAIT
-        while True:
-            # cur == end is not enough (both are 0 before the job starts copying): pivot
-            # until libvirt no longer says the job is not ready for it.
-            try:
-                dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                return
-            except libvirt.libvirtError as exc:
-                if "not ready for pivot" not in str(exc):
-                    raise
-            assert time.monotonic() < deadline, f"the block commit of {target} did not finish"
-            time.sleep(0.1)
+        commit_active(self._made[domain.uuid].dom, target)
 
 
 @pytest.fixture
