@@ -500,6 +500,13 @@ def due_times(schedule: Schedule, after: dt.datetime, until: dt.datetime) -> Ite
     return _between(compiled, _utc(after, "after"), _utc(until, "until"))
 
 
+def latest_slot(schedule: Schedule, after: dt.datetime, until: dt.datetime) -> dt.datetime | None:
+    """The latest scheduled instant t with ``after < t <= until``, or None if there is none."""
+    if until <= after:
+        return None
+    return _window(_compile(schedule), _utc(after, "after"), _utc(until, "until"))[1]
+
+
 def next_due(schedule: Schedule, after: dt.datetime) -> dt.datetime:
     """The first scheduled instant strictly after ``after``, in UTC."""
     return _next(_compile(schedule), _utc(after, "after"))

@@ -31,7 +31,7 @@ from snapshotd.core.model import DomainInfo
 from snapshotd.daemon.catalogs import CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.recovery import Recovery
-from snapshotd.daemon.runs import DomainRun, utc
+from snapshotd.daemon.runs import DomainRun, served, utc
 from snapshotd.errors import LibvirtError, SnapshotdError
 
 log = logging.getLogger("snapshotd")
@@ -145,13 +145,8 @@ class Worker:
         """The snapshot is made: count it, finish the run, say so."""
         self._metrics.created.labels(policy=job.policy.name).inc()
         self._metrics.duration.labels(operation="create").observe(time.monotonic() - started)
-        runs.finish(
-            job.policy.name,
-            job.domain.uuid,
-            slot=int(job.due.slot.timestamp()),
-            error=None,
-            now=self._now(),
-        )
+        slot = int(served(job.policy, job.due, self._clock()).timestamp())
+        runs.finish(job.policy.name, job.domain.uuid, slot=slot, error=None, now=self._now())
         ms = int((time.monotonic() - started) * 1000)
         log_event(
             log,

@@ -21,7 +21,7 @@ from typing import Protocol
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
-from snapshotd.core.schedule import decide, jitter_for, next_due
+from snapshotd.core.schedule import decide, jitter_for, latest_slot, next_due
 
 # Retry a transient failure after these delays (seconds), then keep the last one.
 RETRY_BACKOFF = (10.0, 30.0, 60.0, 300.0)
@@ -120,6 +120,17 @@ def catch_up(policy: Policy, due: Due, now: float) -> None:
     later = decide(policy.schedule, due.slot, utc(now))
     if later.due and later.slot is not None:
         due.slot, due.reason = later.slot, later.reason
+
+
+def served(policy: Policy, due: Due, made: float) -> dt.datetime:
+    """The slot a run whose snapshot was made at ``made`` (epoch seconds) has served.
+
+    The latest slot that had passed by then, not only the one it was dispatched for: a
+    run held up (a call that waited for a cut link to come back, a retry) is as fresh as
+    the moment it was made, so the slots that passed while it waited get no catch-up run
+    right after it.  A clock stepped back under it leaves the dispatched slot.
+    """
+    return latest_slot(policy.schedule, due.slot, utc(made)) or due.slot
 
 
 def retry(due: Due, error: str | None, now: float) -> Due:

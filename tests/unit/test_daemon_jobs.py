@@ -42,6 +42,8 @@ class LinkedFake(FakeHypervisor):
         super().__init__(URI, clock=clock.timestamp)
         self.up = True
         self.cut_off_after_create = False  # libvirt makes it, the answer is lost
+        self.create_waits = 0.0  # seconds the call hangs first (a cut link, say)
+        self._stepper = clock
 
     def alive(self) -> bool:
         return self.up
@@ -52,6 +54,7 @@ class LinkedFake(FakeHypervisor):
     def create_snapshot_secure(
         self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
     ) -> tuple[str, str]:
+        self._stepper.advance(self.create_waits)
         made = super().create_snapshot_secure(domain, xml, flags, uuid=uuid)
         if self.cut_off_after_create:
             self.up = False
@@ -177,6 +180,27 @@ def test_a_job_runs_the_policy_and_records_its_run(rig: Rig, records: Records) -
     rig.clock.advance(3600)
     assert rig.run(chosen, domain).outcome == JobOutcome("ok")
     assert rig.opened == [(str(rig.root / "state"), True)]
+
+
+def test_a_run_held_up_past_later_slots_serves_them_and_no_catch_up_follows(
+    rig: Rig,
+) -> None:
+    """A create that hung for 2.5 hours (the link was cut under it, then came back) is
+    as fresh as the moment it was made: its run serves the latest slot passed by then,
+    and the loop plans the next slot, not a catch-up run right after it."""
+    domain = rig.domain()
+    chosen = rig.policy(domain)
+    dispatched = int(rig.clock.timestamp())
+    rig.hv.create_waits = 2.5 * 3600
+    assert rig.run(chosen, domain).outcome.kind == "ok"
+    run = rig.catalog.runs.get("hourly", domain.uuid)
+    assert run is not None
+    assert run.last_slot == dispatched + 2 * 3600
+    key = Key("hourly", URI, domain.uuid)
+    rig.daemon.policies = {chosen.name: chosen}
+    rig.daemon.domains = {URI: [domain]}
+    rig.daemon._schedule(rig.catalog.runs, rig.clock.timestamp())
+    assert rig.daemon.due[key].at == dispatched + 3 * 3600
 
 
 def test_retention_after_the_snapshot_is_logged_and_counted(rig: Rig, records: Records) -> None:

@@ -27,6 +27,7 @@ from snapshotd.core.schedule import (
     decide,
     due_times,
     jitter_for,
+    latest_slot,
     next_due,
     parse_duration,
 )
@@ -795,3 +796,13 @@ def test_decide_serves_the_latest_slot_and_never_a_future_one(
         assert decision.slot is not None
     else:
         assert decision.slot is None
+
+
+def test_latest_slot_is_the_newest_instant_in_the_half_open_window() -> None:
+    at = dt.datetime(2026, 3, 1, 10, 0, tzinfo=dt.UTC)
+    hourly = cron("0 * * * *")
+    assert latest_slot(hourly, at, at + dt.timedelta(hours=2, minutes=30)) == at.replace(hour=12)
+    assert latest_slot(hourly, at, at + dt.timedelta(minutes=59)) is None
+    assert latest_slot(hourly, at, at) is None
+    assert latest_slot(hourly, at, at - dt.timedelta(hours=3)) is None  # clock went back
+    assert latest_slot(every(15), at, at + dt.timedelta(minutes=31)) == at.replace(minute=30)
