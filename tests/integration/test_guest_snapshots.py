@@ -15,6 +15,7 @@ from lxml import etree
 from snapshotd.adapters.hypervisor.connection import AGENT_WAIT, THAW_WAIT
 from tests.integration.cli import Result, make_settings, settings_args, snapshotd
 from tests.integration.guest import DATA_TARGET, Guest
+from tests.integration.test_daemon import Daemon, policy, snapshots, status, write_policy
 
 
 def take_quiesced(guest: Guest, name: str, root: Path, *extra: str) -> Result:
@@ -293,3 +294,44 @@ def test_revert_to_a_disk_only_external_snapshot_where_libvirt_can(
     if not guest.dom.isActive():
         guest.dom.create()
     assert _read_from_disk(guest) == b"before\n"
+
+
+def test_the_daemon_records_a_hung_freeze_thaws_the_guest_and_goes_on(
+    guest: Guest, daemon: Daemon
+) -> None:
+    """``quiesce: true`` under the daemon with a freeze that hangs past AGENT_WAIT: the
+    run fails in bounded time, the failure is in the journal and the domain's status,
+    the guest is thawed, and once the agent answers again the next run is a quiesced
+    snapshot, from the same daemon."""
+    guest.set_freeze_delay(AGENT_WAIT + 5)
+    extra = "  disk_only: true\n  disks: external\n  quiesce: true"
+    text = policy(guest, every="3s", keep=3, extra=extra, states="  states: [running]")  # type: ignore[arg-type]
+    write_policy(daemon, "q", text)
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: "snapshot failed" in daemon.log.read_text(),
+        AGENT_WAIT + THAW_WAIT + 30,
+        "the hung freeze's failure",
+    )
+    line = next(s for s in daemon.log.read_text().splitlines() if "snapshot failed" in s)
+    assert "guest agent" in line.lower(), line
+    assert "thawed" in line, line
+    code, data = status(daemon)
+    assert code == 0
+    (row,) = [d for d in data["domains"] if d["domain"] == guest.name]
+    assert row["last_error"] is not None, row
+    assert "guest agent" in row["last_error"]["message"].lower(), row
+    guest.set_freeze_delay(None)
+    assert not guest.fs_frozen()
+    assert guest.dom.snapshotListNames(0) == []
+    started = time.time()
+    daemon.wait_for(
+        lambda: any(t >= started - 1 for t, _, _ in snapshots(guest)),  # type: ignore[arg-type]
+        90,
+        "a quiesced snapshot once the agent answered again",
+    )
+    assert daemon.proc is not None
+    assert daemon.proc.poll() is None  # the same daemon
+    assert not guest.fs_frozen()
+    assert daemon.stop() == 0

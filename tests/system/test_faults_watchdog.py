@@ -16,6 +16,7 @@ import os
 import secrets
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,9 +114,11 @@ def test_fault_17_watchdog_restart_mid_snapshot_adopts_libvirts_snapshot_once(
         f"directory: {snaps}}}\n"
         "retention: {keep_last: 5}\n"
     )
-    unit = _configure(
-        installed, {POLICY: policy}, "WatchdogSec=2s\nLimitCORE=0\nRestartSec=500ms\n"
-    )
+    # The daemon starts with no policy; the test writes it and reloads the daemon only once
+    # it is watching the catalog, so the run cannot finish before the test looks (on a busy
+    # machine systemctl start returned too late once and missed the whole snapshot).
+    unit = _configure(installed, {}, "WatchdogSec=2s\nLimitCORE=0\nRestartSec=500ms\n")
+    policy_file = installed.root / SYSTEST.lstrip("/") / "policies.d" / f"{POLICY}.yaml"
     # The state directory where the test can open the catalog with SQLite (which resolves
     # /proc/PID/root away): beside the images, the same path inside and out.
     state = directory / "state"
@@ -135,9 +138,15 @@ def test_fault_17_watchdog_restart_mid_snapshot_adopts_libvirts_snapshot_once(
     try:
         props = _start(installed, unit)
         pid, restarts = props["MainPID"], int(props["NRestarts"])
+        staged = policy_file.with_name(f".{POLICY}.tmp")
+        staged.write_text(policy)
+        staged.chmod(0o644)
+        staged.rename(policy_file)
+        reload = threading.Thread(target=installed.systemctl, args=("reload", unit))
 
         # Freeze it while its worker is inside libvirt: the run names the snapshot and
         # libvirt has begun writing that snapshot's memory file.
+        reload.start()
         deadline = time.monotonic() + 30
         while True:
             rows = _read(db, "SELECT in_progress, in_progress_slot FROM runs")
@@ -146,6 +155,7 @@ def test_fault_17_watchdog_restart_mid_snapshot_adopts_libvirts_snapshot_once(
                 break
             assert time.monotonic() < deadline, rows
             time.sleep(0.01)
+        reload.join()
         assert rows[0][1] == int(DUE.timestamp())
         installed.run("kill", "-STOP", pid, check=True)
 
