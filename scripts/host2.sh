@@ -373,6 +373,11 @@ mounts_up() {
     for d in "${SHARED_DIRS[@]}"; do mkdir -p "$d"; done
     while read -r src && read -r dst; do
         mkdir -p "$dst"
+        # A bind whose source was removed and made again shows the old, deleted directory:
+        # bind the new one in its place.
+        if mountpoint -q "$dst" && [ "$(stat -c %d:%i "$src")" != "$(stat -c %d:%i "$dst")" ]; then
+            umount -l "$dst"
+        fi
         mountpoint -q "$dst" || mount --bind "$src" "$dst"
     done < <(mount_pairs)
 }
@@ -418,7 +423,9 @@ start_reaper() {
     write_spawner
     log "starting the reaper (tini -s) and spawner in $NS and the chroot"
     # Not a process group leader here, so setsid execs without forking and $! is tini's
-    # pid once ip and chroot have exec'd.  Its output goes to a log, never to our caller's
+    # pid once nsenter and chroot have exec'd.  nsenter --net, not `ip netns exec`: that one
+    # also makes a mount namespace of its own, where a shared directory bound again later
+    # (mounts_up) would never show.  Its output goes to a log, never to our caller's
     # stdout/stderr (a caller capturing them would wait for them to close); and it keeps no
     # other descriptor of ours either: not fd 9, our lock, which it would hold for as long
     # as it runs, nor any pipe our caller handed down.
@@ -429,7 +436,7 @@ start_reaper() {
             fd=${fd##*/}
             [ "$fd" -le 2 ] || eval "exec $fd>&-"
         done
-        exec setsid ip netns exec "$NS" chroot "$ROOT" /usr/bin/tini -s -- /bin/sh "$SPAWNER" \
+        exec setsid nsenter --net="/run/netns/$NS" chroot "$ROOT" /usr/bin/tini -s -- /bin/sh "$SPAWNER" \
             </dev/null >>"$ROOT$LOGDIR/spawner.log" 2>&1
     ) &
     local pid=$! deadline=$((SECONDS + 5))
@@ -533,6 +540,7 @@ lock() {
 
 cmd_up() {
     if answers; then
+        mounts_up  # a shared directory removed and made again since is bound again
         log "already up: $URI"
         return 0
     fi
