@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapshotd.actions import snapshot as snapshot_action
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
 from snapshotd.adapters.hypervisor import SnapshotRecord
@@ -406,8 +407,9 @@ def revert(
     newer) deletes the current snapshot's overlays as part of it, and libvirt 11.3 was
     seen crashing when there was none.  Whether this libvirt can revert to an external
     snapshot at all is its own answer (an "unsupported" error), not a version compared.
-    After the revert the catalog's row takes libvirt's XML again: a revert to an
-    external snapshot gives it new overlay files.
+    After the revert the catalog's rows take libvirt's XML again (a revert to an
+    external snapshot gives the target new overlay files) and forget the overlays
+    libvirt discarded.
     """
     info = hv.domain(domain)
     records = hv.list_snapshots(info.name)
@@ -436,6 +438,7 @@ def revert(
     if items or leaf is not None:
         plan = check_import(hv, info, items, current=leaf, existing=existing)
         redefined = list(run_import(hv, info, plan, catalog=catalog))
+    in_use = {d.path for d in info.disks if d.path}
     try:
         hv.revert_snapshot(info.name, snapshot, running=running, paused=paused)
     except LibvirtError as exc:
@@ -445,7 +448,9 @@ def revert(
                 _external_advice(info.name, snapshot, parsed, version, exc.reason)
             ) from None
         raise
-    _refresh_row(hv, catalog, info, snapshot)
+    snapshot_action.refresh_rows(hv, catalog, info)
+    if external:
+        _forget_discarded(hv, catalog, info, in_use)
     return redefined
 
 
@@ -485,17 +490,22 @@ def _leaf(
     )
 
 
-def _refresh_row(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
-    """Give the catalog's row of a reverted-to snapshot libvirt's XML and files again."""
-    row = catalog.find(domain.uuid, name)
-    if row is None:
+def _forget_discarded(
+    hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, in_use: set[str]
+) -> None:
+    """After an external revert: the overlays the disks used before it, and use no more,
+    were discarded by libvirt (the writes since the current snapshot); a row that listed
+    one lists it no longer, so retention never counts on a file that is gone.  Where
+    snapshotd can see the files (a local URI), only a file that is really gone leaves."""
+    now = {d.path for d in hv.domain(domain.name).disks if d.path}
+    local = files.is_local_uri(hv.uri)
+    discarded = {p for p in in_use - now if not (local and os.path.lexists(p))}
+    if not discarded:
         return
-    xml = hv.snapshot_xml(domain.name, name, secure=True)
-    info = snapxml.parse_snapshot(xml, source=f"snapshot {name!r} from libvirt")
-    made = tuple(d.source_file for d in info.disks if d.snapshot == "external" and d.source_file)
-    memory = (info.memory_file,) if info.memory_file else ()
-    if (xml, made + memory) != (row.xml, row.files):
-        catalog.update_snapshot(domain.uuid, name, row.created_at, xml=xml, files=made + memory)
+    for row in catalog.snapshots(domain_uuid=domain.uuid):
+        kept = tuple(f for f in row.files if f not in discarded)
+        if kept != row.files:
+            catalog.update_snapshot(domain.uuid, row.name, row.created_at, xml=row.xml, files=kept)
 
 
 def _with_ancestors(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapshotd.actions.ports import HypervisorAPI
-from snapshotd.actions.snapshot import DomainAction, epoch
+from snapshotd.actions.snapshot import DomainAction, epoch, refresh_rows
 from snapshotd.adapters import files
 from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.catalog.api import Catalog, SnapshotRow
@@ -23,6 +24,8 @@ from snapshotd.core.model import (
 from snapshotd.core.policy import Policy
 from snapshotd.core.retention import Candidate, Verdict, evaluate
 from snapshotd.errors import SnapshotdError
+
+log = logging.getLogger("snapshotd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,13 @@ def _delete(action: DomainAction, owned: list[Owned], report: PruneReport) -> No
             catalog.mark_deleted(domain.uuid, name, info.creation_time, epoch(action.now))
         report.deleted.append(name)
         action.log("delete", "ok", snapshot=name, message=None, started=started)
+    if report.deleted:
+        try:  # libvirt 11 hands a deleted external snapshot's files on to its parent
+            refresh_rows(hv, catalog, domain)
+        except SnapshotdError as exc:  # the deletions stand; the next refresh catches up
+            log.warning(
+                "%s: the catalog's rows were not refreshed after pruning: %s", domain.name, exc
+            )
 
 
 def _prune_catalog_only(

@@ -316,3 +316,30 @@ def adopt(
             libvirt_metadata=True,
         )
     )
+
+
+def refresh_rows(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> None:
+    """Give the catalog's rows of the domain's snapshots libvirt's XML and files again,
+    where libvirt has them: an external revert gives its target new overlays
+    (``<revertDisks>``), and libvirt 11 deleting an external snapshot hands its parent's
+    files on (the parent's ``<disks>`` then name the overlay the revert made).  libvirt
+    11.3 was seen naming a file it had just deleted with a child snapshot; where snapshotd
+    can see the files (a local URI) a row lists only those that exist."""
+    local = files.is_local_uri(hv.uri)
+    known = {r.name for r in hv.list_snapshots(domain.name)}
+    for row in catalog.snapshots(domain_uuid=domain.uuid):
+        if not row.libvirt_metadata or row.name not in known:
+            continue
+        xml = hv.snapshot_xml(domain.name, row.name, secure=True)
+        source = f"snapshot {row.name!r} from libvirt"
+        info = snapxml.parse_snapshot(xml, source=source)
+        disks = info.disks + snapxml.revert_disks(xml, source=source)
+        made = tuple(
+            dict.fromkeys(
+                d.source_file for d in disks if d.snapshot == "external" and d.source_file
+            )
+        )
+        memory = (info.memory_file,) if info.memory_file else ()
+        made = tuple(f for f in made + memory if not local or os.path.lexists(f))
+        if (xml, made) != (row.xml, row.files):
+            catalog.update_snapshot(domain.uuid, row.name, row.created_at, xml=xml, files=made)
