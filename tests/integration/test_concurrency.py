@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from tests.integration.cli import REPO, files_under, snapshotd
+from tests.integration.cli import REPO, files_under, make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory
 
 
@@ -45,6 +45,7 @@ def test_two_processes_on_one_domain_take_turns(
 ) -> None:
     dom = domain_factory(state="running", memory_mib=256)
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    make_settings(tmp_path)
     command = [
         sys.executable,
         "-m",
@@ -58,8 +59,7 @@ def test_two_processes_on_one_domain_take_turns(
         "external",
         "--directory",
         str(dom.directory / "snaps"),
-        "--state-dir",
-        str(tmp_path / "state"),
+        *settings_args(tmp_path),  # the tested URI, for both processes
     ]
     procs = [
         subprocess.Popen(

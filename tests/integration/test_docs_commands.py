@@ -22,8 +22,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import libvirt
 import pytest
+from lxml import etree
 
 from snapshotd.cli.parser import build_parser
 from tests.integration.cli import REPO, snapshotd
@@ -120,8 +123,37 @@ class Env:
         ]
 
 
+def _machines(conn: Any) -> set[str]:
+    caps = etree.fromstring(conn.getCapabilities().encode())
+    return {str(m.text) for m in caps.iterfind("guest/arch[@name='x86_64']/machine")}
+
+
+def common_machine(web: ScratchDomain) -> None:
+    """The docs replicate ``web`` to an embedded QEMU driver on this machine: when the
+    tested host is another libvirt whose QEMU names a machine type this machine's QEMU
+    lacks (pc-i440fx-10.0 on QEMU 10), ``web`` gets the newest i440fx type both have."""
+    xml = web.dom.XMLDesc(2)  # VIR_DOMAIN_XML_INACTIVE
+    machine = re.search(r"machine='([^']*)'", xml)
+    here = libvirt.open("qemu:///system")
+    try:
+        local = _machines(here)
+    finally:
+        here.close()
+    if machine is None or machine.group(1) in local:
+        return
+    both = sorted(
+        (m for m in local & _machines(web.dom.connect()) if re.fullmatch(r"pc-i440fx-\d+\.\d+", m)),
+        key=lambda m: tuple(int(x) for x in m.rsplit("-", 1)[1].split(".")),
+    )
+    assert both, "no i440fx machine type common to both hosts' QEMU"
+    web.dom.destroy()
+    web.dom.connect().defineXML(xml.replace(machine.group(0), f" machine='{both[-1]}'"))
+    web.dom.create()
+
+
 def make_env(domain_factory: DomainFactory, root: Path, disks: list[DiskSpec]) -> Env:
     web = domain_factory(disks, state="running")
+    common_machine(web)
     (root / "policies").mkdir(mode=0o755)
     (root / "snapshotd.yaml").write_text(connect_line())
     (root / "snapshotd.yaml").chmod(0o644)

@@ -303,6 +303,12 @@ def test_fault_04_no_space_left_for_the_external_files(
     assert image.startswith(str(roomy))  # the domain writes to the second overlay
     full.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    # A libvirtd in another root sees the test directory through a bind mount made before
+    # this one: the small filesystem is bound there too.
+    seen = target.LIBVIRT_ROOT / str(full).lstrip("/")
+    elsewhere = seen.resolve() != full.resolve()
+    if elsewhere:
+        subprocess.run(["mount", "--bind", str(full), str(seen)], check=True)
     try:
         before_files = files_under(dom.directory)
         before_rows = catalog_snapshots(daemon, dom)
@@ -338,6 +344,8 @@ def test_fault_04_no_space_left_for_the_external_files(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+        if elsewhere:
+            subprocess.run(["umount", str(seen)], check=False)
         subprocess.run(["umount", str(full)], check=False)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from tests.integration.cli import REPO
 from tests.integration.domains import DiskSpec, DomainFactory, ScratchDomain
-from tests.integration.target import connect_line
+from tests.integration.target import URI, connect_line
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
@@ -74,6 +74,8 @@ def take(dom: ScratchDomain, *, terminal: bool) -> tuple[int, str]:
             f"m{terminal:d}",
             "--state-dir",
             str(dom.directory / "state"),
+            "--connect",
+            URI,
         ],
         stdout=subprocess.DEVNULL,
         stderr=target,
