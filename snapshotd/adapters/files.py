@@ -178,7 +178,7 @@ def backing_chain(image: str) -> list[str]:
     path: str | None = absolute(image)
     while path is not None and len(chain) < MAX_CHAIN and path not in chain:
         chain.append(path)
-        path = _backing_file(path)
+        path = backing_file(path)
     return chain
 
 
@@ -187,7 +187,9 @@ def absolute(path: str) -> str:
     return os.path.normpath(Path(path).absolute())
 
 
-def _backing_file(path: str) -> str | None:
+def backing_file(path: str) -> str | None:
+    """The backing file a qcow2 image's header names (absolute), or None: not qcow2, no
+    backing file, not a local file, or unreadable."""
     try:
         with Path(path).open("rb") as f:
             header = f.read(20)

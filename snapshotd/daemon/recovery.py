@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from snapshotd.actions import snapshot
+from snapshotd.actions import snapshot, strays
 from snapshotd.catalog import Catalog, Run, RunLog
 from snapshotd.daemon.catalogs import CatalogFactory
 from snapshotd.daemon.events import EventQueue, Settled
@@ -75,10 +75,32 @@ class Recovery:
                     if run.uri != uri or run.in_progress is None:
                         continue
                     self.settle(hv, catalog, runs, run, run.in_progress)
+                self.report_strays(uri, hv, catalog)
         except Exception:
             log.exception("%s: reconciling unfinished runs failed", uri)
         finally:
             self._events.put(Settled(uri))
+
+    def report_strays(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
+        """Warn of each overlay an interrupted libvirt operation left beside the images
+        of a domain snapshotd has snapshots of (actions/strays.py); delete nothing."""
+        domains = {r.domain_uuid for r in catalog.snapshots() if r.uri == uri}
+        for uuid in sorted(domains):
+            try:
+                domain = hv.domain(uuid)
+                found = strays.find_strays(hv, catalog, domain)
+            except SnapshotdError as exc:
+                log.debug("%s: no look for stray overlays of %s: %s", uri, uuid, exc)
+                continue
+            for stray in found:
+                log.warning(
+                    "%s: %s is an overlay of %s that no disk, snapshot or catalog entry uses "
+                    "(an interrupted libvirt operation, such as a libvirtd crash during a "
+                    "snapshot or a revert, leaves one); snapshotd deleted nothing",
+                    domain.name,
+                    stray.path,
+                    stray.backing,
+                )
 
     def made_before_the_link_broke(  # noqa: PLR0917 - the job's state, passed once
         self,

@@ -469,3 +469,51 @@ def test_fault_06_quiesce_without_a_guest_agent(
         assert state == libvirt.VIR_DOMAIN_RUNNING, dom.name
     serving(daemon, tried)
     assert daemon.stop() == 0
+
+
+@pytest.mark.local_only  # snapshotd looks for the files only where they are files here
+def test_reconcile_reports_an_overlay_an_interrupted_libvirt_operation_left(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """Issue 17: a libvirtd that crashed during a revert left an overlay of the domain's
+    image (libvirt 11.3 names it ``<base>.<epoch>``) that nothing uses.  The daemon's
+    reconcile, once connected, names it and what it is built on, and deletes nothing;
+    the snapshot's own overlay, the image, a linked clone's disk built on the same image
+    and an unrelated file beside them are not reported."""
+    dom = domain_factory(state="shutoff")
+    clone = domain_factory(state="shutoff")
+    config = configure(daemon)
+    settings = ["--config", str(config), "--policy-dir", str(daemon.policies)]
+    settings += ["--state-dir", str(daemon.state)]
+    made = snapshotd("take", "--domain", dom.name, "--disks", "external", *settings)
+    assert made.code == 0, made.err
+    image = dom.image("vda")
+    overlay = dom.dom.XMLDesc(0).split("<source file='")[1].split("'")[0]
+    assert overlay != str(image)
+
+    def overlay_of(base: Path | str, path: Path) -> None:
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path)],
+            check=True,
+        )
+
+    stray = image.parent / f"{image.stem}.1796282614"
+    overlay_of(image, stray)
+    linked = image.parent / "linked-clone.qcow2"  # the clone's disk, on dom's image
+    overlay_of(image, linked)
+    xml = clone.dom.XMLDesc(2).replace(str(clone.image("vda")), str(linked))
+    clone.dom.connect().defineXML(xml)
+    (image.parent / "notes.txt").write_text("not an image\n")
+
+    write_policy(daemon, "keep", policy(dom, every="1h", states="  states: [shutoff]"))
+    daemon.start()
+    daemon.wait_ready()
+    said = f"{dom.name}: {stray} is an overlay of {image} that no disk, snapshot or catalog"
+    daemon.wait_for(lambda: said in daemon.log.read_text(), 30, "the stray overlay's warning")
+    text = daemon.log.read_text()
+    assert "snapshotd deleted nothing" in text
+    reported = [line for line in text.splitlines() if "is an overlay of" in line]
+    assert len(reported) == 1, reported  # not the overlay, the clone's disk or the notes
+    assert stray.is_file()
+    assert linked.is_file()
+    assert daemon.stop() == 0
