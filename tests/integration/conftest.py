@@ -33,6 +33,7 @@ import pytest
 
 from snapshotd.adapters.files import is_local_uri
 from snapshotd.adapters.hypervisor import Hypervisor
+from tests.integration import target
 from tests.integration.domains import DomainFactory
 from tests.integration.guest import Guest, guest_virt_type, make_guest, remove_guest
 from tests.integration.target import PEER_URI, ROOT, URI
@@ -59,6 +60,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [i for i in items if i not in dropped]
+
+
+@pytest.fixture(autouse=True)
+def _peer_held(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A two-host test whose peer is this machine's libvirtd holds it (shared) while it
+    runs: another session's libvirtd restart test waits for it (target.local_libvirtd)."""
+    if request.node.get_closest_marker("two_hosts") and PEER_URI == "qemu:///system":
+        with target.local_libvirtd(exclusive=False):
+            yield
+    else:
+        yield
 
 
 class LiveConnection:

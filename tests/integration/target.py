@@ -24,12 +24,15 @@ memory file or policy directory a test makes in tmp_path is one libvirtd can rea
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -69,6 +72,21 @@ def qemu_pid(domain: str) -> int:
 def libvirtd_pid() -> int:
     """The pid of the tested libvirtd, from the pid file it writes."""
     return int((LIBVIRT_ROOT / "run" / "libvirtd.pid").read_text())
+
+
+@contextlib.contextmanager
+def local_libvirtd(*, exclusive: bool) -> Iterator[None]:
+    """This machine's libvirtd between two test sessions at once (scripts/test.sh runs
+    the second host's beside this machine's, with this libvirtd as its peer): a restart
+    holds the lock exclusive, a test that uses it as the peer holds it shared, so neither
+    meets the other's outage.  The lock is an empty file in ROOT, 0600."""
+    ROOT.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ROOT / ".local-libvirtd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def restart_libvirtd(outage: float = 4.0) -> float:
