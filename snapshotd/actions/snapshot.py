@@ -331,15 +331,7 @@ def refresh_rows(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> Non
         if not row.libvirt_metadata or row.name not in known:
             continue
         xml = hv.snapshot_xml(domain.name, row.name, secure=True)
-        source = f"snapshot {row.name!r} from libvirt"
-        info = snapxml.parse_snapshot(xml, source=source)
-        disks = info.disks + snapxml.revert_disks(xml, source=source)
-        made = tuple(
-            dict.fromkeys(
-                d.source_file for d in disks if d.snapshot == "external" and d.source_file
-            )
-        )
-        memory = (info.memory_file,) if info.memory_file else ()
-        made = tuple(f for f in made + memory if not local or os.path.lexists(f))
+        named = snapxml.named_files(xml, source=f"snapshot {row.name!r} from libvirt")
+        made = tuple(f for f in named if not local or os.path.lexists(f))
         if (xml, made) != (row.xml, row.files):
             catalog.update_snapshot(domain.uuid, row.name, row.created_at, xml=xml, files=made)

@@ -38,7 +38,8 @@ def find_strays(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> list
         return []
     ours = {f for _target, chain in backing_chains(hv, domain) for f in chain}
     for record in hv.list_snapshots(domain.name):
-        ours |= _snapshot_files(record.xml, record.name)
+        named = snapxml.named_files(record.xml, source=f"snapshot {record.name!r}")
+        ours |= {files.absolute(f) for f in named}
     for row in catalog.snapshots(domain_uuid=domain.uuid):
         ours |= {files.absolute(f) for f in row.files}
     ours = {f for path in ours for f in files.backing_chain(path)}
@@ -64,15 +65,3 @@ def find_strays(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> list
             if backing is not None and backing in ours:
                 found.append(Stray(path, backing))
     return found
-
-
-def _snapshot_files(xml: str, name: str) -> set[str]:
-    """The files one of libvirt's snapshots names: its external disks, the overlays a
-    revert to it made, its memory file."""
-    source = f"snapshot {name!r}"
-    info = snapxml.parse_snapshot(xml, source=source)
-    disks = info.disks + snapxml.revert_disks(xml, source=source)
-    named = {files.absolute(d.source_file) for d in disks if d.source_file}
-    if info.memory_file:
-        named.add(files.absolute(info.memory_file))
-    return named

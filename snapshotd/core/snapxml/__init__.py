@@ -19,7 +19,7 @@ expands entities: a document with a DOCTYPE is refused outright, because an
 unexpanded entity would otherwise read as literal text.
 """
 
-from snapshotd.core.snapxml.parse import parse_snapshot, revert_disks
+from snapshotd.core.snapxml.parse import named_files, parse_snapshot, revert_disks
 from snapshotd.core.snapxml.render import render_catalog_only, render_info, render_spec
 from snapshotd.core.snapxml.schema import load_schema, validate
 from snapshotd.core.snapxml.vocabulary import SCHEMA_PATH
@@ -27,6 +27,7 @@ from snapshotd.core.snapxml.vocabulary import SCHEMA_PATH
 __all__ = [
     "SCHEMA_PATH",
     "load_schema",
+    "named_files",
     "parse_snapshot",
     "render_catalog_only",
     "render_info",

@@ -94,6 +94,18 @@ def revert_disks(text: str | bytes, *, source: str = "snapshot XML") -> tuple[Sn
     return _disks(root.find("revertDisks"), source)
 
 
+def named_files(text: str | bytes, *, source: str = "snapshot XML") -> tuple[str, ...]:
+    """The files libvirt's snapshot XML says the snapshot made, in order, each once: its
+    external disks' overlays, those a revert to it made (``<revertDisks>``), and its
+    external memory file."""
+    info = parse_snapshot(text, source=source)
+    disks = info.disks + revert_disks(text, source=source)
+    named = [d.source_file for d in disks if d.snapshot == "external" and d.source_file]
+    if info.memory_file:
+        named.append(info.memory_file)
+    return tuple(dict.fromkeys(named))
+
+
 def _top_level(root: etree._Element, source: str) -> tuple[dict[str, etree._Element], list[str]]:
     """The known top-level elements by name (each at most once), and the other names."""
     found: dict[str, etree._Element] = {}
