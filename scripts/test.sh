@@ -12,30 +12,32 @@
 # (strict, configured in pyproject.toml), the import contracts (lint-imports, declared in
 # pyproject.toml's [tool.importlinter]; --no-cache: the graph builds in under a second, and
 # no cache folder is left in the checkout); pytest on this machine's libvirt (9.0 on
-# Debian 12); pytest again with the second host as the tested host (SECOND_HOST_TESTS)
+# Debian 12); the whole integration suite again with the second host as the tested host
 # and this machine's libvirtd as its peer (tests/integration/target.py).  The second
 # host is stopped at the end when this run started it.
+#
+# Each pytest runs on $SNAPSHOTD_TEST_WORKERS xdist workers (default 3: the tests mostly
+# wait on libvirt, QEMU and schedules, so three keep two CPUs busy); tests/conftest.py
+# keeps the real guest's tests on one worker and the booted systemd's on another.  The
+# tests marked disruptive (a libvirtd restart, a network cut) reach every test of their
+# host, so they run alone afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
-# The integration tests that run against the second host too: the state table rows,
-# take/list, retention and chain merges, export/import/replicate/revert, the daemon, the
-# real guest, and what needs two hosts.
-SECOND_HOST_TESTS=(
-    tests/integration/test_table_rows.py
-    tests/integration/test_cli_disks.py
-    tests/integration/test_policyrun.py
-    tests/integration/test_faults_time.py
-    tests/integration/test_metadata.py
-    tests/integration/test_daemon.py
-    tests/integration/test_hypervisor.py
-    tests/integration/test_guest.py
-    tests/integration/test_guest_snapshots.py
-    tests/integration/test_two_hosts.py
-    tests/integration/test_zz_libvirtd_restart.py
-)
+WORKERS=${SNAPSHOTD_TEST_WORKERS:-3}
+
+# pytest twice: the tests side by side on the workers, then the disruptive ones alone
+# (none of those selected by the caller's arguments is no failure).
+pytest_twice() {
+    .venv/bin/pytest -q -n "$WORKERS" --dist loadgroup -m "not disruptive" "$@"
+    local rc=0
+    .venv/bin/pytest -q -m disruptive "$@" || rc=$?
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
+        return "$rc"
+    fi
+}
 
 LOGS=$(mktemp -d /tmp/snapshotd-test.XXXXXX)
 started_host2=no
@@ -70,12 +72,13 @@ step "ruff format check"; .venv/bin/ruff format --check .
 step "mypy";              .venv/bin/mypy
 step "import contracts";  .venv/bin/lint-imports --no-cache
 step "guest image";       await "$guest" guest
-step "pytest";            .venv/bin/pytest -q "$@"
+step "pytest";            pytest_twice "$@"
 step "second host";       await "$host2" host2
-step "pytest on the second host ($(./scripts/host2.sh uri | sed 's/?.*//'))"
+step "pytest on the second host ($(./scripts/host2.sh uri | sed 's/?.*//')): the integration suite"
 SNAPSHOTD_TEST_URI=$(./scripts/host2.sh uri) \
 SNAPSHOTD_TEST_LIBVIRT_ROOT=$(./scripts/host2.sh root) \
 SNAPSHOTD_TEST_LIBVIRTD_START="./scripts/host2.sh up" \
 SNAPSHOTD_TEST_LINK="./scripts/host2.sh link" \
 SNAPSHOTD_TEST_PEER_URI=qemu:///system \
-    .venv/bin/pytest -q "${SECOND_HOST_TESTS[@]}" "$@"
+    pytest_twice tests/integration "$@"
+step "done"

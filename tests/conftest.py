@@ -34,3 +34,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if ours is None:
         return
     shutil.rmtree(ours, ignore_errors=True)  # ROOT stays (tests/integration/conftest.py)
+
+
+# scripts/test.sh runs pytest with several xdist workers (--dist loadgroup).  Tests that
+# share one heavy thing run on one worker, one after another: the real guest (a kernel
+# under plain emulation takes a CPU while it boots, and the tests' time bounds assume
+# it gets one) and the booted systemd (one per worker otherwise).
+_GROUPS = {
+    Path("tests/integration/test_guest.py"): "guest",
+    Path("tests/integration/test_guest_snapshots.py"): "guest",
+    Path("tests/system"): "systemd",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        for where, group in _GROUPS.items():
+            if item.path.is_relative_to(root / where):
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -91,6 +91,7 @@ def link(action: str) -> None:
     subprocess.run([*target.LINK, action], check=True, capture_output=True, timeout=30)
 
 
+@pytest.mark.disruptive  # the cut reaches every test of the tested host
 def test_one_daemon_on_both_hosts_through_a_network_cut(
     domain_factory: DomainFactory, peer_factory: DomainFactory, daemon: Daemon, libvirt_conn: Any
 ) -> None:
@@ -131,9 +132,11 @@ def test_one_daemon_on_both_hosts_through_a_network_cut(
     )
     time.sleep(1)
     after = [(t, n) for t, n, _ in snapshots(remote) if n not in before]
-    first = after[0][0]
-    # One catch-up for the missed slots, then the schedule (3 s apart), no burst.
-    assert len([t for t, _ in after if t <= first + 1]) == 1, after
+    # One catch-up for the missed slots, then the schedule: no two in one 3-second slot
+    # (a catch-up per missed slot would all fall in one).  The catch-up may come just
+    # before the next slot's own snapshot, so the two can be under a second apart.
+    slots = [t // 3 for t, _ in after]
+    assert len(slots) == len(set(slots)), after
     names = [n for _, n, _ in snapshots(remote)]
     assert len(names) == len(set(names))
     assert daemon.stop() == 0

@@ -1,8 +1,9 @@
 """libvirtd restarted under a running daemon.
 
-Named to run last: it restarts the libvirtd every integration test shares (the
-session's connection in conftest.py reconnects by itself, but a test running at the
-same moment would see the outage).
+Named to run last, and marked disruptive (scripts/test.sh runs those alone, after the
+others): it restarts the libvirtd every integration test shares (the session's
+connection in conftest.py reconnects by itself, but a test running at the same moment
+would see the outage).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import pytest
 
 from snapshotd.catalog import open_catalog
 from snapshotd.catalog.api import Run
@@ -30,6 +32,8 @@ from tests.integration.test_faults_libvirt import (
     serving,
 )
 from tests.integration.test_progress import noisy_domain
+
+pytestmark = pytest.mark.disruptive
 
 
 def restart_libvirtd() -> float:
