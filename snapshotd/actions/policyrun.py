@@ -113,7 +113,7 @@ class PolicyRun:
         skip = self.policy.selector.skip_reason(self.domain)
         if skip is not None:
             return self._result(Outcome.SKIPPED, reason=skip)
-        around = _Hooks(self.policy, self._context())
+        around = PolicyHooks(self.policy, self.domain, self.name)
         problem = around.before()
         if problem is not None:
             around.on_failure("skipped", problem)
@@ -145,15 +145,6 @@ class PolicyRun:
         with retention_progress(self.domain) if retention_progress else nullcontext():
             report = pruning.prune(hv, catalog, self.policy, self.domain, now)
         return replace(taken, pruned=report)
-
-    def _context(self) -> hooks.Context:
-        return hooks.Context(
-            policy=self.policy.name,
-            domain=self.domain.name,
-            domain_uuid=self.domain.uuid,
-            snapshot=self.name,
-            state=self.domain.state.value,
-        )
 
     def _create(self, hv: HypervisorAPI, catalog: Catalog) -> tuple[Created, str | None]:
         """The snapshot, with quiesce: try's fallback; (what was made, the note)."""
@@ -190,13 +181,20 @@ class PolicyRun:
         )
 
 
-class _Hooks:
-    """The policy's hooks around one snapshot, all told the same context."""
+class PolicyHooks:
+    """The policy's hooks around one snapshot of one domain, all told the same context
+    (a group run has one per member)."""
 
-    def __init__(self, policy: Policy, context: hooks.Context) -> None:
+    def __init__(self, policy: Policy, domain: DomainInfo, snapshot: str) -> None:
         self._spec = policy.hooks
         self._timeout = policy.hooks.timeout.total_seconds()
-        self._context = context
+        self._context = hooks.Context(
+            policy=policy.name,
+            domain=domain.name,
+            domain_uuid=domain.uuid,
+            snapshot=snapshot,
+            state=domain.state.value,
+        )
 
     def before(self) -> str | None:
         """Run the ``before`` hooks; why the snapshot is skipped, or None to take it."""

@@ -79,3 +79,17 @@ class HypervisorAPI(Protocol):
     def revert_snapshot(
         self, domain: str, snapshot: str, *, running: bool = False, paused: bool = False
     ) -> None: ...
+
+    # Holding domains still: a consistency group (actions/grouprun.py).
+    def suspend(self, domain: str) -> None: ...
+
+    def resume(self, domain: str) -> None: ...
+
+    def freeze(self, domain: str) -> None:
+        """Freeze the guest's file systems; raises LibvirtError (the agent's code when
+        the guest agent does not answer)."""
+        ...
+
+    def thaw(self, domain: str) -> bool:
+        """Thaw them; True once the guest agent answered."""
+        ...

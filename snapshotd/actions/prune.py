@@ -17,12 +17,13 @@ from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.catalog.api import Catalog, SnapshotRow
 from snapshotd.core import snapxml
 from snapshotd.core.domain import parse_domain
+from snapshotd.core.group import NO_GROUP, group_verdicts
 from snapshotd.core.model import (
     DomainInfo,
     SnapshotInfo,
 )
 from snapshotd.core.policy import Policy
-from snapshotd.core.retention import Candidate, Verdict, evaluate
+from snapshotd.core.retention import FOREIGN, Candidate, Retention, Verdict, evaluate
 from snapshotd.errors import SnapshotdError
 
 log = logging.getLogger("snapshotd")
@@ -141,9 +142,11 @@ def prune(
 
     def judge() -> list[Owned]:
         owned = snapshots_of(hv, catalog, policy, domain)
-        report.verdicts = evaluate(
-            retention, [o.candidate for o in owned], now, policy.schedule.timezone
-        )
+        candidates = [o.candidate for o in owned]
+        if policy.group is not None:
+            report.verdicts = _group_verdicts(catalog, policy, retention, domain, owned, now=now)
+        else:
+            report.verdicts = evaluate(retention, candidates, now, policy.schedule.timezone)
         return owned
 
     if dry_run:
@@ -152,6 +155,35 @@ def prune(
     with catalog.domain_lock(domain.uuid, domain.name):
         _delete(DomainAction(hv, catalog, domain, policy.name, now), judge(), report)
     return report
+
+
+def _group_verdicts(
+    catalog: Catalog,
+    policy: Policy,
+    retention: Retention,
+    domain: DomainInfo,
+    owned: list[Owned],
+    *,
+    now: dt.datetime,
+) -> list[Verdict]:
+    """A group policy's retention decides over its groups, by each group's time: a
+    member's snapshot goes only with its group, and one in no group is never deleted."""
+    groups = catalog.groups.all(policy.name)
+    decided = group_verdicts(
+        retention, [(g.name, g.taken_at) for g in groups], now, policy.schedule.timezone
+    )
+    members = {(m.domain_uuid, g.name, m.created_at): g.name for g in groups for m in g.members}
+    verdicts = []
+    for entry in owned:
+        candidate, created = entry.candidate, entry.info.creation_time
+        group = members.get((domain.uuid, candidate.name, created or 0))
+        if not candidate.owned:
+            verdicts.append(Verdict(candidate.name, True, (FOREIGN,)))
+        elif group is None:
+            verdicts.append(Verdict(candidate.name, True, (NO_GROUP,)))
+        else:
+            verdicts.append(decided[group])
+    return verdicts
 
 
 def _delete(action: DomainAction, owned: list[Owned], report: PruneReport) -> None:

@@ -134,8 +134,8 @@ def create_planned(
     with catalog.domain_lock(domain.uuid, domain.name):
         # The name first: a name already taken (perhaps by the process this one waited
         # for) is the refusal that holds whatever state the domain is in now.
-        _refuse_taken_name(hv, catalog, domain, plan.spec.name)
-        _still_as_planned(action, plan.spec.name)
+        refuse_taken_name(hv, catalog, domain, plan.spec.name)
+        still_as_planned(action, plan.spec.name)
         return _create(action, plan)
 
 
@@ -146,7 +146,7 @@ class DomainChanged(RequestError):
     """
 
 
-def _still_as_planned(action: DomainAction, name: str) -> None:
+def still_as_planned(action: DomainAction, name: str) -> None:
     """Read the domain again under its lock, right before libvirt is asked.
 
     The plan was made from a state read earlier (the daemon's domain list, or before a
@@ -180,17 +180,17 @@ def plan_named(
     would be refused, for a reason that is not the real one.  create_planned checks the
     name again under the domain's lock.
     """
-    _refuse_taken_name(hv, catalog, domain, request.name)
+    refuse_taken_name(hv, catalog, domain, request.name)
     return plan_snapshot(domain, request)
 
 
-def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
+def refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, name: str) -> None:
     """A snapshot name is never reused: libvirt would refuse it half-way, and the
     catalog would hold two snapshots by one name."""
     try:
         created = hv.snapshot_created(domain.uuid, name)
     except NotFoundError:
-        return  # the domain is gone: _still_as_planned says so
+        return  # the domain is gone: still_as_planned says so
     row = catalog.find(domain.uuid, name)
     if created is None and row is None:
         return
@@ -204,34 +204,75 @@ def _refuse_taken_name(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo, 
 
 
 def _create(action: DomainAction, plan: Plan) -> Created:
-    hv, domain, now = action.hv, action.domain, action.now
+    ready = prepare(action, plan)
+    started = time.monotonic()
+    try:
+        returned, secure = call_create(action, ready)
+    except SnapshotdError as exc:
+        raise failed(action, ready, exc, started) from None
+    return record(action, ready, returned, secure, started)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A snapshot ready for libvirt: its checked XML, the directories made for its
+    files, and (NO_METADATA) the domain's secure XML from before it."""
+
+    plan: Plan
+    xml: str
+    made_dirs: tuple[str, ...]
+    before: str | None
+
+
+def prepare(action: DomainAction, plan: Plan) -> Prepared:
+    """Everything before libvirt is asked (the caller holds the domain's lock)."""
     spec = plan.spec
     xml = render_checked(spec)
-    made_dirs = files.check_targets(spec, create_dirs=True)
+    made_dirs = tuple(files.check_targets(spec, create_dirs=True))
     keeps_metadata = CreateFlag.NO_METADATA not in spec.flags
     # For NO_METADATA the catalog writes what libvirt would have kept, including the
     # domain definition from before the snapshot changes its disks.
-    before = None if keeps_metadata else hv.domain_xml(spec.domain, secure=True)
-    started = time.monotonic()
-    try:
-        returned, secure = hv.create_snapshot_secure(spec.domain, xml, spec.flags, uuid=domain.uuid)
-    except SnapshotdError as exc:
-        files.remove_dirs(made_dirs)
-        mismatch = _leftovers(hv, spec)
-        if mismatch is not None:
-            exc.message = f"{exc.message}; {mismatch}"
-            exc.args = (exc.message,)
-        action.log("create", "failed", snapshot=spec.name, message=str(exc), started=started)
-        raise
+    before = None if keeps_metadata else action.hv.domain_xml(spec.domain, secure=True)
+    return Prepared(plan, xml, made_dirs, before)
+
+
+def call_create(action: DomainAction, ready: Prepared) -> tuple[str, str]:
+    """The libvirt call alone: (libvirt's XML, its secure XML)."""
+    spec = ready.plan.spec
+    return action.hv.create_snapshot_secure(
+        spec.domain, ready.xml, spec.flags, uuid=action.domain.uuid
+    )
+
+
+def failed(
+    action: DomainAction, ready: Prepared, exc: SnapshotdError, started: float
+) -> SnapshotdError:
+    """After a failed create: directories removed, leftovers named, the log written;
+    the error to raise."""
+    files.remove_dirs(list(ready.made_dirs))
+    mismatch = _leftovers(action.hv, ready.plan.spec)
+    if mismatch is not None:
+        exc.message = f"{exc.message}; {mismatch}"
+        exc.args = (exc.message,)
+    action.log("create", "failed", snapshot=ready.plan.spec.name, message=str(exc), started=started)
+    return exc
+
+
+def record(
+    action: DomainAction, ready: Prepared, returned: str, secure: str, started: float
+) -> Created:
+    """After libvirt made it: file modes narrowed, the catalog's row and log line."""
+    hv, domain, now = action.hv, action.domain, action.now
+    spec = ready.plan.spec
     if files.is_local_uri(hv.uri):
         # Before anything else: from now on the domain may write guest data into them.
         files.narrow_modes(spec)
-    if before is None:
+    if ready.before is None:
         stored = secure
     else:
         online = domain.state is not DomainState.SHUTOFF
         stored = snapxml.render_catalog_only(
-            spec, online=online, created=epoch(now), domain_xml=before
+            spec, online=online, created=epoch(now), domain_xml=ready.before
         )
         returned = snapxml.render_catalog_only(spec, online=online, created=epoch(now))
     info = snapxml.parse_snapshot(returned, source=f"snapshot {spec.name!r} from libvirt")
@@ -246,11 +287,11 @@ def _create(action: DomainAction, plan: Plan) -> Created:
             parent=info.parent,
             xml=stored,
             files=spec.new_files,
-            libvirt_metadata=keeps_metadata,
+            libvirt_metadata=ready.before is None,
         )
     )
     action.log("create", "ok", snapshot=spec.name, message=None, started=started)
-    return Created(plan, info)
+    return Created(ready.plan, info)
 
 
 def _leftovers(hv: HypervisorAPI, spec: SnapshotSpec) -> str | None:

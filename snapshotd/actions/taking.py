@@ -1,13 +1,17 @@
 """`take --policy`'s work: one PolicyRun (hooks, snapshot, retention) per domain the
-policy acts on, all at the same instant, one RunResult each."""
+policy acts on, all at the same instant, one RunResult each; for a policy with
+``group:``, one GroupRun of all of them, then the group's retention."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
 
+from snapshotd.actions import prune as pruning
+from snapshotd.actions.grouprun import GroupOutcome, GroupResult, GroupRun
 from snapshotd.actions.policyrun import Outcome, PolicyRun, RetentionProgress, RunResult
 from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.actions.prune import PruneReport
 from snapshotd.catalog import Catalog
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
@@ -43,3 +47,23 @@ def _not_run(policy: Policy, domain: DomainInfo, error: SnapshotdError) -> RunRe
     if skip is not None:
         return RunResult(policy.name, domain, "", Outcome.SKIPPED, reason=skip)
     return RunResult(policy.name, domain, "", Outcome.FAILED, error=error)
+
+
+def run_group(
+    hv: HypervisorAPI,
+    catalog: Catalog,
+    policy: Policy,
+    domains: Sequence[DomainInfo],
+    now: dt.datetime,
+    *,
+    clock: Callable[[], dt.datetime],
+) -> tuple[GroupResult, list[PruneReport]]:
+    """The group's run over ``domains``; after a group was made (whole or partial), the
+    policy's retention for each member (groups go as units: actions/prune.py)."""
+    result = GroupRun(policy, [(hv, d) for d in domains], now).execute(catalog)
+    reports = []
+    if result.outcome is not GroupOutcome.FAILED and policy.retention is not None:
+        after = clock()
+        for member in result.members:
+            reports.append(pruning.prune(hv, catalog, policy, member.domain, after))
+    return result, reports

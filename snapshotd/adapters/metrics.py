@@ -40,6 +40,14 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
             registry=r,
         )
+        self.group_pause = Histogram(
+            "snapshotd_group_pause_seconds",
+            "A consistency group's pause window: its first member held still (suspended or "
+            "frozen) to its last released.",
+            ["policy"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
         self.load_errors = Gauge(
             "snapshotd_policy_load_errors",
             "Errors in the policy files at the last load (0: the set in force is the files').",

@@ -77,6 +77,41 @@ class Run:
     in_progress_since: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One member snapshot of a consistency group (its row in the snapshots table)."""
+
+    uri: str
+    domain_uuid: str
+    domain_name: str
+    created_at: int  # the member snapshot's libvirt creationTime
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """One snapshot of a consistency group: the policy, the name its members share."""
+
+    policy: str
+    name: str
+    taken_at: int  # the group run's instant
+    members: tuple[GroupMember, ...]
+    partial: bool = False  # on_member_failure: partial kept fewer members than it had
+    pause_ms: int | None = None  # the first hold to the last release; None: none held
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    """A member a group run is holding still right now (suspended or frozen)."""
+
+    policy: str
+    name: str  # the group's snapshot
+    uri: str
+    domain_uuid: str
+    domain_name: str
+    hold: str  # suspend | freeze
+    since: int
+
+
 class AlreadyRecorded(Exception):
     """The catalog already has a row for this (domain UUID, name, creation time)."""
 
@@ -113,6 +148,34 @@ class RunLog(Protocol):
         ...
 
 
+class GroupLog(Protocol):
+    """Consistency groups: the groups made, and the members held still right now.
+
+    A hold is written (durably) before its member is suspended or frozen and removed
+    once it is released, so a daemon killed in between finds, when it starts again,
+    every member it left paused or frozen (``held()``).
+    """
+
+    def record(self, group: GroupRow) -> None:
+        """Record a group whose member snapshots are recorded already."""
+        ...
+
+    def all(self, policy: str | None = None) -> list[GroupRow]:
+        """Groups, oldest first, that still have a live member snapshot; each with its
+        live members only (a prune that deleted some members goes on with the rest)."""
+        ...
+
+    def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
+        """The group this snapshot is a member of, or None."""
+        ...
+
+    def hold(self, row: HoldRow) -> None: ...
+
+    def release(self, domain_uuid: str) -> None: ...
+
+    def held(self) -> list[HoldRow]: ...
+
+
 class Catalog(Protocol):
     """The catalog: snapshot records, ownership, runs, the operations log, domain locks.
 
@@ -127,6 +190,11 @@ class Catalog(Protocol):
     @property
     def runs(self) -> RunLog:
         """The runs: where each (policy, domain) stream stands."""
+        ...
+
+    @property
+    def groups(self) -> GroupLog:
+        """Consistency groups and the members held still right now."""
         ...
 
     def close(self) -> None: ...

@@ -11,7 +11,15 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from snapshotd.catalog.api import AlreadyRecorded, CatalogBase, Operation, Run, SnapshotRow
+from snapshotd.catalog.api import (
+    AlreadyRecorded,
+    CatalogBase,
+    GroupRow,
+    HoldRow,
+    Operation,
+    Run,
+    SnapshotRow,
+)
 from snapshotd.catalog.locks import ThreadLocks
 
 
@@ -65,6 +73,58 @@ class MemoryRunLog:
             )
 
 
+class MemoryGroupLog:
+    """Groups and holds in memory; a group lives while one of its members' rows does."""
+
+    def __init__(self, guard: threading.Lock, rows: list[SnapshotRow]) -> None:
+        self._guard = guard
+        self._rows = rows  # the catalog's own list
+        self._groups: list[GroupRow] = []
+        self._holds: dict[str, HoldRow] = {}
+
+    def record(self, group: GroupRow) -> None:
+        with self._guard:
+            taken = {(m.domain_uuid, g.name, m.created_at) for g in self._groups for m in g.members}
+            for m in group.members:
+                if (m.domain_uuid, group.name, m.created_at) in taken:
+                    raise AlreadyRecorded(
+                        f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
+                    )
+            self._groups.append(group)
+
+    def all(self, policy: str | None = None) -> list[GroupRow]:
+        with self._guard:
+            live = {(r.domain_uuid, r.name, r.created_at) for r in self._rows if not r.deleted_at}
+            found = []
+            for g in sorted(self._groups, key=lambda g: g.taken_at):
+                members = tuple(
+                    m for m in g.members if (m.domain_uuid, g.name, m.created_at) in live
+                )
+                if members and (policy is None or g.policy == policy):
+                    found.append(replace(g, members=members))
+            return found
+
+    def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
+        for group in self.all():
+            if group.name == name and any(
+                (m.domain_uuid, m.created_at) == (domain_uuid, created_at) for m in group.members
+            ):
+                return group
+        return None
+
+    def hold(self, row: HoldRow) -> None:
+        with self._guard:
+            self._holds[row.domain_uuid] = row
+
+    def release(self, domain_uuid: str) -> None:
+        with self._guard:
+            self._holds.pop(domain_uuid, None)
+
+    def held(self) -> list[HoldRow]:
+        with self._guard:
+            return sorted(self._holds.values(), key=lambda h: (h.since, h.domain_name))
+
+
 class MemoryCatalog(CatalogBase):
     """A catalog in memory.  Closing it keeps its content (it is one object)."""
 
@@ -74,6 +134,7 @@ class MemoryCatalog(CatalogBase):
         self._rows: list[SnapshotRow] = []  # in the order recorded
         self._operations: list[Operation] = []  # oldest first
         self._runs = MemoryRunLog(self._guard)
+        self._groups = MemoryGroupLog(self._guard, self._rows)
 
     @property
     def location(self) -> str:
@@ -82,6 +143,10 @@ class MemoryCatalog(CatalogBase):
     @property
     def runs(self) -> MemoryRunLog:
         return self._runs
+
+    @property
+    def groups(self) -> MemoryGroupLog:
+        return self._groups
 
     # --- snapshots -------------------------------------------------------------------
 

@@ -37,7 +37,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from snapshotd.catalog import locks
-from snapshotd.catalog.api import AlreadyRecorded, CatalogBase, Operation, Run, SnapshotRow
+from snapshotd.catalog.api import (
+    AlreadyRecorded,
+    CatalogBase,
+    GroupMember,
+    GroupRow,
+    HoldRow,
+    Operation,
+    Run,
+    SnapshotRow,
+)
 
 SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
@@ -86,6 +95,29 @@ CREATE TABLE IF NOT EXISTS runs (
     in_progress_slot INTEGER,
     in_progress_since INTEGER,
     PRIMARY KEY (policy, domain_uuid)
+);
+-- Consistency groups (added after schema version 1, by CREATE IF NOT EXISTS alone: a
+-- catalog without them has no groups, and an older snapshotd ignores them).
+CREATE TABLE IF NOT EXISTS group_members (
+    policy TEXT NOT NULL,
+    name TEXT NOT NULL,                -- the snapshot name the members share
+    taken_at INTEGER NOT NULL,         -- the group run's instant
+    partial INTEGER NOT NULL,          -- 1: kept with fewer members than it had
+    pause_ms INTEGER,                  -- first hold to last release
+    uri TEXT NOT NULL,
+    domain_uuid TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,       -- the member snapshot's creationTime
+    PRIMARY KEY (domain_uuid, name, created_at)
+);
+CREATE TABLE IF NOT EXISTS group_holds (
+    domain_uuid TEXT PRIMARY KEY,      -- a member suspended or frozen right now
+    uri TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hold TEXT NOT NULL,                -- suspend | freeze
+    since INTEGER NOT NULL
 );
 """
 
@@ -177,6 +209,7 @@ class SQLiteCatalog(CatalogBase):
         self._path = str(path)
         self._database = _Database(self._path, shared=shared)
         self._runs = SQLiteRunLog(self._database)
+        self._groups = SQLiteGroupLog(self._database)
         # The daemon opens the catalog once per snapshot: the schema is written the
         # first time this process opens the file (and whenever it had to create it).
         key = f"{self._path}:{path.stat().st_ino}"
@@ -197,6 +230,10 @@ class SQLiteCatalog(CatalogBase):
     @property
     def runs(self) -> SQLiteRunLog:
         return self._runs
+
+    @property
+    def groups(self) -> SQLiteGroupLog:
+        return self._groups
 
     def close(self) -> None:
         self._database.close()
@@ -379,6 +416,105 @@ class SQLiteRunLog:
                    in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
                 (policy, domain_uuid),
             )
+
+
+class SQLiteGroupLog:
+    """The ``group_members`` and ``group_holds`` tables."""
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+
+    def record(self, group: GroupRow) -> None:
+        """All members or none (one transaction); AlreadyRecorded when a member's
+        snapshot is in a group already."""
+        with self._database.transaction():
+            for m in group.members:
+                try:
+                    self._database.execute(
+                        """INSERT INTO group_members (policy, name, taken_at, partial,
+                           pause_ms, uri, domain_uuid, domain_name, created_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                        (
+                            group.policy, group.name, group.taken_at, int(group.partial),
+                            group.pause_ms, m.uri, m.domain_uuid, m.domain_name, m.created_at,
+                        ),
+                    )  # fmt: skip
+                except sqlite3.IntegrityError as exc:
+                    raise AlreadyRecorded(
+                        f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
+                    ) from exc
+
+    def all(self, policy: str | None = None) -> list[GroupRow]:
+        # A group lives while one of its members' snapshot rows does.
+        cur = self._database.execute(
+            """SELECT g.policy, g.name, g.taken_at, g.partial, g.pause_ms, g.uri,
+                      g.domain_uuid, g.domain_name, g.created_at,
+                      s.id IS NULL OR s.deleted_at IS NOT NULL
+               FROM group_members g LEFT JOIN snapshots s ON s.domain_uuid = g.domain_uuid
+                    AND s.name = g.name AND s.created_at = g.created_at
+               WHERE ? IS NULL OR g.policy = ?
+               ORDER BY g.taken_at, g.policy, g.name, g.domain_name""",
+            (policy, policy),
+        )
+        found: dict[tuple[str, str, int], list[tuple[object, ...]]] = {}
+        for r in cur.fetchall():
+            found.setdefault((r[0], r[1], r[2]), []).append(r)
+        groups = []
+        for (policy_, name, taken_at), found_rows in found.items():
+            rows = [r for r in found_rows if not r[9]]  # the members still live
+            if not rows:
+                continue
+            members = tuple(
+                GroupMember(str(r[5]), str(r[6]), str(r[7]), int(str(r[8]))) for r in rows
+            )
+            pause = rows[0][4]
+            groups.append(
+                GroupRow(
+                    policy_,
+                    name,
+                    taken_at,
+                    members,
+                    bool(rows[0][3]),
+                    int(str(pause)) if pause is not None else None,
+                )
+            )
+        return groups
+
+    def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
+        for group in self.all():
+            if group.name == name and any(
+                (m.domain_uuid, m.created_at) == (domain_uuid, created_at) for m in group.members
+            ):
+                return group
+        return None
+
+    def hold(self, row: HoldRow) -> None:
+        # Durable before the member is suspended: a restart after kill -9 resumes it.
+        with self._database.transaction():
+            self._database.execute(
+                """INSERT OR REPLACE INTO group_holds (domain_uuid, uri, domain_name, policy,
+                   name, hold, since) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    row.domain_uuid,
+                    row.uri,
+                    row.domain_name,
+                    row.policy,
+                    row.name,
+                    row.hold,
+                    row.since,
+                ),
+            )
+
+    def release(self, domain_uuid: str) -> None:
+        with self._database.transaction(fsync=False):
+            self._database.execute("DELETE FROM group_holds WHERE domain_uuid = ?", (domain_uuid,))
+
+    def held(self) -> list[HoldRow]:
+        cur = self._database.execute(
+            """SELECT policy, name, uri, domain_uuid, domain_name, hold, since
+               FROM group_holds ORDER BY since, domain_name"""
+        )
+        return [HoldRow(*r) for r in cur.fetchall()]
 
 
 def _row(cur: sqlite3.Cursor, values: tuple[object, ...]) -> SnapshotRow:

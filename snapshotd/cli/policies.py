@@ -4,14 +4,18 @@ Each: the parsed arguments -> actions -> what is shown and the exit code."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from typing import TextIO
 
 from snapshotd.actions import freshness, planning, snapshot, sweep, taking
+from snapshotd.actions.grouprun import GroupOutcome
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import open_catalog
 from snapshotd.cli import common, output, progress, reports
 from snapshotd.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from snapshotd.config.settings import Settings
+from snapshotd.core.policy import Policy
 from snapshotd.errors import RequestError, SnapshotdError
 
 
@@ -76,6 +80,8 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args)
     policy = common.policy_named(settings, args.policy)
     now = common.now()  # the instant of every domain's run
+    if policy.group is not None:
+        return _take_group(args, settings, policy, now, out)
     with common.connected(args, settings) as (hv, catalog):
         done = taking.run_policy(
             hv,
@@ -94,6 +100,21 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
         if not done:
             print(f"policy {policy.name} selects no domain", file=out)
     return EXIT_FAILURE if any(reports.take_failed(r) for r in done) else EXIT_OK
+
+
+def _take_group(
+    args: argparse.Namespace, settings: Settings, policy: Policy, now: dt.datetime, out: TextIO
+) -> int:
+    with common.connected(args, settings) as (hv, catalog):
+        members = planning.selected(hv, policy, args.domain)
+        result, pruned = taking.run_group(hv, catalog, policy, members, now, clock=common.now)
+    shown = reports.group_result(result, pruned)
+    if args.json:
+        common.dump(shown, out)
+    else:
+        reports.print_group_result(shown, out)
+    failed = result.outcome is not GroupOutcome.CREATED or any(r.failed for r in pruned)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from snapshotd.actions.grouprun import GroupResult
 from snapshotd.actions.planning import Overview, PolicyPlan, Selection
 from snapshotd.actions.policyrun import Outcome, RunResult
 from snapshotd.actions.prune import PruneReport
@@ -155,6 +156,66 @@ def print_take_result(result: dict[str, Any], out: TextIO) -> None:
         print(f"  pruned: {pruned}", file=out)
         for item in result.get("prune_failed", []):
             print(f"  could not delete {item['snapshot']}: {item['error']}", file=out)
+
+
+def group_result(result: GroupResult, pruned: list[PruneReport]) -> dict[str, Any]:
+    """A group's run as `take --policy` shows it: the group, then each member."""
+    shown: dict[str, Any] = {
+        "group": result.policy,
+        "snapshot": result.name,
+        "outcome": result.outcome.value,
+        "consistency": result.consistency.value,
+        "pause_seconds": None if result.pause is None else round(result.pause, 3),
+    }
+    if result.error is not None:
+        shown["error"] = str(result.error)
+    if result.note:
+        shown["note"] = result.note
+    members = []
+    for m in result.members:
+        member: dict[str, Any] = {"domain": m.domain.name, "uri": m.uri, "hold": m.hold.value}
+        if m.rolled_back:
+            member["outcome"] = "rolled back"
+        elif m.created is not None:
+            member["outcome"] = "created"
+        else:
+            member.update(outcome="failed", error=str(m.error))
+        if m.release_error:
+            member["release_error"] = m.release_error
+        members.append(member)
+    for domain, why in result.skipped:
+        members.append({"domain": domain.name, "outcome": "skipped", "reason": why})
+    shown["members"] = members
+    shown["pruned"] = sorted({n for r in pruned for n in r.deleted})
+    failed = [{"domain": r.domain, "snapshot": n, "error": e} for r in pruned for n, e in r.failed]
+    if failed:
+        shown["prune_failed"] = failed
+    return shown
+
+
+def print_group_result(result: dict[str, Any], out: TextIO) -> None:
+    pause = result["pause_seconds"]
+    held = f", held still {pause:.3f} s" if pause is not None else ""
+    head = f"group {result['group']}: {result['outcome']} {result['snapshot']}"
+    print(f"{head} ({result['consistency']}-consistent{held})", file=out)
+    if "error" in result:
+        print(f"  error: {result['error']}", file=out)
+    if "note" in result:
+        print(f"  note: {result['note']}", file=out)
+    for m in result["members"]:
+        line = f"  {m['domain']}: {m['outcome']}"
+        if "error" in m:
+            line += f": {m['error']}"
+        if "reason" in m:
+            line += f": {m['reason']}"
+        print(line, file=out)
+        if "release_error" in m:
+            print(f"    NOT RELEASED: {m['release_error']}", file=out)
+    print(f"  pruned: {', '.join(result['pruned']) or 'nothing'}", file=out)
+    for item in result.get("prune_failed", []):
+        print(
+            f"  could not delete {item['snapshot']} of {item['domain']}: {item['error']}", file=out
+        )
 
 
 # --- prune --------------------------------------------------------------------------------

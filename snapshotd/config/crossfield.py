@@ -16,6 +16,7 @@ from snapshotd.config.reader import Reader
 from snapshotd.config.schema import POLICY_SCHEMA
 from snapshotd.config.values import check_metrics_address, check_policy_name
 from snapshotd.core import schedule
+from snapshotd.core.group import min_pause
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.plan import ONLINE_STATES, fold_requests
 from snapshotd.core.policy import render_name
@@ -38,6 +39,7 @@ def check_policy(r: Reader, filename: str) -> tuple[str | None, Retention | None
     _cross_snapshot(r)
     _cross_name(r, name)
     _cross_hooks_and_monitor(r)
+    _cross_group(r)
     return name, _cross_retention(r)
 
 
@@ -319,3 +321,71 @@ def _cross_retention(r: Reader) -> Retention | None:
             "never delete anything",
         )
     return retention
+
+
+_GLOB = frozenset("*?[")
+
+
+def _cross_group(r: Reader) -> None:
+    """A group's members are held still by the group and share one snapshot name."""
+    if not r.given("group"):
+        return
+    if r.ok("snapshot.name") and "{domain" in r.text("snapshot.name"):
+        node, path = r.where("snapshot.name")
+        r.error(
+            node,
+            path,
+            "a group's members share one snapshot name, so the template cannot use "
+            "{domain}: use {policy} and {time}",
+        )
+    if r.ok("snapshot.quiesce") and r.text("snapshot.quiesce") != "false":
+        r.error(
+            r.nodes["snapshot.quiesce"],
+            "snapshot.quiesce",
+            "a group freezes or suspends its members itself: leave quiesce out and set "
+            "group.consistency: application for frozen file systems",
+        )
+    if r.ok("snapshot.live") and r.flag("snapshot.live"):
+        r.error(
+            r.nodes["snapshot.live"],
+            "snapshot.live",
+            "a group holds its members still while their snapshots are made; live does "
+            "not apply: leave it out",
+        )
+    application = r.ok("group.consistency") and r.text("group.consistency") == "application"
+    if application and r.ok("snapshot.memory", "snapshot.disk_only"):
+        memory = Request.parse(r.text("snapshot.memory"))
+        if not (memory is Request.NO or (memory is Request.OMIT and r.flag("snapshot.disk_only"))):
+            node, path = r.where("snapshot.memory", "snapshot.disk_only")
+            r.error(
+                node,
+                path,
+                "group.consistency: application snapshots the disks of running, frozen "
+                "members: it needs memory no or disk_only true (crash consistency can "
+                "save memory)",
+            )
+    fallback = r.ok("group.fallback") and r.given("group.fallback")
+    if fallback and r.text("group.fallback") != "none" and not application:
+        node, path = r.where("group.fallback")
+        r.error(node, path, "applies only to group.consistency: application")
+    _cross_max_pause(r)
+
+
+def _cross_max_pause(r: Reader) -> None:
+    if not r.ok("group.max_pause", "domains.include"):
+        return
+    given = r.duration("group.max_pause")
+    include = r.texts("domains.include")
+    # Literal names count the members; globs are checked when a run sees the domains.
+    literal = not any(_GLOB & set(p) for p in include)
+    members = len(set(include)) if literal else 1
+    floor = min_pause(members)
+    if given < floor:
+        node, path = r.where("group.max_pause")
+        size = f" for the {members} domains of domains.include" if literal else ""
+        r.error(
+            node,
+            path,
+            f"{given.total_seconds():g}s is too short{size}: at least "
+            f"{floor.total_seconds():g}s (1s, and 0.1s for each member after the first)",
+        )

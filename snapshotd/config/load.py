@@ -18,6 +18,7 @@ from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA, Option
 from snapshotd.config.settings import Settings
 from snapshotd.config.yamlreader import LocatedError, describe, is_null
 from snapshotd.core import naming, schedule
+from snapshotd.core.group import Consistency, Fallback, GroupSettings, OnMemberFailure
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.policy import (
     BeforeFailure,
@@ -114,6 +115,14 @@ def _build_policy(r: Reader, name: str, filename: str, retention: Retention | No
         ),
         monitor=Monitor(r.opt_duration("monitor.warn"), r.opt_duration("monitor.crit"))
         if r.given("monitor")
+        else None,
+        group=GroupSettings(
+            consistency=Consistency(r.text("group.consistency")),
+            max_pause=r.duration("group.max_pause"),
+            on_member_failure=OnMemberFailure(r.text("group.on_member_failure")),
+            fallback=Fallback(r.text("group.fallback")),
+        )
+        if r.given("group")
         else None,
     )
 

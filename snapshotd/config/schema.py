@@ -19,6 +19,7 @@ from snapshotd.config.settings import (
     DEFAULT_WORKERS,
 )
 from snapshotd.core import schedule
+from snapshotd.core.group import Consistency, Fallback, OnMemberFailure
 from snapshotd.core.policy import BeforeFailure, Metadata, Quiesce
 from snapshotd.core.retention import format_duration
 
@@ -407,6 +408,58 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         "Older than this (or no snapshot at all) is CRITICAL.",
         example="6h",
         default_note="none",
+    ),
+    Option(
+        "group",
+        Kind.SECTION,
+        "The domains the policy selects form one consistency group: each run snapshots "
+        "all of them at one instant, under the one snapshot name, and they are kept, "
+        "pruned and reverted together (docs/groups.md). The name template cannot use "
+        "`{domain}`, `snapshot.quiesce` and `snapshot.live` do not apply (the group holds "
+        "its members still itself), and `snapshot` must work for a paused domain.",
+        default_note="none: each domain is snapshotted on its own",
+    ),
+    Option(
+        "group.consistency",
+        Kind.CHOICE,
+        "`crash`: every running member is suspended (in parallel), snapshotted, and "
+        "resumed, so the group holds what a power cut at one instant would have left. "
+        "`application`: every running member's file systems are frozen through its guest "
+        "agent (virDomainFSFreeze) instead, the disk-only snapshots taken, and thawed; "
+        "the members keep running. Paused and shut-off members write nothing, so they "
+        "are snapshotted as they are.",
+        default="crash",
+        example="application",
+        choices=_values(Consistency),
+    ),
+    Option(
+        "group.max_pause",
+        Kind.DURATION,
+        "The longest any member may stay suspended or frozen. Past it every member is "
+        "released at once and the run fails (with `on_member_failure: abort`, what it "
+        "made is deleted again). At least 1s, plus 0.1s for each member after the first.",
+        default="5s",
+        example="10s",
+    ),
+    Option(
+        "group.on_member_failure",
+        Kind.CHOICE,
+        "`abort`: when one member's snapshot fails, delete the snapshots the run made of "
+        "the others (and their files): every member has the group's snapshot, or none "
+        "does. `partial`: keep the others, recorded as a partial group.",
+        default="abort",
+        example="partial",
+        choices=_values(OnMemberFailure),
+    ),
+    Option(
+        "group.fallback",
+        Kind.CHOICE,
+        "With `consistency: application`: what happens when a running member's guest "
+        "agent does not answer. `none`: the run fails. `crash`: the run is taken "
+        "crash-consistent instead, and says so.",
+        default="none",
+        example="crash",
+        choices=_values(Fallback),
     ),
 )
 

@@ -14,6 +14,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from snapshotd.core import naming
+from snapshotd.core.group import GroupSettings
 from snapshotd.core.model import DomainInfo, DomainState, Request, SnapshotRequest
 from snapshotd.core.retention import Retention
 from snapshotd.core.schedule import Schedule
@@ -119,6 +120,7 @@ class Policy:
     retention: Retention | None = None  # None: nothing is ever pruned
     hooks: Hooks = field(default_factory=Hooks)
     monitor: Monitor | None = None  # None: not monitored
+    group: GroupSettings | None = None  # None: each domain on its own
 
     def snapshot_name(self, domain: str, when: dt.datetime) -> str:
         """The snapshot name for a run at ``when`` (rendered in UTC)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from snapshotd.core.model import DomainInfo
-from snapshotd.daemon.runs import Due, Key
+from snapshotd.daemon.runs import AnyKey, Due
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,7 @@ OK = JobOutcome("ok")
 class JobDone:
     """A worker finished the run of ``key`` that served ``due``."""
 
-    key: Key
+    key: AnyKey
     due: Due
     outcome: JobOutcome
 

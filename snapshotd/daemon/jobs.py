@@ -171,14 +171,14 @@ class Worker:
             )
         if result.pruned is not None:
             self._metrics.pruned.labels(policy=job.policy.name).inc(len(result.pruned.deleted))
-            _log_retention(job.domain.name, result.pruned, fields)
+            log_retention(job.domain.name, result.pruned, fields)
 
 
 def _fields(job: DomainRun) -> dict[str, object]:
     return {"policy": job.policy.name, "domain": job.domain.name, "uri": job.key.uri}
 
 
-def _log_retention(domain: str, report: PruneReport, fields: dict[str, object]) -> None:
+def log_retention(domain: str, report: PruneReport, fields: dict[str, object]) -> None:
     for deleted in report.deleted:
         log_event(
             log,

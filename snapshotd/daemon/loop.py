@@ -63,10 +63,11 @@ from snapshotd.daemon.events import (
     Stop,
     Wake,
 )
+from snapshotd.daemon.groupjobs import GroupWorker
 from snapshotd.daemon.jobs import Worker, log_skipped
 from snapshotd.daemon.link import Link
 from snapshotd.daemon.recovery import Recovery
-from snapshotd.daemon.runs import DomainRun, Due, Job, Key
+from snapshotd.daemon.runs import AnyKey, DomainRun, Due, GroupJobRun, GroupKey, Job, Key
 from snapshotd.daemon.status import LoopState, Status, describe
 from snapshotd.errors import SnapshotdError
 
@@ -76,7 +77,7 @@ STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
 
 
 # (the policies, each URI's domain list) the keys were worked out from, and those keys
-_KeysCache = tuple[tuple[Any, ...], list[tuple[Key, Policy, DomainInfo]]]
+_KeysCache = tuple[tuple[Any, ...], list[tuple[AnyKey, Policy, tuple[str, ...]]]]
 
 
 class Daemon:
@@ -101,8 +102,8 @@ class Daemon:
         self.limit = 1
         self.policies: dict[str, Policy] = {}
         self.domains: dict[str, list[DomainInfo]] = {}
-        self.due: dict[Key, Due] = {}
-        self.jobs: dict[Key, Job] = {}  # in flight, overrun ones included
+        self.due: dict[AnyKey, Due] = {}
+        self.jobs: dict[AnyKey, Job] = {}  # in flight, overrun ones included
         self.status = Status()
         self.links: dict[str, Link] = {}
         self.connected: dict[str, tuple[bool, str | None]] = {}
@@ -115,6 +116,7 @@ class Daemon:
         # Keys whose last run a previous process left unfinished: not dispatched until
         # recovery has settled it with libvirt (else a catch-up could serve its slot twice).
         self._unsettled: set[Key] = set()
+        self._settled_uris: set[str] = set()  # reconciled: a group may hold their domains
         self._keys_cache: _KeysCache | None = None
         self._started_at = time.time()
         self._status_file: StatusWriter | None = None
@@ -135,6 +137,13 @@ class Daemon:
             state_dir=self._state_dir,
             clock=self._now,
         )
+        self.group_worker = GroupWorker(
+            events=self.events,
+            pool=self._pool,
+            metrics=self.metrics,
+            state_dir=self._state_dir,
+            clock=self._now,
+        )
 
     def _now(self) -> float:
         return self.clock()  # looked up at each call: a test may replace the clock
@@ -144,7 +153,7 @@ class Daemon:
         """Jobs that count against ``workers``: those in flight and not overrun."""
         return sum(1 for job in self.jobs.values() if not job.overrun)
 
-    def _busy(self, key: Key) -> bool:
+    def _busy(self, key: AnyKey) -> bool:
         """Whether a job in flight works on one of the domains ``key``'s run would."""
         wanted = set(key.domain_uuids)
         return any(wanted.intersection(running.domain_uuids) for running in self.jobs)
@@ -187,8 +196,9 @@ class Daemon:
 
     # --- scheduling ---------------------------------------------------------------
 
-    def _keys(self) -> list[tuple[Key, Policy, DomainInfo]]:
-        """Every (policy, domain) pair a policy selects.
+    def _keys(self) -> list[tuple[AnyKey, Policy, tuple[str, ...]]]:
+        """Every (policy, domain) pair a policy selects, and one key per group policy
+        for all its members; each with the domain UUIDs whose run log it resumes from.
 
         Worked out again only when the policies or a URI's domain list were replaced
         (both are only ever replaced, never changed in place): every wake-up asks, and
@@ -205,24 +215,34 @@ class Daemon:
             )
         ):
             return cached[1]
-        keys = []
+        keys: list[tuple[AnyKey, Policy, tuple[str, ...]]] = []
+        grouped: dict[str, list[tuple[str, str]]] = {}
         for uri, domains in self.domains.items():
             for domain in domains:
                 for policy in self.policies.values():
-                    if policy.selector.matches(domain):
-                        keys.append((Key(policy.name, uri, domain.uuid), policy, domain))
+                    if not policy.selector.matches(domain):
+                        continue
+                    if policy.group is not None:
+                        grouped.setdefault(policy.name, []).append((uri, domain.uuid))
+                    else:
+                        key = Key(policy.name, uri, domain.uuid)
+                        keys.append((key, policy, (domain.uuid,)))
+        for name, members in grouped.items():
+            group = GroupKey(name, tuple(sorted(members)))
+            keys.append((group, self.policies[name], group.domain_uuids))
         self._keys_cache = (basis, keys)
         return keys
 
     def _schedule(self, runs: RunLog, now: float) -> None:
         """Work out when each key is due, for keys that have no due time yet."""
-        live = set()
-        for key, policy, domain in self._keys():
+        live: set[AnyKey] = set()
+        for key, policy, uuids in self._keys():
             live.add(key)
             if key in self.due or key in self.jobs:
                 continue  # already scheduled, or its run is in flight
-            run = runs.get(policy.name, domain.uuid)
-            last_slot = run.last_slot if run is not None else None
+            # A group resumes from the latest slot any member's run log served.
+            slots = [r.last_slot for u in uuids if (r := runs.get(policy.name, u)) is not None]
+            last_slot = max((s for s in slots if s is not None), default=None)
             self.due[key] = due_times.first_due(policy, key, last_slot, now)
         for key in list(self.due):
             if key not in live:
@@ -239,22 +259,28 @@ class Daemon:
                 continue  # blocked: busy, unsettled, unknown or not connected; stays due
             self.due.pop(key)
             due_times.catch_up(run.policy, run.due, now)
+            mono = time.monotonic()
+            deadline = mono + self._operation_timeout()
+            if isinstance(run, GroupJobRun):
+                self.jobs[key] = Job(key, f"group {key.policy}", mono, deadline, now)
+                self.group_worker.start(run)
+                continue
             skip = run.policy.selector.skip_reason(run.domain)
             if skip is not None:
                 log_skipped(run.domain, run.policy.name, skip)
                 runs.finish(run.policy.name, run.domain.uuid, slot=None, error=None, now=int(now))
                 continue
-            mono = time.monotonic()
-            deadline = mono + self._operation_timeout()
             self.jobs[key] = Job(key, run.domain.name, mono, deadline, now)
             self.worker.start(run)
 
-    def _runnable(self, key: Key) -> DomainRun | None:
+    def _runnable(self, key: AnyKey) -> DomainRun | GroupJobRun | None:
         """The run of ``key`` a worker can start now, or None while something blocks it."""
+        if isinstance(key, GroupKey):
+            return self._runnable_group(key)
         if self._busy(key) or key in self._unsettled:
             return None
         policy = self.policies.get(key.policy)
-        domain = self._domain(key)
+        domain = self._domain(key.uri, key.uuid)
         link = self.links.get(key.uri)
         if policy is None or domain is None or link is None:
             return None
@@ -263,9 +289,26 @@ class Daemon:
             return None  # not connected: the key stays due and runs after reconnect
         return DomainRun(key, policy, domain, hv, self.due[key])
 
-    def _domain(self, key: Key) -> DomainInfo | None:
-        for domain in self.domains.get(key.uri, []):
-            if domain.uuid == key.uuid:
+    def _runnable_group(self, key: GroupKey) -> GroupJobRun | None:
+        """A group runs when every member's connection is up and reconciled (a hold a
+        killed daemon left is released first) and no member is busy or unsettled."""
+        policy = self.policies.get(key.policy)
+        if policy is None or self._busy(key):
+            return None
+        members = []
+        for uri, uuid in key.members:
+            link = self.links.get(uri)
+            domain = self._domain(uri, uuid)
+            hv = link.hypervisor if link is not None else None
+            unsettled = Key(key.policy, uri, uuid) in self._unsettled
+            if hv is None or domain is None or unsettled or uri not in self._settled_uris:
+                return None
+            members.append((hv, domain))
+        return GroupJobRun(key, policy, tuple(members), self.due[key])
+
+    def _domain(self, uri: str, uuid: str) -> DomainInfo | None:
+        for domain in self.domains.get(uri, []):
+            if domain.uuid == uuid:
                 return domain
         return None
 
@@ -295,7 +338,7 @@ class Daemon:
             )
             self.status.last_error = message[:120]
 
-    def _finished(self, key: Key, due: Due, outcome: JobOutcome) -> None:
+    def _finished(self, key: AnyKey, due: Due, outcome: JobOutcome) -> None:
         """A job ended: a transient failure is retried, a permanent one waits for the
         next slot, a success is scheduled again from the run log."""
         job = self.jobs.pop(key, None)
@@ -471,6 +514,7 @@ class Daemon:
             case JobDone(key, due, outcome):
                 self._finished(key, due, outcome)
             case Settled(uri):
+                self._settled_uris.add(uri)
                 for key in [k for k in self._unsettled if k.uri == uri]:
                     self._unsettled.discard(key)
                     self.due.pop(key, None)  # planned from its run before that was settled

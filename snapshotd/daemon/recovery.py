@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 from snapshotd.actions import snapshot, strays
 from snapshotd.catalog import Catalog, Run, RunLog
+from snapshotd.core.model import DomainState
 from snapshotd.daemon.catalogs import CatalogFactory
 from snapshotd.daemon.events import EventQueue, Settled
 from snapshotd.daemon.link import Link
@@ -70,6 +71,7 @@ class Recovery:
         """
         try:
             with self._catalogs(self._state_dir()) as catalog:
+                self.release_holds(uri, hv, catalog)  # before anything else
                 runs = catalog.runs
                 for run in runs.unfinished():
                     if run.uri != uri or run.in_progress is None:
@@ -80,6 +82,35 @@ class Recovery:
             log.exception("%s: reconciling unfinished runs failed", uri)
         finally:
             self._events.put(Settled(uri))
+
+    def release_holds(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
+        """Resume (or thaw) each member of ``uri`` a group run held still when its
+        process was killed: the catalog wrote the hold before the member was touched."""
+        for row in catalog.groups.held():
+            if row.uri != uri:
+                continue
+            try:
+                if row.hold == "freeze":
+                    done = "thawed" if hv.thaw(row.domain_uuid) else "sent a thaw (unconfirmed)"
+                elif hv.domain_state(row.domain_uuid) is DomainState.PAUSED:
+                    hv.resume(row.domain_uuid)
+                    done = "resumed"
+                else:
+                    done = "found not paused"
+            except SnapshotdError as exc:
+                log.error(
+                    "%s: group %s held it still (snapshot %s) when the previous snapshotd "
+                    "stopped, and it could not be released: %s; check it with `virsh "
+                    "domstate %s`",
+                    row.domain_name, row.policy, row.name, exc, row.domain_name,
+                )  # fmt: skip
+                continue
+            catalog.groups.release(row.domain_uuid)
+            log.warning(
+                "%s: %s: group %s held it still (snapshot %s, %s) when the previous "
+                "snapshotd process stopped",
+                row.domain_name, done, row.policy, row.name, row.hold,
+            )  # fmt: skip
 
     def report_strays(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
         """Warn of each overlay an interrupted libvirt operation left beside the images

@@ -5,8 +5,8 @@ The loop dispatches runs, not domains.  A ``Key`` names one scheduled stream of 
 is and which slot it serves; ``DomainRun`` is one run of a key as a worker receives it;
 ``Job`` is a run in flight.  The loop asks a key only for its ``policy``, its ``uri``,
 the ``domain_uuids`` it occupies (none of them gets another job meanwhile) and the
-``seed`` of its jitter, so a run over several domains at one instant (a consistency
-group) is another kind of key and run beside these, not a change to the loop.
+``seed`` of its jitter.  A consistency group is the other kind: ``GroupKey`` (one
+policy, all its members, on any connection) and ``GroupJobRun``.
 
 The arithmetic of due times is here as small functions of the policy's schedule
 (core/schedule.py decides; the wall clock is passed in as epoch seconds).
@@ -50,6 +50,36 @@ class Key:
         return f"{self.policy}/{self.uuid}"
 
 
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """The scheduled stream of a consistency group: one policy for all its members, on
+    any of the connections.  A change of members is a new key (scheduled from the
+    members' run log)."""
+
+    policy: str
+    members: tuple[tuple[str, str], ...]  # (URI, domain UUID), sorted
+
+    @property
+    def uri(self) -> str:
+        """The first member's URI (for lines that name one)."""
+        return self.members[0][0] if self.members else ""
+
+    @property
+    def uuid(self) -> str:
+        return ""  # no one domain
+
+    @property
+    def domain_uuids(self) -> tuple[str, ...]:
+        return tuple(uuid for _, uuid in self.members)
+
+    @property
+    def seed(self) -> str:
+        return f"{self.policy}/group"
+
+
+AnyKey = Key | GroupKey
+
+
 @dataclass(slots=True)
 class Due:
     """When a key runs next, and the slot that run serves."""
@@ -64,8 +94,8 @@ class Due:
 class Job:
     """A snapshot job in flight."""
 
-    key: Key
-    domain: str
+    key: AnyKey
+    domain: str  # its name (a group's: "group POLICY")
     started: float  # time.monotonic()
     deadline: float  # time.monotonic() past which it is overrun
     since: float  # time.time() when it started, for the status file
@@ -92,10 +122,20 @@ class DomainRun:
     due: Due
 
 
+@dataclass(frozen=True, slots=True)
+class GroupJobRun:
+    """One run of a ``GroupKey``: every member with its connection."""
+
+    key: GroupKey
+    policy: Policy
+    members: tuple[tuple[LinkedHypervisor, DomainInfo], ...]
+    due: Due
+
+
 # --- due times --------------------------------------------------------------------
 
 
-def first_due(policy: Policy, key: Key, last_slot: int | None, now: float) -> Due:
+def first_due(policy: Policy, key: AnyKey, last_slot: int | None, now: float) -> Due:
     """When a key with no due time yet runs: now if a slot since ``last_slot`` (the
     last one its run log says was served) is owed, else its next slot, jittered."""
     last = utc(last_slot) if last_slot is not None else None
@@ -139,7 +179,7 @@ def retry(due: Due, error: str | None, now: float) -> Due:
     return Due(now + backoff, due.slot, f"retry: {error}", due.retries + 1)
 
 
-def after_failure(policy: Policy, key: Key, due: Due, error: str | None, now: float) -> Due:
+def after_failure(policy: Policy, key: AnyKey, due: Due, error: str | None, now: float) -> Due:
     """The next slot after a permanent failure: it is not retried for the same slot."""
     slot = next_due(policy.schedule, max(due.slot, utc(now)))
     delay = jitter_for(policy.schedule, key.seed, slot)

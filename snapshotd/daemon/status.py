@@ -14,7 +14,7 @@ from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.adapters.statusfile import Connection, DaemonStatus, Running, Scheduled
 from snapshotd.config.settings import Settings
 from snapshotd.core.model import DomainInfo
-from snapshotd.daemon.runs import Due, Job, Key, utc
+from snapshotd.daemon.runs import AnyKey, Due, GroupKey, Job, utc
 
 
 @dataclass(slots=True)
@@ -41,7 +41,7 @@ class Status:
         self.policies = policies
         self.domains = sum(len(d) for d in domains.values())
 
-    def next_run(self, due: Mapping[Key, Due]) -> None:
+    def next_run(self, due: Mapping[AnyKey, Due]) -> None:
         """``next_due``: the earliest due time and its policy, or ``-``."""
         if due:
             key, first = min(due.items(), key=lambda kv: kv[1].at)
@@ -61,8 +61,8 @@ class LoopState:
     policies: Iterable[str]
     domains: Mapping[str, list[DomainInfo]]
     connected: Mapping[str, tuple[bool, str | None]]
-    due: Mapping[Key, Due]
-    jobs: Mapping[Key, Job]
+    due: Mapping[AnyKey, Due]
+    jobs: Mapping[AnyKey, Job]
     workers: int
     operation_timeout: float
     status: Status
@@ -91,11 +91,11 @@ def describe(state: LoopState) -> DaemonStatus:
                 policy=key.policy,
                 uri=sanitize_uri(key.uri),
                 domain_uuid=key.uuid,
-                domain=names.get((key.uri, key.uuid), key.uuid),
+                domain=_named(key, names),
                 next_due=int(due.at),
                 reason=due.reason,
             )
-            for key, due in sorted(state.due.items())
+            for key, due in sorted(state.due.items(), key=_order)
         ),
         running=tuple(
             Running(
@@ -106,8 +106,20 @@ def describe(state: LoopState) -> DaemonStatus:
                 since=int(job.since),
                 overrun=job.overrun,
             )
-            for key, job in sorted(state.jobs.items())
+            for key, job in sorted(state.jobs.items(), key=_order)
         ),
         last_error=state.status.last_error,
         stopping=state.stopping,
     )
+
+
+def _order(item: tuple[AnyKey, object]) -> tuple[str, str, str]:
+    key = item[0]
+    return key.policy, key.uri, key.uuid
+
+
+def _named(key: AnyKey, names: Mapping[tuple[str, str], str]) -> str:
+    """A key's domain as status shows it; a group's: its members' names."""
+    if isinstance(key, GroupKey):
+        return "group: " + ", ".join(names.get(m, m[1]) for m in key.members)
+    return names.get((key.uri, key.uuid), key.uuid)

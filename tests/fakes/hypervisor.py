@@ -151,6 +151,8 @@ class FakeHypervisor:
         self._machines = tuple(machines)  # the machine types "QEMU" offers (capabilities)
         self._domains: list[_Domain] = []
         self._next_failure: LibvirtError | None = None
+        self._failing: dict[str, LibvirtError] = {}  # domain UUID -> its creates' error
+        self.holds: list[tuple[str, str]] = []  # (suspend | resume | freeze | thaw, name)
         self.creates = 0  # calls that reached "libvirt" (failed or not)
         self.crashed = False  # an external revert with no current snapshot (libvirt 11.3)
 
@@ -174,6 +176,10 @@ class FakeHypervisor:
     def fail_next_create(self, error: LibvirtError) -> None:
         """The next snapshot create raises ``error`` (and changes nothing)."""
         self._next_failure = error
+
+    def fail_creates_of(self, name_or_uuid: str, error: LibvirtError) -> None:
+        """Every snapshot create of this domain raises ``error`` (and changes nothing)."""
+        self._failing[self._find(name_or_uuid).uuid] = error
 
     def commit_disk(self, name_or_uuid: str, target: str) -> None:
         """As an active block commit and pivot: the disk uses its base image again."""
@@ -260,6 +266,7 @@ class FakeHypervisor:
         found = self._find(uuid or domain)
         self.creates += 1
         failure, self._next_failure = self._next_failure, None
+        failure = failure or self._failing.get(found.uuid)
         if failure is not None:
             raise failure
         request = snapxml.parse_snapshot(xml, source="snapshot request")
@@ -426,3 +433,45 @@ class FakeHypervisor:
         if not any(s.info.parent == name for s in found.snapshots.values()):
             info = dataclasses.replace(snap.info, disks=tuple(disks))
             found.snapshots[name] = _Snapshot(info, snapxml.render_info(info))
+
+    # --- holding domains still ------------------------------------------------------------
+
+    def suspend(self, domain: str) -> None:
+        found = self._find(domain)
+        if found.state is not DomainState.RUNNING:
+            raise libvirt_error(
+                "Requested operation is not valid: domain is not running",
+                code=libvirt.VIR_ERR_OPERATION_INVALID,
+                operation="suspend",
+                domain=found.name,
+            )
+        found.state = DomainState.PAUSED
+        self.holds.append(("suspend", found.name))
+
+    def resume(self, domain: str) -> None:
+        found = self._find(domain)
+        if found.state is not DomainState.PAUSED:
+            raise libvirt_error(
+                "Requested operation is not valid: domain is not paused",
+                code=libvirt.VIR_ERR_OPERATION_INVALID,
+                operation="resume",
+                domain=found.name,
+            )
+        found.state = DomainState.RUNNING
+        self.holds.append(("resume", found.name))
+
+    def freeze(self, domain: str) -> None:
+        found = self._find(domain)
+        if not found.agent:
+            raise libvirt_error(
+                "Guest agent is not responding: QEMU guest agent is not connected",
+                code=libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                operation="freeze file systems",
+                domain=found.name,
+            )
+        self.holds.append(("freeze", found.name))
+
+    def thaw(self, domain: str) -> bool:
+        found = self._find(domain)
+        self.holds.append(("thaw", found.name))
+        return found.agent

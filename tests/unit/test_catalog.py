@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from snapshotd.catalog import catalog_exists, open_catalog
-from snapshotd.catalog.api import AlreadyRecorded, Catalog, Operation, Run, SnapshotRow
+from snapshotd.catalog.api import (
+    AlreadyRecorded,
+    Catalog,
+    GroupMember,
+    GroupRow,
+    HoldRow,
+    Operation,
+    Run,
+    SnapshotRow,
+)
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.catalog.sqlite import DB_NAME, SQLiteCatalog
 from snapshotd.errors import SnapshotdError
@@ -208,6 +217,45 @@ def test_finishing_a_run_that_never_started_records_nothing(catalog: Catalog) ->
     catalog.runs.finish("p", UUID, slot=60, error="x", now=70)
     assert catalog.runs.get("p", UUID) is None
     assert catalog.runs.all() == []
+
+
+def test_groups_live_while_a_member_does_and_show_their_live_members(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("g-1", 1000))
+    catalog.record_snapshot(row("g-1", 1001, uuid=OTHER))
+    catalog.record_snapshot(row("g-2", 2000))
+    members = (GroupMember(URI, UUID, "web", 1000), GroupMember(URI, OTHER, "db", 1001))
+    catalog.groups.record(GroupRow("p", "g-1", 999, members, pause_ms=120))
+    catalog.groups.record(
+        GroupRow("p", "g-2", 1999, (GroupMember(URI, UUID, "web", 2000),), partial=True)
+    )
+    catalog.record_snapshot(row("g-1", 1002, policy="q"))
+    catalog.groups.record(GroupRow("q", "g-1", 999, (GroupMember(URI, UUID, "web", 1002),)))
+    # A snapshot is a member of one group at most.
+    with pytest.raises(AlreadyRecorded):
+        catalog.groups.record(GroupRow("q", "g-1", 999, (GroupMember(URI, UUID, "web", 1000),)))
+    first, second = catalog.groups.all("p")
+    assert (first.name, first.taken_at, first.pause_ms, first.partial) == ("g-1", 999, 120, False)
+    assert set(first.members) == set(members)
+    assert (second.name, second.partial, second.pause_ms) == ("g-2", True, None)
+    assert catalog.groups.of(OTHER, "g-1", 1001) is not None
+    assert catalog.groups.of(OTHER, "g-1", 5) is None
+    # One member deleted: the group goes on with the other; both gone: no group.
+    catalog.mark_deleted(OTHER, "g-1", 1001, 3000)
+    (left, _) = catalog.groups.all("p")
+    assert left.members == (GroupMember(URI, UUID, "web", 1000),)
+    catalog.mark_deleted(UUID, "g-1", 1000, 3000)
+    assert [g.name for g in catalog.groups.all("p")] == ["g-2"]
+
+
+def test_holds_are_kept_until_released(catalog: Catalog) -> None:
+    hold = HoldRow("p", "g-1", URI, UUID, "web", "suspend", 1000)
+    catalog.groups.hold(hold)
+    catalog.groups.hold(HoldRow("p", "g-1", URI, OTHER, "db", "freeze", 1000))
+    assert [h.domain_name for h in catalog.groups.held()] == ["db", "web"]
+    catalog.groups.release(OTHER)
+    assert catalog.groups.held() == [hold]
+    catalog.groups.release(UUID)
+    assert catalog.groups.held() == []
 
 
 def test_the_domain_lock_excludes_a_second_holder_until_released(catalog: Catalog) -> None:

@@ -53,6 +53,7 @@ def test_the_example_directory_loads() -> None:
         "catalog-backups",
         "hourly-internal",
         "nightly-external",
+        "shop",
         "shutoff-only",
     ]
 

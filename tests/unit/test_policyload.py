@@ -49,11 +49,12 @@ def errors(text: str, filename: str = "p.yaml") -> list[str]:
 # --- the examples -----------------------------------------------------------------------
 
 
-def test_there_are_four_example_policies() -> None:
+def test_there_are_five_example_policies() -> None:
     assert [p.name for p in EXAMPLES] == [
         "catalog-backups.yaml",
         "hourly-internal.yaml",
         "nightly-external.yaml",
+        "shop.yaml",
         "shutoff-only.yaml",
     ]
 
@@ -360,7 +361,7 @@ def test_random_values_in_a_valid_policy_never_crash(changes: list[tuple[str, ob
     document = {section: dict(options) for section, options in BASE.items()}
     for path, value in changes:
         section, key = path.split(".")
-        document[section][key] = value
+        document.setdefault(section, {})[key] = value
     _never_crashes(yaml.safe_dump(document))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,8 +17,8 @@ from typing import Any, Self
 
 import libvirt
 
+from snapshotd.adapters.hypervisor import holding
 from snapshotd.adapters.hypervisor.errors import (
-    AGENT_COMMAND_TIMEOUT,
     calling,
     convert,
     error_code,
@@ -41,7 +40,6 @@ MAX_HANDLES = 4096  # domain handles kept by UUID per connection (then the cache
 # (virDomainAgentSetResponseTimeout) to AGENT_WAIT and then back to libvirt's default.
 AGENT_WAIT = 20  # seconds libvirt waits for any one answer of the agent
 THAW_WAIT = 20  # seconds a failed quiesced snapshot keeps trying to thaw the guest
-THAW_TRY = 2  # seconds each of those tries waits for the agent
 
 
 _LIFECYCLE = {
@@ -332,6 +330,25 @@ class Hypervisor:
                 return None
             raise convert(exc, "read domain state", uuid, None) from exc
 
+    # --- holding domains still (consistency groups) ---------------------------------------
+
+    def suspend(self, domain: str) -> None:
+        """virDomainSuspend of a domain by UUID or name."""
+        holding.suspend(self._lookup(domain), domain)
+
+    def resume(self, domain: str) -> None:
+        """virDomainResume of a domain by UUID or name."""
+        holding.resume(self._lookup(domain), domain)
+
+    def freeze(self, domain: str) -> None:
+        """virDomainFSFreeze, the guest agent given AGENT_WAIT seconds to answer."""
+        holding.freeze(self._lookup(domain), domain, AGENT_WAIT)
+
+    def thaw(self, domain: str) -> bool:
+        """virDomainFSThaw, retried for THAW_WAIT while the agent is silent; True once
+        the agent answered."""
+        return holding.thaw(self._lookup(domain), THAW_WAIT)
+
     # --- snapshots ------------------------------------------------------------------------
 
     def create_snapshot(
@@ -369,9 +386,9 @@ class Hypervisor:
         try:
             return self._create_call(dom, xml, flags)
         except libvirt.libvirtError as exc:
-            if error_code(exc) not in _AGENT_SILENT:
+            if error_code(exc) not in holding.AGENT_SILENT:
                 raise
-            thawed = _thaw(dom, THAW_WAIT)
+            thawed = holding.thaw(dom, THAW_WAIT)
             failure = convert(exc, "create snapshot", domain, None)
             advice = (
                 "the guest's file systems are thawed"
@@ -553,25 +570,3 @@ def _parent_name(snap: Any) -> str | None:
             return None
         raise
     return str(parent.getName())
-
-
-# The agent did not answer in time, or is out of step: a freeze may be pending in the guest.
-_AGENT_SILENT = frozenset(
-    {libvirt.VIR_ERR_AGENT_UNRESPONSIVE, libvirt.VIR_ERR_AGENT_UNSYNCED, AGENT_COMMAND_TIMEOUT}
-)
-
-
-def _thaw(dom: Any, within: float) -> bool:
-    """Thaw the guest's file systems, retrying while its agent is silent; True once the
-    agent answered a thaw (it thaws what is frozen, and nothing when nothing is)."""
-    deadline = time.monotonic() + within
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.agentSetResponseTimeout(THAW_TRY, 0)  # many short tries, not one long one
-    while True:
-        try:
-            dom.fsThaw(None, 0)
-            return True
-        except libvirt.libvirtError as exc:
-            if error_code(exc) not in _AGENT_SILENT or time.monotonic() >= deadline:
-                return False
-        time.sleep(1)

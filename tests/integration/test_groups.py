@@ -1,0 +1,216 @@
+"""Consistency groups against real libvirt: several real domains at one instant.
+
+`snapshotd take --policy` and the daemon run one GroupRun (actions/grouprun.py) over
+every member; tests/unit/test_grouprun.py holds the same run to each failure path on
+the fakes.  Here: every member suspended before any snapshot and resumed after, the
+rollback when one member's snapshot fails (nothing of the group left, the others'
+overlays merged back by libvirt), retention deleting groups as units, and the
+daemon releasing a member that a killed process left paused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+
+from snapshotd.catalog import open_catalog
+from snapshotd.catalog.api import HoldRow
+from tests.integration import target
+from tests.integration.cli import files_under, make_settings, settings_args, snapshotd
+from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.test_daemon import Daemon, snapshots, write_policy
+
+RUNNING = libvirt.VIR_DOMAIN_RUNNING
+PAUSED = libvirt.VIR_DOMAIN_PAUSED
+
+
+def group_policy(prefix: str, directory: Path, *, group: str = "", retention: str = "") -> str:
+    """A crash-consistent group of every domain whose name starts with ``prefix``."""
+    return (
+        "name: shop\n"
+        f'domains: {{include: ["{prefix}*"], states: [running, paused, shutoff]}}\n'
+        f"group: {{max_pause: 10s{group}}}\n"
+        "schedule: {every: 1h}\n"
+        "snapshot:\n"
+        "  disk_only: true\n"
+        "  disks: external\n"
+        f'  directory: "{directory}/{{domain}}"\n'
+        '  name: "{policy}-{time:%Y%m%dT%H%M%S%fZ}"\n'
+        f"{retention}"
+    )
+
+
+def members(domain_factory: DomainFactory, count: int, group: str) -> list[ScratchDomain]:
+    """``count`` running domains named with the group's own prefix."""
+    return [domain_factory(state="running", suffix=f"{group}{i}") for i in range(count)]
+
+
+def state(dom: ScratchDomain) -> int:
+    return int(dom.dom.state()[0])
+
+
+def group_rows(state_dir: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(state_dir / "catalog.sqlite")) as db:
+        rows = db.execute("SELECT name, domain_name FROM group_members ORDER BY domain_name")
+        return [(str(a), str(b)) for a, b in rows.fetchall()]
+
+
+def take(root: Path) -> tuple[int, dict[str, object], str]:
+    result = snapshotd("take", "--policy", "shop", "--json", *settings_args(root))
+    shown = json.loads(result.out) if result.out.strip() else {}
+    return result.code, shown, result.err
+
+
+def test_a_crash_group_of_three_running_domains_is_taken_at_one_instant(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    doms = members(domain_factory, 3, "ga")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    snaps = tmp_path / "snaps"
+    policies = tmp_path / "policies"
+    (policies / "shop.yaml").write_text(group_policy(prefix, snaps))
+    (policies / "shop.yaml").chmod(0o644)
+
+    code, shown, err = take(tmp_path)
+
+    assert code == 0, (shown, err)
+    assert shown["outcome"] == "created"
+    assert {m["domain"] for m in shown["members"]} == {d.name for d in doms}  # type: ignore[attr-defined, index]
+    assert all(m["hold"] == "suspend" for m in shown["members"])  # type: ignore[attr-defined, index]
+    pause = shown["pause_seconds"]
+    assert isinstance(pause, float)
+    assert 0 < pause < 10
+    name = str(shown["snapshot"])
+    for dom in doms:
+        assert state(dom) == RUNNING, dom.name
+        assert [n for _, n, _ in snapshots(dom)] == [name]
+        overlay = snaps / dom.name / f"{dom.name}.vda.{name}.qcow2"
+        assert overlay.is_file()
+        assert str(overlay) in dom.dom.XMLDesc(0)  # the domain writes to the overlay now
+    assert group_rows(tmp_path / "state") == sorted((name, d.name) for d in doms)
+
+
+def test_one_member_failing_rolls_the_whole_group_back(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    """The last member's overlay directory is a full filesystem: libvirt fails its
+    create; the others' snapshots are deleted again (their overlays merged back), every
+    member runs, and the catalog has no group."""
+    doms = members(domain_factory, 3, "gb")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    snaps = tmp_path / "snaps"
+    (tmp_path / "policies" / "shop.yaml").write_text(group_policy(prefix, snaps))
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    images = {d.name: d.dom.XMLDesc(0) for d in doms}
+    before = {d.name: files_under(d.directory) for d in doms}
+    with full_directory(snaps / doms[-1].name):
+        code, shown, err = take(tmp_path)
+
+    assert code == 1, (shown, err)
+    assert shown["outcome"] == "failed"
+    outcomes = {m["domain"]: m["outcome"] for m in shown["members"]}  # type: ignore[attr-defined, index]
+    assert outcomes == {
+        doms[0].name: "rolled back",
+        doms[1].name: "rolled back",
+        doms[2].name: "failed",
+    }
+    assert doms[-1].name in str(shown["error"])
+    for dom in doms:
+        assert state(dom) == RUNNING, dom.name
+        assert snapshots(dom) == []
+        # The disk is the base image again; no file of the group is left beside it.
+        assert _sources(dom.dom.XMLDesc(0)) == _sources(images[dom.name])
+        assert files_under(dom.directory) == before[dom.name]
+    for dom in doms[:-1]:
+        assert not any((snaps / dom.name).glob("*.qcow2"))
+    assert group_rows(tmp_path / "state") == []
+
+
+def test_retention_deletes_groups_as_units(domain_factory: DomainFactory, tmp_path: Path) -> None:
+    doms = members(domain_factory, 2, "gc")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    snaps = tmp_path / "snaps"
+    body = group_policy(prefix, snaps, retention="retention: {keep_last: 2}\n")
+    (tmp_path / "policies" / "shop.yaml").write_text(body)
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    names = []
+    for _ in range(3):
+        code, shown, err = take(tmp_path)
+        assert code == 0, (shown, err)
+        names.append(str(shown["snapshot"]))
+        time.sleep(1.1)  # a later creation time for each group
+    # The third take pruned the first group, from both members.
+    assert shown["pruned"] == [names[0]]
+    for dom in doms:
+        assert [n for _, n, _ in snapshots(dom)] == names[1:], dom.name
+        assert state(dom) == RUNNING
+    assert sorted({n for n, _ in group_rows(tmp_path / "state")}) == names
+
+
+def test_the_daemon_takes_the_group_and_resumes_a_member_a_killed_process_left_paused(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """A hold in the catalog with its member paused is what kill -9 in the middle of a
+    group run leaves: the next daemon resumes the member before anything else, then
+    takes the group on schedule."""
+    doms = members(domain_factory, 2, "gd")
+    prefix = doms[0].name[:-1]
+    with open_catalog(str(daemon.state)) as catalog:
+        catalog.groups.hold(
+            HoldRow("shop", "shop-killed", target.URI, doms[0].uuid, doms[0].name, "suspend", 1)
+        )
+    doms[0].dom.suspend()
+    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
+    write_policy(daemon, "shop", body)
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: "group shop: created" in daemon.log.read_text(), 60, "the group's snapshot"
+    )
+    assert daemon.stop() == 0
+    log = daemon.log.read_text()
+    assert f"{doms[0].name}: resumed: group shop held it still (snapshot shop-killed" in log
+    assert log.index("resumed: group shop") < log.index("group shop: created")
+    assert all(state(d) == RUNNING for d in doms)
+    with open_catalog(str(daemon.state)) as catalog:
+        assert catalog.groups.held() == []
+        groups = catalog.groups.all("shop")
+    assert groups
+    for group in groups:
+        assert {m.domain_name for m in group.members} == {d.name for d in doms}
+        for dom in doms:
+            assert group.name in [n for _, n, _ in snapshots(dom)]
+
+
+@contextlib.contextmanager
+def full_directory(path: Path) -> Iterator[None]:
+    """``path`` as a filesystem with no room at all (where the tested libvirtd sees it
+    too: a libvirtd in another root gets a bind mount, as fault 4 does)."""
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(path)], check=True)
+    seen = target.LIBVIRT_ROOT / str(path).lstrip("/")
+    elsewhere = seen.resolve() != path.resolve()
+    try:
+        with contextlib.suppress(OSError):
+            (path / "filler").write_bytes(b"\0" * 65536)  # as much as fits
+        if elsewhere:
+            subprocess.run(["mount", "--bind", str(path), str(seen)], check=True)
+        yield
+    finally:
+        if elsewhere:
+            subprocess.run(["umount", str(seen)], check=False)
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def _sources(xml: str) -> list[str]:
+    return [part.split("'")[0] for part in xml.split("<source file='")[1:]]
