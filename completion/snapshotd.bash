@@ -33,11 +33,11 @@ _snapshotd() {
         prune) opts='--config --connect --domain --dry-run --help --json --policy --policy-dir --state-dir -c -d -h -p' ;;
         run) opts='--config --connect --help --policy-dir --state-dir --workers -c -h' ;;
         status) opts='--config --help --json --policy-dir --state-dir -h' ;;
-        list) opts='--config --connect --domain --help --json --policy-dir --state-dir --tree -c -d -h' ;;
+        list) opts='--config --connect --domain --group --help --json --policy-dir --state-dir --tree -c -d -g -h' ;;
         export) opts='--connect --domain --help --out --secure -c -d -h' ;;
         import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;
         replicate) opts='--connect --domain --help --remove-source-metadata --to -c -d -h' ;;
-        revert) opts='--config --connect --domain --help --paused --policy-dir --running --state-dir -c -d -h' ;;
+        revert) opts='--config --connect --domain --group --help --paused --policy-dir --running --state-dir -c -d -g -h' ;;
         *) opts='' ;;
     esac
     mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")

@@ -3,11 +3,12 @@ catalog-only ones (metadata: catalog) that only snapshotd's catalog knows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.catalog.api import GroupRow
 from snapshotd.core import snapxml
 from snapshotd.core.model import DomainInfo, SnapshotInfo
 
@@ -21,6 +22,7 @@ class Listed:
     current: bool | None  # None: catalog-only, libvirt has no say
     catalog_only: bool = False
     policy: str | None = None  # catalog-only: the policy that made it
+    group: str | None = None  # the group policy whose group it is a member of
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,28 @@ def catalog_only(state_dir: str, domain: DomainInfo, known: set[str]) -> list[Li
 
 
 def snapshots(hv: HypervisorAPI, domain_name: str, state_dir: str) -> Listing:
-    """Every snapshot of the domain: libvirt's, then the catalog-only ones."""
+    """Every snapshot of the domain: libvirt's, then the catalog-only ones; each with the
+    group it is a member of, if any."""
     domain = hv.domain(domain_name)
     records = hv.list_snapshots(domain.name)
     listed = [_from_libvirt(rec) for rec in records]
     listed += catalog_only(state_dir, domain, {rec.name for rec in records})
+    member_of = {
+        (g.name, m.created_at): g.policy
+        for g in groups(state_dir)
+        for m in g.members
+        if m.domain_uuid == domain.uuid
+    }
+    listed = [
+        replace(item, group=member_of.get((item.info.name or "", item.info.creation_time or 0)))
+        for item in listed
+    ]
     return Listing(domain, tuple(listed))
+
+
+def groups(state_dir: str, policy: str | None = None) -> list[GroupRow]:
+    """The catalog's consistency groups (of one policy), oldest first."""
+    if not catalog_exists(state_dir):
+        return []
+    with open_catalog(state_dir) as catalog:
+        return catalog.groups.all(policy)

@@ -12,6 +12,7 @@ from snapshotd.actions import prune, snapshot
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
 from snapshotd.catalog import Catalog
+from snapshotd.core.group import plan_group, taken_as
 from snapshotd.core.model import DomainInfo, SnapshotRequest
 from snapshotd.core.plan import Plan, plan_snapshot
 from snapshotd.core.policy import Policy
@@ -53,12 +54,26 @@ class PolicyPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupPreview:
+    """What a group policy's next run would do: its members, the order of operations,
+    and the pause window its last run had (the catalog's), or why it would be refused."""
+
+    policy: str
+    members: tuple[tuple[str, str], ...]  # (domain, hold)
+    steps: tuple[str, ...]
+    max_pause: float
+    last_pause: float | None
+    refused: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     """`plan` for every policy (or one) and every domain (or one) at a time."""
 
     at: dt.datetime
     selections: tuple[Selection, ...]
     plans: tuple[PolicyPlan, ...]
+    groups: tuple[GroupPreview, ...] = ()
 
 
 def selections(policies: Sequence[Policy], domains: Sequence[DomainInfo]) -> list[Selection]:
@@ -94,8 +109,12 @@ def policy_plan(
     refused = proposed = None
     if skip is None:
         try:
-            request = policy.request(domain, at, quiesce=policy.quiesces(domain))
-            proposed = _proposed(domain, request)
+            if policy.group is not None:  # as the group run takes it (core/group.py)
+                request = policy.request(domain, at, quiesce=False)
+                proposed = _proposed(taken_as(policy.group.consistency, domain), request)
+            else:
+                request = policy.request(domain, at, quiesce=policy.quiesces(domain))
+                proposed = _proposed(domain, request)
         except SnapshotdError as exc:
             refused = str(exc)
     if policy.retention is None:
@@ -124,7 +143,32 @@ def overview(
     domains = [hv.domain(domain_name)] if domain_name else hv.list_domains()
     chosen = selections(policies, domains)
     plans = [policy_plan(hv, catalog, p, s.domain, at) for s in chosen for p in s.policies]
-    return Overview(at, tuple(chosen), tuple(plans))
+    everyone = domains if not domain_name else hv.list_domains()
+    groups = [group_preview(catalog, p, everyone, at) for p in policies if p.group is not None]
+    return Overview(at, tuple(chosen), tuple(plans), tuple(groups))
+
+
+def group_preview(
+    catalog: Catalog, policy: Policy, domains: Sequence[DomainInfo], at: dt.datetime
+) -> GroupPreview:
+    """A group policy's next run over the domains it selects, changing nothing."""
+    settings = policy.group
+    if settings is None:
+        raise ValueError(f"policy {policy.name!r} has no group")
+    members = [
+        d for d in domains if policy.selector.matches(d) and policy.selector.skip_reason(d) is None
+    ]
+    past = [g.pause_ms for g in catalog.groups.all(policy.name) if g.pause_ms is not None]
+    last = past[-1] / 1000 if past else None
+    limit = settings.max_pause.total_seconds()
+    try:
+        requests = {d.uuid: policy.request(d, at, quiesce=False) for d in members}
+        plan = plan_group(policy.name, settings, members, requests)
+    except SnapshotdError as exc:
+        names = tuple((d.name, "-") for d in members)
+        return GroupPreview(policy.name, names, (), limit, last, refused=str(exc))
+    held = tuple((m.domain.name, m.hold.value) for m in plan.members)
+    return GroupPreview(policy.name, held, tuple(plan.steps()), limit, last)
 
 
 def adhoc(

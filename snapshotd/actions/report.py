@@ -39,6 +39,7 @@ def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
         "connections": [_connection(c) for c in written.connections] if running else [],
         "last_error": written.last_error,
         "domains": [],
+        "groups": [],
     }
     if not catalog_exists(state_dir):
         return report
@@ -51,11 +52,37 @@ def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
             key = (run.policy, run.domain_uuid)
             row = _row(run, rows.get(key), scheduled.get(key), inflight.get(key), now)
             report["domains"].append(row)
-    # Keys the daemon schedules that have never run yet have no row in `runs`.
+        report["groups"] = _groups(catalog, scheduled)
+    # Keys the daemon schedules that have never run yet have no row in `runs` (a
+    # group's key names no one domain: its members' rows and `groups` show it).
     known = {(d["policy"], d["domain_uuid"]) for d in report["domains"]}
-    report["domains"].extend(_never_run(s) for k, s in scheduled.items() if k not in known)
+    report["domains"].extend(
+        _never_run(s) for k, s in scheduled.items() if k not in known and s.domain_uuid
+    )
     report["domains"].sort(key=lambda d: (d["domain"], d["policy"]))
     return report
+
+
+def _groups(catalog: Catalog, scheduled: dict[tuple[str, str], Scheduled]) -> list[dict[str, Any]]:
+    """Each group policy's newest group in the catalog: its members and pause window."""
+    newest = {}
+    for group in catalog.groups.all():  # oldest first: the last one of a policy wins
+        newest[group.policy] = group
+    shown = []
+    for policy, group in sorted(newest.items()):
+        due = scheduled.get((policy, ""))
+        shown.append(
+            {
+                "policy": policy,
+                "last_snapshot": group.name,
+                "taken_at": group.taken_at,
+                "partial": group.partial,
+                "pause_seconds": None if group.pause_ms is None else group.pause_ms / 1000,
+                "members": [m.domain_name for m in group.members],
+                "next_due": due.next_due if due is not None else None,
+            }
+        )
+    return shown
 
 
 def _connection(connection: statusfile.Connection) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from snapshotd.actions import importing, metadata
+from snapshotd.actions import grouprevert, importing, metadata
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.cli import common, output
@@ -101,6 +101,17 @@ def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args, policies=False)
+    if args.group is not None:
+        with common.connected(args, settings) as (hv, catalog):
+            done = grouprevert.revert_group(
+                hv, catalog, args.group, args.snapshot, running=args.running, paused=args.paused
+            )
+        for member in done:
+            if member.redefined:
+                again = ", ".join(member.redefined)
+                print(f"{member.domain}: redefined from the catalog: {again}", file=out)
+            print(f"reverted {member.domain} to {args.snapshot}; it is {member.state}", file=out)
+        return EXIT_OK
     with common.connected(args, settings) as (hv, catalog):
         redefined = metadata.revert(
             hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from snapshotd.actions.listing import Listed, Listing
+from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog.api import GroupRow
 from snapshotd.core.model import SnapshotInfo
 from snapshotd.core.plan import Plan
 
@@ -106,7 +108,41 @@ def listed_dict(item: Listed) -> dict[str, Any]:
     shown["catalog_only"] = item.catalog_only
     if item.catalog_only:
         shown["policy"] = item.policy
+    shown["group"] = item.group
     return shown
+
+
+def group_dict(group: GroupRow) -> dict[str, Any]:
+    """One group as `list --group --json` shows it."""
+    return {
+        "group": group.policy,
+        "snapshot": group.name,
+        "taken_at": iso(group.taken_at),
+        "partial": group.partial,
+        "pause_seconds": None if group.pause_ms is None else group.pause_ms / 1000,
+        "members": [
+            {
+                "domain": m.domain_name,
+                "domain_uuid": m.domain_uuid,
+                "uri": sanitize_uri(m.uri),
+                "creation_time": iso(m.created_at),
+            }
+            for m in group.members
+        ],
+    }
+
+
+def print_groups(policy: str, groups: list[GroupRow], out: TextIO) -> None:
+    """A group policy's snapshots, oldest first, each with its members."""
+    for group in groups:
+        taken = (iso(group.taken_at) or "-")[:19].replace("T", " ")
+        pause = "" if group.pause_ms is None else f", held still {group.pause_ms} ms"
+        partial = ", partial" if group.partial else ""
+        print(f"{group.name}  {taken}{pause}{partial}", file=out)
+        for m in group.members:
+            print(f"  {m.domain_name}  {sanitize_uri(m.uri)}", file=out)
+    if not groups:
+        print(f"(policy {policy} has no groups in the catalog)", file=out)
 
 
 def print_listing(listing: Listing, out: TextIO) -> None:
@@ -120,6 +156,7 @@ def print_listing(listing: Listing, out: TextIO) -> None:
         created = (iso(info.creation_time) or "-")[:19].replace("T", " ")
         mark = " *" if item.current else ""
         mark += " (catalog-only)" if item.catalog_only else ""
+        mark += f" [group {item.group}]" if item.group else ""
         print(
             f"{(info.name or '') + mark:<47} {created:<20} {info.state or '-':<14} "
             f"{info.memory or '-':<9} {disk_summary(info):<28} {item.parent or '-'}",

@@ -383,9 +383,17 @@ def _status(parser: argparse.ArgumentParser) -> None:
 @_verb("list", "list a domain's snapshots")
 def _list(parser: argparse.ArgumentParser) -> None:
     """libvirt's snapshots of the domain, and the catalog-only ones (metadata: catalog) that
-    only snapshotd's catalog knows."""
+    only snapshotd's catalog knows; each names the consistency group it belongs to.  With
+    --group, a group policy's snapshots instead, each with its members."""
     _connection(parser)
-    _domain(parser, required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--domain", "-d", type=_domain_arg, help=DOMAIN_HELP)
+    which.add_argument(
+        "--group",
+        "-g",
+        metavar="POLICY",
+        help="a group policy's snapshots, each with its members (from the catalog)",
+    )
     _json(parser)
     _flag(parser, "--tree", "the hierarchy, as virsh snapshot-list --tree draws it")
 
@@ -438,9 +446,15 @@ def _replicate(parser: argparse.ArgumentParser) -> None:
 @_verb("revert", "revert a domain to a snapshot")
 def _revert(parser: argparse.ArgumentParser) -> None:
     """If libvirt has no metadata for the snapshot (catalog-only, or lost with a transient
-    domain), it is redefined from the catalog first."""
+    domain), it is redefined from the catalog first.  With --group, every member of a
+    consistency group goes back to the group's snapshot; each is checked first, and
+    nothing is changed when one cannot be."""
     _connection(parser)
-    _domain(parser, required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--domain", "-d", type=_domain_arg, help=DOMAIN_HELP)
+    which.add_argument(
+        "--group", "-g", metavar="POLICY", help="every member of this group policy's snapshot"
+    )
     parser.add_argument("snapshot", help="the snapshot's name")
     state = parser.add_mutually_exclusive_group()
     _flag(state, "--running", "running afterwards")

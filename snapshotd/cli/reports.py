@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from snapshotd.actions.grouprun import GroupResult
-from snapshotd.actions.planning import Overview, PolicyPlan, Selection
+from snapshotd.actions.planning import GroupPreview, Overview, PolicyPlan, Selection
 from snapshotd.actions.policyrun import Outcome, RunResult
 from snapshotd.actions.prune import PruneReport
 from snapshotd.cli import output
@@ -78,7 +78,21 @@ def overview_dict(overview: Overview) -> dict[str, Any]:
             for s in overview.selections
         ],
         "plans": [plan_entry(p) for p in overview.plans],
+        "groups": [group_entry(g) for g in overview.groups],
     }
+
+
+def group_entry(group: GroupPreview) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "policy": group.policy,
+        "members": [{"domain": d, "hold": h} for d, h in group.members],
+        "steps": list(group.steps),
+        "max_pause_seconds": group.max_pause,
+        "last_pause_seconds": group.last_pause,
+    }
+    if group.refused is not None:
+        shown["refused"] = group.refused
+    return shown
 
 
 def print_overview(overview: Overview, out: TextIO) -> None:
@@ -89,6 +103,16 @@ def print_overview(overview: Overview, out: TextIO) -> None:
     print(file=out)
     for entry in overview.plans:
         _print_plan_entry(plan_entry(entry), out)
+    for group in overview.groups:
+        members = ", ".join(f"{d} ({h})" for d, h in group.members) or "none"
+        print(f"== group {group.policy}: {members}", file=out)
+        if group.refused is not None:
+            print(f"refused: {group.refused}", file=out)
+        for number, step in enumerate(group.steps, 1):
+            print(f"{number}. {step}", file=out)
+        last = "no run yet" if group.last_pause is None else f"{group.last_pause:.3f} s last run"
+        print(f"pause window: at most {group.max_pause:g} s ({last})", file=out)
+        print(file=out)
 
 
 def _print_plan_entry(entry: dict[str, Any], out: TextIO) -> None:
@@ -285,6 +309,16 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
         print("(no snapshots scheduled or taken yet)", file=out)
         return
     _status_table(data["domains"], out)
+    for group in data.get("groups", []):
+        pause = group["pause_seconds"]
+        held = f", held still {pause * 1000:.0f} ms" if pause is not None else ""
+        partial = ", partial" if group["partial"] else ""
+        due = f"; next due {_utc(group['next_due'])}" if group["next_due"] else ""
+        print(
+            f"group {group['policy']}: last {group['last_snapshot']} of "
+            f"{', '.join(group['members'])}{held}{partial}{due}",
+            file=out,
+        )
 
 
 def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:

@@ -142,14 +142,18 @@ def plan_group(
         )
     members = []
     for domain in domains:
-        hold = _hold(how, domain)
-        # A suspended member is snapshotted paused: plan it so (the table's paused row).
-        as_taken = domain
-        if hold is Hold.SUSPEND:
-            as_taken = dataclasses.replace(domain, state=DomainState.PAUSED)
+        as_taken = taken_as(how, domain)
         plan = plan_snapshot(as_taken, requests[domain.uuid])
-        members.append(Member(domain, hold, as_taken, plan))
+        members.append(Member(domain, _hold(how, domain), as_taken, plan))
     return GroupPlan(names.pop(), how, settings.max_pause, tuple(members))
+
+
+def taken_as(how: Consistency, domain: DomainInfo) -> DomainInfo:
+    """The domain as its snapshot will see it: a member that is suspended is paused
+    then, so it is planned as the state table's paused row."""
+    if _hold(how, domain) is Hold.SUSPEND:
+        return dataclasses.replace(domain, state=DomainState.PAUSED)
+    return domain
 
 
 def _hold(how: Consistency, domain: DomainInfo) -> Hold:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from snapshotd.catalog import open_catalog
 from snapshotd.catalog.api import HoldRow
@@ -96,6 +99,85 @@ def test_a_crash_group_of_three_running_domains_is_taken_at_one_instant(
         assert overlay.is_file()
         assert str(overlay) in dom.dom.XMLDesc(0)  # the domain writes to the overlay now
     assert group_rows(tmp_path / "state") == sorted((name, d.name) for d in doms)
+
+    # list shows each member's group; list --group the group with its members.
+    listed = json.loads(
+        snapshotd("list", "--domain", doms[0].name, "--json", *settings_args(tmp_path)).out
+    )
+    assert [(i["name"], i["group"]) for i in listed] == [(name, "shop")]
+    grouped = json.loads(
+        snapshotd("list", "--group", "shop", "--json", *settings_args(tmp_path)).out
+    )
+    assert [g["snapshot"] for g in grouped] == [name]
+    assert sorted(m["domain"] for m in grouped[0]["members"]) == sorted(d.name for d in doms)
+    # status shows the group's last snapshot and its pause window.
+    status = json.loads(snapshotd("status", "--json", *settings_args(tmp_path)).out)
+    (shop,) = status["groups"]
+    assert (shop["policy"], shop["last_snapshot"]) == ("shop", name)
+    assert sorted(shop["members"]) == sorted(d.name for d in doms)
+    assert shop["pause_seconds"] == pytest.approx(pause, abs=0.002)
+    # plan shows the members, how each is held and the order of operations.
+    planned = json.loads(
+        snapshotd("plan", "--policy", "shop", "--json", *settings_args(tmp_path)).out
+    )
+    (group,) = planned["groups"]
+    assert sorted((m["domain"], m["hold"]) for m in group["members"]) == sorted(
+        (d.name, "suspend") for d in doms
+    )
+    assert [step.split()[0] for step in group["steps"]] == ["suspend", "create", "resume"]
+    assert group["last_pause_seconds"] == pytest.approx(pause, abs=0.002)
+    # Reverting a disk-only external group: where libvirt can, every member goes back;
+    # where it cannot (9.0), the first member's refusal leaves every member as it was.
+    sources = {d.name: _sources(d.dom.XMLDesc(0)) for d in doms}
+    back = snapshotd("revert", "--group", "shop", name, "--running", *settings_args(tmp_path))
+    if back.code == 0:
+        for dom in doms:
+            assert f"reverted {dom.name} to {name}; it is running" in back.out
+            assert state(dom) == RUNNING
+    else:
+        assert back.code == 2, back
+        assert "external" in back.err
+        for dom in doms:
+            assert state(dom) == RUNNING
+            assert _sources(dom.dom.XMLDesc(0)) == sources[dom.name]
+
+
+def test_revert_group_brings_every_member_back_and_refuses_a_missing_one(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    """Internal snapshots (taken while suspended, with memory): every member goes back
+    to the group's instant.  A member that is gone makes the revert refuse before any
+    member is touched."""
+    doms = members(domain_factory, 2, "ge")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    body = group_policy(prefix, tmp_path / "snaps")
+    body = body.replace("  disk_only: true\n  disks: external\n", "")
+    (tmp_path / "policies" / "shop.yaml").write_text(body)
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    code, shown, err = take(tmp_path)
+    assert code == 0, (shown, err)
+    name = str(shown["snapshot"])
+    for dom in doms:
+        root = dom.dom.snapshotLookupByName(name, 0).getXMLDesc(0)
+        assert "<state>paused</state>" in root  # taken while the group held it
+        dom.dom.suspend()  # a change the revert undoes
+
+    back = snapshotd("revert", "--group", "shop", name, "--running", *settings_args(tmp_path))
+    assert back.code == 0, back
+    for dom in doms:
+        assert f"reverted {dom.name} to {name}; it is running" in back.out
+        assert state(dom) == RUNNING
+        assert dom.dom.snapshotCurrent(0).getName() == name
+
+    # One member is gone (undefined): nothing is reverted.
+    domain_factory.remove(doms[1])
+    doms[0].dom.suspend()
+    refused = snapshotd("revert", "--group", "shop", name, *settings_args(tmp_path))
+    assert refused.code == 2, refused
+    assert f"{doms[1].name} ({doms[1].uuid}) is not defined here" in refused.err
+    assert "nothing was changed" in refused.err
+    assert state(doms[0]) == PAUSED  # untouched
 
 
 def test_one_member_failing_rolls_the_whole_group_back(
@@ -190,6 +272,46 @@ def test_the_daemon_takes_the_group_and_resumes_a_member_a_killed_process_left_p
         assert {m.domain_name for m in group.members} == {d.name for d in doms}
         for dom in doms:
             assert group.name in [n for _, n, _ in snapshots(dom)]
+
+
+def test_kill_9_while_the_group_holds_its_members_and_the_restart_resumes_every_one(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """One member's QEMU is stopped (SIGSTOP), so its suspend hangs while the others are
+    suspended: the group holds them.  kill -9 of the daemon then, QEMU let go: the next
+    daemon finds the holds and resumes every member before anything else."""
+    doms = members(domain_factory, 3, "gf")
+    prefix = doms[0].name[:-1]
+    body = group_policy(prefix, daemon.root / "snaps").replace("max_pause: 10s", "max_pause: 30s")
+    write_policy(daemon, "shop", body.replace("every: 1h", "every: 5s"))
+    stuck = target.qemu_pid(doms[-1].name)
+    os.kill(stuck, signal.SIGSTOP)  # its monitor stops answering: libvirt's suspend hangs
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        daemon.wait_for(
+            lambda: all(state(d) == PAUSED for d in doms[:-1]), 60, "the others suspended"
+        )
+        assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+        with open_catalog(str(daemon.state)) as catalog:
+            held = {h.domain_name for h in catalog.groups.held()}
+        assert held == {d.name for d in doms}  # each written before its member was touched
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    # libvirtd finishes the suspend it had started: that member may be paused too.
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: all(state(d) == RUNNING for d in doms), 60, "every member resumed")
+    log = daemon.log.read_text()
+    for dom in doms[:-1]:
+        assert f"{dom.name}: resumed: group shop held it still" in log
+    daemon.wait_for(lambda: _no_holds(daemon), 30, "the holds released")
+    assert daemon.stop() == 0
+
+
+def _no_holds(daemon: Daemon) -> bool:
+    with open_catalog(str(daemon.state)) as catalog:
+        return catalog.groups.held() == []
 
 
 @contextlib.contextmanager

@@ -155,9 +155,10 @@ def test_list_shows_libvirt_s_snapshots_then_the_catalog_only_ones(tmp_path: Pat
     assert found.domain == web
     shown = [output.listed_dict(item) for item in found.snapshots]
     assert [list(item) for item in shown] == [
-        [*output.snapshot_dict(found.snapshots[0].info), "catalog_only"],
-        [*output.snapshot_dict(found.snapshots[1].info), "catalog_only", "policy"],
+        [*output.snapshot_dict(found.snapshots[0].info), "catalog_only", "group"],
+        [*output.snapshot_dict(found.snapshots[1].info), "catalog_only", "policy", "group"],
     ]
+    assert [item["group"] for item in shown] == [None, None]  # no group in the catalog
     assert [(s["name"], s["current"], s["catalog_only"], s["parent"]) for s in shown] == [
         ("root", True, False, None),
         ("cat", None, True, None),
