@@ -305,10 +305,10 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
         print(f"connection {link['uri']}: {up}", file=out)
     if data["last_error"]:
         print(f"last error: {data['last_error']}", file=out)
-    if not data["domains"]:
+    if data["domains"]:
+        _status_table(data["domains"], out)
+    elif not data.get("groups"):
         print("(no snapshots scheduled or taken yet)", file=out)
-        return
-    _status_table(data["domains"], out)
     for group in data.get("groups", []):
         pause = group["pause_seconds"]
         held = f", held still {pause * 1000:.0f} ms" if pause is not None else ""

@@ -15,6 +15,7 @@ from snapshotd.actions import report
 from snapshotd.adapters import statefile, statusfile
 from snapshotd.adapters.statusfile import Connection, DaemonStatus, Running, Scheduled
 from snapshotd.catalog import Run, SnapshotRow, open_catalog
+from snapshotd.catalog.api import GroupMember, GroupRow
 from snapshotd.cli import main
 from snapshotd.core.schedule import span
 
@@ -281,3 +282,29 @@ def test_status_of_a_state_dir_never_used(
 )
 def test_span(seconds: int, text: str) -> None:
     assert span(seconds) == text
+
+
+def test_status_shows_a_group_taken_by_hand_before_any_daemon_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`take --policy` of a group writes no runs: status still shows the group."""
+    state = str(tmp_path / "state")
+    with open_catalog(state) as catalog:
+        for uuid, name in ((UUID, "web"), (OTHER, "db")):
+            catalog.record_snapshot(
+                SnapshotRow(
+                    "qemu:///system", uuid, name, "shop-1", NOW, "shop", None, "<x/>", (), True
+                )
+            )
+        members = (
+            GroupMember("qemu:///system", UUID, "web", NOW),
+            GroupMember("qemu:///system", OTHER, "db", NOW),
+        )
+        catalog.groups.record(GroupRow("shop", "shop-1", NOW, members, pause_ms=167))
+    config = tmp_path / "none.yaml"
+    config.write_text("")
+    config.chmod(0o644)
+    assert main(["status", "--config", str(config), "--state-dir", state]) == 3
+    text = capsys.readouterr().out
+    assert "group shop: last shop-1 of db, web, held still 167 ms" in text
+    assert "no snapshots scheduled or taken yet" not in text
