@@ -282,7 +282,8 @@ class GroupRun:
     def _settle(
         self, catalog: Catalog, plan: GroupPlan, done: dict[str, _Done], window: _Window
     ) -> None:
-        """Roll back (abort) or record the group (all, or partial)."""
+        """Roll back (abort, or the window passed: what finished after the release is
+        not of the group's instant) or record the group (all, or partial)."""
         failures = [d for d in done.values() if d.error is not None or d.created is None]
         if (failures or window.exceeded) and (
             self.settings.on_member_failure is OnMemberFailure.ABORT or window.exceeded

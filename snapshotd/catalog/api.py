@@ -112,6 +112,18 @@ class HoldRow:
     since: int
 
 
+def member_of(
+    groups: list[GroupRow], domain_uuid: str, name: str, created_at: int
+) -> GroupRow | None:
+    """The group among ``groups`` that this snapshot is a member of, or None."""
+    for group in groups:
+        if group.name == name and any(
+            (m.domain_uuid, m.created_at) == (domain_uuid, created_at) for m in group.members
+        ):
+            return group
+    return None
+
+
 class AlreadyRecorded(Exception):
     """The catalog already has a row for this (domain UUID, name, creation time)."""
 

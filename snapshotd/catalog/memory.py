@@ -19,6 +19,7 @@ from snapshotd.catalog.api import (
     Operation,
     Run,
     SnapshotRow,
+    member_of,
 )
 from snapshotd.catalog.locks import ThreadLocks
 
@@ -105,12 +106,7 @@ class MemoryGroupLog:
             return found
 
     def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
-        for group in self.all():
-            if group.name == name and any(
-                (m.domain_uuid, m.created_at) == (domain_uuid, created_at) for m in group.members
-            ):
-                return group
-        return None
+        return member_of(self.all(), domain_uuid, name, created_at)
 
     def hold(self, row: HoldRow) -> None:
         with self._guard:

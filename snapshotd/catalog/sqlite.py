@@ -46,6 +46,7 @@ from snapshotd.catalog.api import (
     Operation,
     Run,
     SnapshotRow,
+    member_of,
 )
 
 SCHEMA_VERSION = 1
@@ -481,12 +482,7 @@ class SQLiteGroupLog:
         return groups
 
     def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
-        for group in self.all():
-            if group.name == name and any(
-                (m.domain_uuid, m.created_at) == (domain_uuid, created_at) for m in group.members
-            ):
-                return group
-        return None
+        return member_of(self.all(), domain_uuid, name, created_at)
 
     def hold(self, row: HoldRow) -> None:
         # Durable before the member is suspended: a restart after kill -9 resumes it.

@@ -436,8 +436,9 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         "group.max_pause",
         Kind.DURATION,
         "The longest any member may stay suspended or frozen. Past it every member is "
-        "released at once and the run fails (with `on_member_failure: abort`, what it "
-        "made is deleted again). At least 1s, plus 0.1s for each member after the first.",
+        "released at once, the run fails and what it made is deleted again, whatever "
+        "`on_member_failure` says (a snapshot finished after the release is not of the "
+        "group's instant). At least 1s, plus 0.1s for each member after the first.",
         default="5s",
         example="10s",
     ),

@@ -183,10 +183,12 @@ def test_a_taken_name_refuses_the_group_before_anything_is_held(env: Env) -> Non
     assert env.hv.creates == creates
 
 
+@pytest.mark.parametrize("failure", ["abort", "partial"])
 def test_the_window_past_max_pause_releases_every_member_and_aborts(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    policy = group_policy("{max_pause: 1s}")
+    """Also with partial: what finished after the release is not of one instant."""
+    policy = group_policy(f"{{max_pause: 1s, on_member_failure: {failure}}}")
     fast, slow = env.domain(), env.domain()
     create = env.hv.create_snapshot_secure
 
