@@ -34,7 +34,7 @@ import contextlib
 import datetime as dt
 import enum
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +53,7 @@ from snapshotd.actions.snapshot import (
     refuse_taken_name,
     still_as_planned,
 )
+from snapshotd.adapters import files
 from snapshotd.adapters.hypervisor import agent_unavailable
 from snapshotd.catalog.api import Catalog, GroupMember, GroupRow, HoldRow
 from snapshotd.core.group import Consistency, Fallback, GroupPlan, Hold, Member, OnMemberFailure
@@ -131,6 +132,7 @@ class GroupRun:
                 plan = self._plan(catalog, taking, hv_of, how)
                 problem = self._before(plan)
                 if problem is not None:
+                    _unprepare(plan.prepared.values())
                     return self._failed(how, skipped, problem)
                 result = self._take(catalog, plan, hv_of)
                 if (
@@ -164,13 +166,17 @@ class GroupRun:
             requests,
             consistency=how,
         )
-        prepared = {}
-        for member in plan.members:
-            hv = hv_of[member.domain.uuid]
-            refuse_taken_name(hv, catalog, member.domain, plan.name)
-            action = self._action(hv, catalog, member.domain)
-            still_as_planned(action, plan.name)
-            prepared[member.domain.uuid] = prepare(action, member.plan)
+        prepared: dict[str, Prepared] = {}
+        try:
+            for member in plan.members:
+                hv = hv_of[member.domain.uuid]
+                refuse_taken_name(hv, catalog, member.domain, plan.name)
+                action = self._action(hv, catalog, member.domain)
+                still_as_planned(action, plan.name)
+                prepared[member.domain.uuid] = prepare(action, member.plan)
+        except SnapshotdError:
+            _unprepare(prepared.values())  # the directories made for the others
+            raise
         return _Ready(plan, prepared)
 
     def _action(self, hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> DomainAction:
@@ -210,6 +216,7 @@ class GroupRun:
                     _, late = cf.wait(creates, timeout=window.left())
                     window.exceeded = window.exceeded or bool(late)
                 else:
+                    _unprepare(ready.prepared.values())  # no member's create was asked
                     for d in done.values():
                         if d.error is None:
                             d.error = RequestError(
@@ -488,6 +495,12 @@ def _created_at(created: Created | None, now: dt.datetime) -> int:
     if created is not None and created.info.creation_time is not None:
         return created.info.creation_time
     return epoch(now)
+
+
+def _unprepare(prepared: Iterable[Prepared]) -> None:
+    """Remove the directories made for snapshots that were never asked of libvirt."""
+    for ready in prepared:
+        files.remove_dirs(list(ready.made_dirs))
 
 
 def _with_note(result: GroupResult, note: str) -> GroupResult:

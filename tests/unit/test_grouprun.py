@@ -268,3 +268,16 @@ def test_a_member_in_a_state_the_policy_skips_is_left_out(env: Env) -> None:
     assert result.outcome is GroupOutcome.CREATED
     assert [d.name for d, _ in result.skipped] == [off.name]
     assert [m.domain.name for m in result.members] == [running.name]
+
+
+def test_a_refusal_after_planning_leaves_no_directory_behind(env: Env) -> None:
+    snaps = env.root / "snaps"
+    policy = group_policy("{}", f'{{disk_only: true, directory: "{snaps}/{{domain}}"}}')
+    members = [env.domain(), env.domain()]
+    run = env.run(policy, members)
+    xml = f"<domainsnapshot><name>{run.name}</name></domainsnapshot>"
+    env.hv.create_snapshot_secure(members[1].name, xml, CreateFlag(0))
+    result = run.execute(env.catalog)
+
+    assert result.outcome is GroupOutcome.FAILED
+    assert not snaps.exists() or list(snaps.iterdir()) == []  # the first member's went again
