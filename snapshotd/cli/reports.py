@@ -11,6 +11,7 @@ from snapshotd.actions.grouprun import GroupResult
 from snapshotd.actions.planning import GroupPreview, Overview, PolicyPlan, Selection
 from snapshotd.actions.policyrun import Outcome, RunResult
 from snapshotd.actions.prune import PruneReport
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.cli import output
 from snapshotd.config.settings import Settings
 from snapshotd.core.retention import describe
@@ -197,7 +198,8 @@ def group_result(result: GroupResult, pruned: list[PruneReport]) -> dict[str, An
         shown["note"] = result.note
     members = []
     for m in result.members:
-        member: dict[str, Any] = {"domain": m.domain.name, "uri": m.uri, "hold": m.hold.value}
+        uri = sanitize_uri(m.uri)  # as every other output shows a URI: no password
+        member: dict[str, Any] = {"domain": m.domain.name, "uri": uri, "hold": m.hold.value}
         if m.rolled_back:
             member["outcome"] = "rolled back"
         elif m.created is not None:

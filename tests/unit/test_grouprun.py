@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,9 @@ import libvirt
 import pytest
 
 from snapshotd.actions.grouprun import GroupOutcome, GroupRun
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog.memory import MemoryCatalog
+from snapshotd.cli import reports
 from snapshotd.config.load import parse_policy
 from snapshotd.core.group import Consistency, Hold
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
@@ -281,3 +284,14 @@ def test_a_refusal_after_planning_leaves_no_directory_behind(env: Env) -> None:
 
     assert result.outcome is GroupOutcome.FAILED
     assert not snaps.exists() or list(snaps.iterdir()) == []  # the first member's went again
+
+
+def test_take_shows_each_member_s_uri_without_its_password(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.hv = FakeHypervisor("qemu+ssh://root:hunter2@kvm1/system", clock=env.clock.timestamp)
+    members = [env.domain(), env.domain()]
+    result = env.run(CRASH, members).execute(env.catalog)
+    shown = reports.group_result(result, [])
+    assert shown["outcome"] == "created"
+    assert "hunter2" not in json.dumps(shown)
+    assert {m["uri"] for m in shown["members"]} == {sanitize_uri(env.hv.uri)}
