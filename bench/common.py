@@ -16,6 +16,7 @@ import secrets
 import signal
 import statistics
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,46 @@ def ratio(snapshotd: float, baseline: float) -> float:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def cpu_ticks() -> tuple[int, int, int]:
+    """(busy, all, stolen) clock ticks of every CPU since boot, every process
+    (/proc/stat).  Stolen: the time a virtual machine's CPUs waited for the host's."""
+    with Path("/proc/stat").open(encoding="ascii") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) for v in stat.readline().split()[1:9]
+        )  # guest time is already counted in user
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal, steal
+
+
+def busy_seconds(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+    """CPU seconds spent by every process between two cpu_ticks()."""
+    return (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """The share of all CPUs busy over ``seconds``."""
+    before = cpu_ticks()
+    time.sleep(seconds)
+    after = cpu_ticks()
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+def stolen_fraction(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+    """The share of all CPUs' time the host running this machine took for others."""
+    return (after[2] - before[2]) / max(after[1] - before[1], 1)
+
+
+def settle(limit: float = 0.15, timeout: float = 120.0) -> float:
+    """Wait until the machine is idle (the new guests' firmware has finished looking
+    for something to boot, which keeps their CPUs busy for about half a minute);
+    return the busy share last seen."""
+    deadline = time.monotonic() + timeout
+    busy = busy_fraction()
+    while busy > limit and time.monotonic() < deadline:
+        busy = busy_fraction()
+    return busy
 
 
 def machine() -> dict[str, Any]:

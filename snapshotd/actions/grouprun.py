@@ -14,9 +14,13 @@ raises for a member that failed:
 3. the hold: each running member is suspended (crash) or its file systems frozen
    (application), all in parallel, each hold written to the catalog first so that a
    restarted daemon releases what a killed one held (catalog GroupLog.held);
-4. the creates, in parallel, bounded by ``max_pause``: once it has passed every member
-   is released at once, whatever is still in flight;
-5. the release: resume or thaw, in parallel, every member held, on every path;
+4. the creates, in parallel, each started once every member is held (that is the
+   group's instant: what a member does after its own release cannot reach a member
+   still held), bounded by ``max_pause``: once it has passed every member is released
+   at once, whatever is still in flight;
+5. the release: each member is resumed or thawed by its create's thread as soon as
+   libvirt made its snapshot (before its XML is read back), and every member still
+   held is released on every other path;
 6. the catalog: each member's snapshot recorded, then the group.  A member that failed
    (or the window exceeded) with ``on_member_failure: abort`` deletes the snapshots the
    run made of the others again (libvirt merges an external overlay back), so every
@@ -33,9 +37,10 @@ import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import enum
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -205,14 +210,17 @@ class GroupRun:
         window = _Window(self.settings.max_pause.total_seconds())
         done = {m.domain.uuid: _Done(m, hv_of[m.domain.uuid]) for m in plan.members}
         creates: dict[cf.Future[tuple[str, str]], _Done] = {}
-        with cf.ThreadPoolExecutor(max_workers=max(len(plan.members), 1)) as pool:
-            with self._holding(catalog, plan, pool, window, done) as held:
-                if held:
+        held = [done[m.domain.uuid] for m in plan.held]
+        self._write_holds(catalog, plan.name, held)
+        # Twice the members: a release is never queued behind a create that hangs.
+        with cf.ThreadPoolExecutor(max_workers=max(2 * len(plan.members), 1)) as pool:
+            try:
+                if self._hold_all(pool, window, held):
                     for d in done.values():
                         d.started = time.monotonic()
                         action = self._action(d.hv, catalog, d.member.taken_as)
                         prepared = ready.prepared[d.member.domain.uuid]
-                        creates[pool.submit(call_create, action, prepared)] = d
+                        creates[pool.submit(_create_and_release, action, prepared, d)] = d
                     _, late = cf.wait(creates, timeout=window.left())
                     window.exceeded = window.exceeded or bool(late)
                 else:
@@ -222,29 +230,29 @@ class GroupRun:
                             d.error = RequestError(
                                 "not snapshotted: another member could not be held still"
                             )
-            # Every member is released; what was still in flight is waited for here.
+            finally:
+                # Every member still held is released now, on every path (those whose
+                # create returned were released by their own thread already).
+                for released in cf.as_completed([pool.submit(h.release) for h in held]):
+                    released.result()
+                window.close(h.released_at for h in held)
+            for d in held:
+                if d.release_error is None:
+                    catalog.groups.release(d.member.domain.uuid)
+            # What was still in flight when the window passed is waited for here.
             for future, d in creates.items():
                 self._collect(catalog, ready, future, d)
         self._settle(catalog, plan, done, window)
         return self._result(plan, done, window)
 
-    @contextmanager
-    def _holding(
-        self,
-        catalog: Catalog,
-        plan: GroupPlan,
-        pool: cf.ThreadPoolExecutor,
-        window: _Window,
-        done: dict[str, _Done],
-    ) -> Iterator[bool]:
-        """Hold every member to hold (in parallel); yield whether every hold took;
-        release every one of them after (in parallel), whatever happened."""
-        held = [done[m.domain.uuid] for m in plan.held]
-        for d in held:  # durable before the member is touched
+    def _write_holds(self, catalog: Catalog, name: str, held: list[_Done]) -> None:
+        """Each hold in the catalog before its member is touched: a restarted daemon
+        releases what a killed one held."""
+        for d in held:
             catalog.groups.hold(
                 HoldRow(
                     self.policy.name,
-                    plan.name,
+                    name,
                     d.hv.uri,
                     d.member.domain.uuid,
                     d.member.domain.name,
@@ -252,6 +260,11 @@ class GroupRun:
                     epoch(self.now),
                 )
             )
+
+    @staticmethod
+    def _hold_all(pool: cf.ThreadPoolExecutor, window: _Window, held: list[_Done]) -> bool:
+        """Suspend or freeze every member to hold, in parallel; whether every hold took.
+        No create starts before every member is held: that is the group's instant."""
         window.open()
         holds = {pool.submit(_hold, d.hv, d.member): d for d in held}
         for future in cf.as_completed(holds):
@@ -260,16 +273,7 @@ class GroupRun:
                 holds[future].error = problem
             elif problem is not None:
                 raise problem
-        try:
-            yield not any(d.error for d in held)
-        finally:
-            releases = {pool.submit(_release, d.hv, d.member): d for d in held}
-            for released in cf.as_completed(releases):
-                d = releases[released]
-                d.release_error = released.result()
-                if d.release_error is None:
-                    catalog.groups.release(d.member.domain.uuid)
-            window.close()
+        return not any(d.error for d in held)
 
     def _collect(
         self, catalog: Catalog, ready: _Ready, future: cf.Future[tuple[str, str]], d: _Done
@@ -403,6 +407,18 @@ class _Done:
     rolled_back: bool = False
     rollback_error: str | None = None
     release_error: str | None = None
+    released_at: float | None = None  # time.monotonic() when its resume or thaw returned
+    _releasing: threading.Lock = field(default_factory=threading.Lock)
+
+    def release(self) -> None:
+        """Resume or thaw it, once, from whichever thread comes first: its create's,
+        as soon as libvirt made the snapshot, or the run's, on every other path."""
+        if self.member.hold is Hold.NONE:
+            return
+        with self._releasing:
+            if self.released_at is None:
+                self.release_error = _release(self.hv, self.member)
+                self.released_at = time.monotonic()
 
     def result(self) -> MemberResult:
         error = self.error
@@ -434,9 +450,11 @@ class _Window:
     def open(self) -> None:
         self.opened = self._clock()
 
-    def close(self) -> None:
+    def close(self, releases: Iterable[float | None]) -> None:
+        """At the last release's time (the window is the members' pause, not the
+        catalog's writes after it)."""
         if self.opened is not None:
-            self.closed = self._clock()
+            self.closed = max((t for t in releases if t is not None), default=self._clock())
             if self.closed - self.opened > self.limit:
                 self.exceeded = True
 
@@ -453,6 +471,16 @@ class _Window:
     def millis(self) -> int | None:
         seconds = self.seconds()
         return None if seconds is None else int(seconds * 1000)
+
+
+def _create_and_release(action: DomainAction, ready: Prepared, d: _Done) -> tuple[str, str]:
+    """One member's create; the member is released as soon as libvirt made its
+    snapshot (every member was held before any create began, so the instant is kept),
+    or when the create failed."""
+    try:
+        return call_create(action, ready, after=d.release)
+    finally:
+        d.release()
 
 
 def _hold(hv: HypervisorAPI, member: Member) -> None:

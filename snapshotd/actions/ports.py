@@ -13,6 +13,7 @@ anything libvirt refused or failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from snapshotd.adapters.hypervisor import SnapshotRecord
@@ -64,10 +65,17 @@ class HypervisorAPI(Protocol):
     def current_snapshot(self, domain: str) -> str | None: ...
 
     def create_snapshot_secure(
-        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+        self,
+        domain: str,
+        xml: str,
+        flags: CreateFlag,
+        *,
+        uuid: str | None = None,
+        after: Callable[[], object] | None = None,
     ) -> tuple[str, str]:
         """Create a snapshot from ``<domainsnapshot>`` XML; (its XML, its secure XML).
-        With NO_METADATA both are the request ``xml``."""
+        With NO_METADATA both are the request ``xml``.  ``after`` is called once the
+        create returned, before its XML is read (a group releases its member there)."""
         ...
 
     def redefine_snapshot(self, domain: str, xml: str, *, current: bool = False) -> str: ...

@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,11 +237,14 @@ def prepare(action: DomainAction, plan: Plan) -> Prepared:
     return Prepared(plan, xml, made_dirs, before)
 
 
-def call_create(action: DomainAction, ready: Prepared) -> tuple[str, str]:
-    """The libvirt call alone: (libvirt's XML, its secure XML)."""
+def call_create(
+    action: DomainAction, ready: Prepared, *, after: Callable[[], object] | None = None
+) -> tuple[str, str]:
+    """The libvirt call alone: (libvirt's XML, its secure XML); ``after`` runs as soon
+    as libvirt made the snapshot (a group releases its member there)."""
     spec = ready.plan.spec
     return action.hv.create_snapshot_secure(
-        spec.domain, ready.xml, spec.flags, uuid=action.domain.uuid
+        spec.domain, ready.xml, spec.flags, uuid=action.domain.uuid, after=after
     )
 
 

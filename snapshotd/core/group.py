@@ -96,11 +96,11 @@ class GroupPlan:
         held = ", ".join(m.domain.name for m in self.held) or "none"
         every = ", ".join(m.domain.name for m in self.members)
         return [
-            f"{hold} {held}, in parallel",
+            f"{hold} {held}, in parallel; no create starts before every one is held",
             f"create snapshot {self.name!r} of {every}, in parallel",
-            f"{release} {held}, in parallel (the window is bounded by max_pause "
-            f"{self.max_pause.total_seconds():g}s: past it, every member is released and "
-            "the group fails)",
+            f"{release} each of {held} as soon as its own snapshot is made (the window "
+            f"is bounded by max_pause {self.max_pause.total_seconds():g}s: past it, every "
+            "member is released and the group fails)",
         ]
 
 

@@ -153,6 +153,7 @@ class FakeHypervisor:
         self._next_failure: LibvirtError | None = None
         self._failing: dict[str, LibvirtError] = {}  # domain UUID -> its creates' error
         self.holds: list[tuple[str, str]] = []  # (suspend | resume | freeze | thaw, name)
+        self.timeline: list[tuple[str, str]] = []  # the holds and the creates, in order
         self.creates = 0  # calls that reached "libvirt" (failed or not)
         self.crashed = False  # an external revert with no current snapshot (libvirt 11.3)
 
@@ -261,10 +262,25 @@ class FakeHypervisor:
         return snap
 
     def create_snapshot_secure(
-        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+        self,
+        domain: str,
+        xml: str,
+        flags: CreateFlag,
+        *,
+        uuid: str | None = None,
+        after: Callable[[], object] | None = None,
+    ) -> tuple[str, str]:
+        made = self._create(domain, xml, flags, uuid)
+        if after is not None:
+            after()
+        return made
+
+    def _create(
+        self, domain: str, xml: str, flags: CreateFlag, uuid: str | None
     ) -> tuple[str, str]:
         found = self._find(uuid or domain)
         self.creates += 1
+        self.timeline.append(("create", found.name))
         failure, self._next_failure = self._next_failure, None
         failure = failure or self._failing.get(found.uuid)
         if failure is not None:
@@ -447,6 +463,7 @@ class FakeHypervisor:
             )
         found.state = DomainState.PAUSED
         self.holds.append(("suspend", found.name))
+        self.timeline.append(("suspend", found.name))
 
     def resume(self, domain: str) -> None:
         found = self._find(domain)
@@ -459,6 +476,7 @@ class FakeHypervisor:
             )
         found.state = DomainState.RUNNING
         self.holds.append(("resume", found.name))
+        self.timeline.append(("resume", found.name))
 
     def freeze(self, domain: str) -> None:
         found = self._find(domain)
@@ -470,8 +488,10 @@ class FakeHypervisor:
                 domain=found.name,
             )
         self.holds.append(("freeze", found.name))
+        self.timeline.append(("freeze", found.name))
 
     def thaw(self, domain: str) -> bool:
         found = self._find(domain)
         self.holds.append(("thaw", found.name))
+        self.timeline.append(("thaw", found.name))
         return found.agent

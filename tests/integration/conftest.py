@@ -13,6 +13,7 @@ Fixtures:
   domain_factory  (function) DomainFactory: call it to make a scratch domain; every domain
                              it made is removed after the test, pass or fail
   guest           (function) a real Linux guest (guest.py) with a running agent
+  guest_pair      (function) two such guests, each with a raw disk vdc
   daemon          (function) test_daemon.Daemon in tmp_path: `snapshotd run` with its own
                              NOTIFY_SOCKET, policy and state directories; stopped after
 At the end of the session every domain with the session's prefix is removed, whatever
@@ -194,6 +195,32 @@ def guest(
         yield made
     finally:
         remove_guest(libvirt_conn, made, session_prefix)
+
+
+@pytest.fixture
+def guest_pair(
+    libvirt_conn: Any, session_prefix: str, virt_type: str, _session_domains: DomainFactory
+) -> Iterator[tuple[Guest, Guest]]:
+    """Two booted guests with agents, each with one more disk without a filesystem (vdc,
+    for writes straight to a device: ``Guest.device("vdc")``); both removed after."""
+    kind = "kvm" if virt_type == "kvm" and guest_virt_type() == "kvm" else "qemu"
+    made: list[Guest] = []
+    try:
+        for _ in range(2):
+            name = f"{session_prefix}guest{next(_guests):02d}"
+            made.append(
+                make_guest(
+                    libvirt_conn,
+                    name,
+                    _session_domains.root / name,
+                    virt_type=kind,
+                    raw_disks=("vdc",),
+                )
+            )
+        yield made[0], made[1]
+    finally:
+        for guest in made:
+            remove_guest(libvirt_conn, guest, session_prefix)
 
 
 @pytest.fixture(scope="session")

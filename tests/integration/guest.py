@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +79,32 @@ def guest_virt_type() -> str:
 
 
 def guest_xml(
-    name: str, virt_type: str, data_disk: Path, agent: bool = True, memory_mib: int = 256
+    name: str,
+    virt_type: str,
+    data_disk: Path,
+    agent: bool = True,
+    memory_mib: int = 256,
+    raw_disks: Sequence[tuple[str, Path]] = (),
 ) -> str:
     """The guest's domain XML: direct kernel boot, ``data_disk`` (qcow2) as vdb, the agent
     channel (when ``agent``), the serial console into console.log beside the data disk (the
-    domain's directory); no graphics, no network, no balloon."""
+    domain's directory); no graphics, no network, no balloon.  ``raw_disks``: more qcow2
+    disks without a filesystem, (target, image); each has its target as its serial, which
+    the guest shows in /sys/block/*/serial (``Guest.device``)."""
     channel = (
         f"<channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/></channel>"
         if agent
         else ""
+    )
+    extra = "".join(
+        f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{image}'/>
+      <target dev='{target}' bus='virtio'/>
+      <serial>{target}</serial>
+    </disk>"""
+        for target, image in raw_disks
     )
     return f"""<domain type='{virt_type}'>
   <name>{name}</name>
@@ -106,7 +124,7 @@ def guest_xml(
       <driver name='qemu' type='qcow2'/>
       <source file='{data_disk}'/>
       <target dev='{DATA_TARGET}' bus='virtio'/>
-    </disk>
+    </disk>{extra}
     <controller type='usb' model='none'/>
     <serial type='file'>
       <source path='{data_disk.parent / CONSOLE_LOG}'/>
@@ -252,6 +270,19 @@ class Guest:
         else:
             self.write_file(FREEZE_DELAY, f"{seconds:g}\n".encode())
 
+    def device(self, serial: str) -> str:
+        """The guest's /dev path of the disk whose serial is ``serial`` (guest_xml gives
+        each raw disk its target as serial)."""
+        script = (
+            'for b in /sys/block/vd*; do [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] '
+            '&& echo "/dev/${b##*/}"; done'
+        )
+        code, out, err = self.exec(["sh", "-c", script, "sh", serial])
+        found = out.decode().split()
+        if code != 0 or len(found) != 1:
+            raise self._fail(f"find the disk with serial {serial!r}", err.decode() or found)
+        return found[0]
+
     def fs_frozen(self) -> bool:
         """Are the guest's filesystems frozen (guest-fsfreeze-status)?"""
         status = self.command("guest-fsfreeze-status")
@@ -269,9 +300,12 @@ def make_guest(
     agent: bool = True,
     memory_mib: int = 256,
     agent_timeout: float = 60.0,
+    raw_disks: Sequence[str] = (),
 ) -> Guest:
     """Define and start guest ``name`` with its files in ``directory`` (a new directory
-    under target.ROOT), and wait for its agent (when ``agent``).
+    under target.ROOT), and wait for its agent (when ``agent``).  ``raw_disks``: the
+    targets of more disks (1 MiB qcow2 images, no filesystem: ``TARGET.qcow2`` in the
+    directory) for tests that write to a device directly.
 
     On any failure the domain and the directory are removed again before the error is
     raised.
@@ -285,7 +319,14 @@ def make_guest(
     try:
         data_disk = directory / "data.qcow2"
         shutil.copyfile(DATA_TEMPLATE, data_disk)
-        xml = guest_xml(name, virt_type or guest_virt_type(), data_disk, agent, memory_mib)
+        raw = [(target, directory / f"{target}.qcow2") for target in raw_disks]
+        for _, image in raw:
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1M"],
+                check=True,
+                capture_output=True,
+            )
+        xml = guest_xml(name, virt_type or guest_virt_type(), data_disk, agent, memory_mib, raw)
         dom = conn.defineXML(xml)
         guest = Guest(dom, directory)
         dom.create()

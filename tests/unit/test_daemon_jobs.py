@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,16 @@ class LinkedFake(FakeHypervisor):
         return False
 
     def create_snapshot_secure(
-        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+        self,
+        domain: str,
+        xml: str,
+        flags: CreateFlag,
+        *,
+        uuid: str | None = None,
+        after: Callable[[], object] | None = None,
     ) -> tuple[str, str]:
         self._stepper.advance(self.create_waits)
-        made = super().create_snapshot_secure(domain, xml, flags, uuid=uuid)
+        made = super().create_snapshot_secure(domain, xml, flags, uuid=uuid, after=after)
         if self.cut_off_after_create:
             self.up = False
             raise LibvirtError(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -113,6 +115,42 @@ def test_crash_group_suspends_all_before_any_snapshot_and_resumes_all(env: Env) 
     assert group.pause_ms is not None
     assert result.pause is not None
     assert env.catalog.groups.held() == []
+
+
+def test_each_member_is_resumed_as_soon_as_its_own_snapshot_is_made(env: Env) -> None:
+    """No create before every member is suspended (the instant); then a member whose
+    snapshot is made is resumed without waiting for a slower member's create."""
+    fast, slow = env.domain(), env.domain()
+    fast_resumed = threading.Event()
+    make = env.hv.create_snapshot_secure
+
+    def create(domain: str, xml: str, flags: CreateFlag, **kw: Any) -> tuple[str, str]:
+        if (kw.get("uuid") or domain) == slow.uuid:
+            # The slow member's create ends only once the fast one was resumed.
+            assert fast_resumed.wait(5), "the fast member waited for the slow one's create"
+        return make(domain, xml, flags, **kw)
+
+    resume = env.hv.resume
+
+    def resumed(domain: str) -> None:
+        resume(domain)
+        if domain == fast.uuid:
+            fast_resumed.set()
+
+    env.hv.create_snapshot_secure = create  # type: ignore[method-assign]
+    env.hv.resume = resumed  # type: ignore[method-assign]
+    result = env.run(CRASH, [fast, slow]).execute(env.catalog)
+
+    assert result.outcome is GroupOutcome.CREATED, result.error
+    timeline = env.hv.timeline
+    creates = [i for i, (op, _) in enumerate(timeline) if op == "create"]
+    suspends = [i for i, (op, _) in enumerate(timeline) if op == "suspend"]
+    assert len(creates) == 2
+    assert max(suspends) < min(creates)
+    assert timeline.index(("resume", fast.name)) < timeline.index(("create", slow.name))
+    assert timeline.index(("create", slow.name)) < timeline.index(("resume", slow.name))
+    assert result.pause is not None
+    assert result.pause > 0
 
 
 def test_paused_and_shut_off_members_are_taken_as_they_are(env: Env) -> None:

@@ -257,10 +257,16 @@ class LockChecking(FakeHypervisor):
         self.checked.append(what)
 
     def create_snapshot_secure(
-        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+        self,
+        domain: str,
+        xml: str,
+        flags: CreateFlag,
+        *,
+        uuid: str | None = None,
+        after: Callable[[], object] | None = None,
     ) -> tuple[str, str]:
         self._assert_locked("create", uuid or domain)
-        return super().create_snapshot_secure(domain, xml, flags, uuid=uuid)
+        return super().create_snapshot_secure(domain, xml, flags, uuid=uuid, after=after)
 
     def delete_snapshot(self, domain: str, snapshot: str, *, metadata_only: bool = False) -> None:
         self._assert_locked("delete", domain)

@@ -363,16 +363,26 @@ class Hypervisor:
         return self.create_snapshot_secure(domain, xml, flags, uuid=uuid)[0]
 
     def create_snapshot_secure(
-        self, domain: str, xml: str, flags: CreateFlag, *, uuid: str | None = None
+        self,
+        domain: str,
+        xml: str,
+        flags: CreateFlag,
+        *,
+        uuid: str | None = None,
+        after: Callable[[], object] | None = None,
     ) -> tuple[str, str]:
         """As create_snapshot, and also the snapshot's secure XML (secrets included: for
-        the catalog only), both read from the snapshot libvirt returned."""
+        the catalog only), both read from the snapshot libvirt returned.  ``after`` runs
+        as soon as the create returned, before those reads (a group's member is resumed
+        there: the reads are not part of its pause)."""
         dom = self._lookup(uuid or domain)
         with calling("create snapshot", domain, f"domain {domain!r} not found"):
             if CreateFlag.QUIESCE in flags:
                 snapshot = self._quiesced(dom, domain, xml, int(flags))
             else:
                 snapshot = self._create_call(dom, xml, int(flags))
+            if after is not None:
+                after()
             if CreateFlag.NO_METADATA in flags:
                 return xml, xml
             plain = str(snapshot.getXMLDesc(0))
