@@ -266,13 +266,30 @@ class GroupRun:
         """Suspend or freeze every member to hold, in parallel; whether every hold took.
         No create starts before every member is held: that is the group's instant."""
         window.open()
-        holds = {pool.submit(_hold, d.hv, d.member): d for d in held}
-        for future in cf.as_completed(holds):
+        holds = {}
+        for d in held:
+            d.holding = pool.submit(_hold, d.hv, d.member)
+            holds[d.holding] = d
+        # Bounded too: a member whose suspend hangs (its QEMU does not answer) must not
+        # keep the others paused past max_pause.
+        finished, hanging = cf.wait(holds, timeout=window.left())
+        for future in finished:
             problem = future.exception()
             if isinstance(problem, SnapshotdError):
                 holds[future].error = problem
             elif problem is not None:
                 raise problem
+        if hanging:
+            window.exceeded = True
+        for future in hanging:
+            d = holds[future]
+            verb = "suspend" if d.member.hold is Hold.SUSPEND else "freeze"
+            d.error = RequestError(
+                f"its {verb} had not returned when group.max_pause "
+                f"({window.limit:g}s) passed: the others were released; it is released "
+                "once libvirt answers (check its QEMU process and `virsh domstate "
+                f"{d.member.domain.name}`)"
+            )
         return not any(d.error for d in held)
 
     def _collect(
@@ -408,6 +425,7 @@ class _Done:
     rollback_error: str | None = None
     release_error: str | None = None
     released_at: float | None = None  # time.monotonic() when its resume or thaw returned
+    holding: cf.Future[None] | None = None  # its suspend or freeze, once asked
     _releasing: threading.Lock = field(default_factory=threading.Lock)
 
     def release(self) -> None:
@@ -415,6 +433,9 @@ class _Done:
         as soon as libvirt made the snapshot, or the run's, on every other path."""
         if self.member.hold is Hold.NONE:
             return
+        if self.holding is not None:
+            # A suspend still in flight would pause it after a resume sent now.
+            cf.wait([self.holding])
         with self._releasing:
             if self.released_at is None:
                 self.release_error = _release(self.hv, self.member)

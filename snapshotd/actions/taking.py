@@ -50,20 +50,22 @@ def _not_run(policy: Policy, domain: DomainInfo, error: SnapshotdError) -> RunRe
 
 
 def run_group(
-    hv: HypervisorAPI,
     catalog: Catalog,
     policy: Policy,
-    domains: Sequence[DomainInfo],
+    members: Sequence[tuple[HypervisorAPI, DomainInfo]],
     now: dt.datetime,
     *,
     clock: Callable[[], dt.datetime],
 ) -> tuple[GroupResult, list[PruneReport]]:
-    """The group's run over ``domains``; after a group was made (whole or partial), the
-    policy's retention for each member (groups go as units: actions/prune.py)."""
-    result = GroupRun(policy, [(hv, d) for d in domains], now).execute(catalog)
+    """The group's run over ``members`` (each on its own host's connection); after a
+    group was made (whole or partial), the policy's retention for each member (groups
+    go as units: actions/prune.py)."""
+    result = GroupRun(policy, list(members), now).execute(catalog)
+    hv_of = {d.uuid: hv for hv, d in members}
     reports = []
     if result.outcome is not GroupOutcome.FAILED and policy.retention is not None:
         after = clock()
         for member in result.members:
+            hv = hv_of[member.domain.uuid]
             reports.append(pruning.prune(hv, catalog, policy, member.domain, after))
     return result, reports

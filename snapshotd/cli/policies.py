@@ -4,6 +4,7 @@ Each: the parsed arguments -> actions -> what is shown and the exit code."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
 from typing import TextIO
@@ -105,9 +106,17 @@ def cmd_take(args: argparse.Namespace, out: TextIO) -> int:
 def _take_group(
     args: argparse.Namespace, settings: Settings, policy: Policy, now: dt.datetime, out: TextIO
 ) -> int:
-    with common.connected(args, settings) as (hv, catalog):
-        members = planning.selected(hv, policy, args.domain)
-        result, pruned = taking.run_group(hv, catalog, policy, members, now, clock=common.now)
+    # A group's members may live on every host of the config (connect:), as the
+    # daemon takes them; --connect names one host.
+    several = not args.connect and settings.config_found and not settings.errors
+    uris = list(settings.connect) if several else [common.uri(args, settings)]
+    with contextlib.ExitStack() as stack:
+        catalog = stack.enter_context(open_catalog(settings.state_dir))
+        members = []
+        for uri in dict.fromkeys(uris):
+            hv = stack.enter_context(Hypervisor.open(uri))
+            members += [(hv, d) for d in planning.selected(hv, policy, args.domain)]
+        result, pruned = taking.run_group(catalog, policy, members, now, clock=common.now)
     shown = reports.group_result(result, pruned)
     if args.json:
         common.dump(shown, out)

@@ -21,7 +21,9 @@ from snapshotd.catalog import Catalog, Run
 from snapshotd.daemon.catalogs import CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.jobs import log_retention
+from snapshotd.daemon.recovery import Recovery
 from snapshotd.daemon.runs import GroupJobRun, served, utc
+from snapshotd.errors import SnapshotdError
 
 log = logging.getLogger("snapshotd")
 
@@ -37,12 +39,14 @@ class GroupWorker:
         metrics: Metrics,
         state_dir: Callable[[], str],
         clock: Callable[[], float],
+        recovery: Recovery,
     ) -> None:
         self._events = events
         self._pool = pool
         self._metrics = metrics
         self._state_dir = state_dir
         self._clock = clock
+        self._recovery = recovery
 
     def start(self, job: GroupJobRun) -> None:
         threading.Thread(
@@ -73,14 +77,42 @@ class GroupWorker:
                     int(now.timestamp()),
                 )
             result = run.execute(catalog)
-            self._finish(job, catalog, result)
+            late = self._release_late(job, catalog, result)
+            self._finish(job, catalog, result, late)
             if result.outcome is GroupOutcome.FAILED:
                 self._metrics.failed.labels(policy=policy.name).inc()
                 return JobOutcome("failed", str(result.error))
             self._retain(job, catalog, result)
         return OK
 
-    def _finish(self, job: GroupJobRun, catalog: Catalog, result: GroupResult) -> None:
+    def _release_late(
+        self, job: GroupJobRun, catalog: Catalog, result: GroupResult
+    ) -> dict[str, tuple[bool, str]]:
+        """Each member the run could not release (its connection broke: libvirtd
+        restarted, the link to its host was cut) released once libvirt answers again;
+        {uuid: (released, what happened)}."""
+        hvs = {domain.uuid: hv for hv, domain in job.members}
+        late: dict[str, tuple[bool, str]] = {}
+        for m in result.members:
+            if m.release_error is None:
+                continue
+            try:
+                done = self._recovery.release_after_the_link_broke(
+                    m.uri, hvs[m.domain.uuid], catalog, m.domain.uuid
+                )
+            except SnapshotdError as exc:
+                late[m.domain.uuid] = (False, f"{m.release_error}; retried: {exc}")
+                continue
+            late[m.domain.uuid] = (True, f"{done} once libvirt answered again ({m.release_error})")
+        return late
+
+    def _finish(
+        self,
+        job: GroupJobRun,
+        catalog: Catalog,
+        result: GroupResult,
+        late: dict[str, tuple[bool, str]],
+    ) -> None:
         """Each member's run log, the metrics and the journal line of the group."""
         policy = job.policy
         made = result.outcome is not GroupOutcome.FAILED
@@ -113,8 +145,10 @@ class GroupWorker:
             log_event(log, logging.WARNING, f"group {policy.name}: {result.note}", **fields)
         for m in result.members:
             if m.release_error:
-                text = f"{m.domain.name}: group {policy.name}: {m.release_error}"
-                log_event(log, logging.CRITICAL, text, domain=m.domain.name, **fields)
+                released, what = late.get(m.domain.uuid, (False, m.release_error))
+                level = logging.WARNING if released else logging.CRITICAL
+                text = f"{m.domain.name}: group {policy.name}: {what}"
+                log_event(log, level, text, domain=m.domain.name, **fields)
 
     def _retain(self, job: GroupJobRun, catalog: Catalog, result: GroupResult) -> None:
         policy = job.policy

@@ -143,6 +143,7 @@ class Daemon:
             metrics=self.metrics,
             state_dir=self._state_dir,
             clock=self._now,
+            recovery=self.recovery,
         )
 
     def _now(self) -> float:

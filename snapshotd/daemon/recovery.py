@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable, Mapping
 
 from snapshotd.actions import snapshot, strays
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import Catalog, Run, RunLog
+from snapshotd.catalog.api import HoldRow
 from snapshotd.core.model import DomainState
 from snapshotd.daemon.catalogs import CatalogFactory
 from snapshotd.daemon.events import EventQueue, Settled
@@ -90,13 +92,7 @@ class Recovery:
             if row.uri != uri:
                 continue
             try:
-                if row.hold == "freeze":
-                    done = "thawed" if hv.thaw(row.domain_uuid) else "sent a thaw (unconfirmed)"
-                elif hv.domain_state(row.domain_uuid) is DomainState.PAUSED:
-                    hv.resume(row.domain_uuid)
-                    done = "resumed"
-                else:
-                    done = "found not paused"
+                done = _release(hv, row)
             except SnapshotdError as exc:
                 log.error(
                     "%s: group %s held it still (snapshot %s) when the previous snapshotd "
@@ -111,6 +107,25 @@ class Recovery:
                 "snapshotd process stopped",
                 row.domain_name, done, row.policy, row.name, row.hold,
             )  # fmt: skip
+
+    def release_after_the_link_broke(
+        self, uri: str, hv: LinkedHypervisor, catalog: Catalog, domain_uuid: str
+    ) -> str:
+        """A member a group run could not release (libvirtd restarted under it, the
+        link to its host broke): released through the link's next connection, waited
+        for up to RECONNECT_WAIT.  What was done; raises SnapshotdError when it could
+        not be (its hold stays in the catalog: the next start releases it)."""
+        row = next((r for r in catalog.groups.held() if r.domain_uuid == domain_uuid), None)
+        if row is None:
+            return "already released"
+        fresh = hv if hv.alive() else self._next_connection(uri, hv)
+        if fresh is None:
+            raise SnapshotdError(
+                f"libvirt at {sanitize_uri(uri)} did not answer again within {RECONNECT_WAIT:g} s"
+            )
+        done = _release(fresh, row)
+        catalog.groups.release(row.domain_uuid)
+        return done
 
     def report_strays(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
         """Warn of each overlay an interrupted libvirt operation left beside the images
@@ -215,3 +230,13 @@ class Recovery:
                 )
                 return
             time.sleep(SETTLE_POLL)
+
+
+def _release(hv: LinkedHypervisor, row: HoldRow) -> str:
+    """Resume or thaw a held member; what was done."""
+    if row.hold == "freeze":
+        return "thawed" if hv.thaw(row.domain_uuid) else "sent a thaw (unconfirmed)"
+    if hv.domain_state(row.domain_uuid) is DomainState.PAUSED:
+        hv.resume(row.domain_uuid)
+        return "resumed"
+    return "found not paused"

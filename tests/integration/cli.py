@@ -35,6 +35,20 @@ def snapshotd(*args: str, timeout: float = 120) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def start(*args: str) -> subprocess.Popen[str]:
+    """snapshotd with ``args`` in the background, as snapshotd() runs it; the caller
+    waits for it (communicate) and kills it by its own handle on failure."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), LIBVIRT_DEFAULT_URI=URI)
+    return subprocess.Popen(
+        [sys.executable, "-m", "snapshotd", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
 def make_settings(root: Path) -> Path:
     """A snapshotd.yaml (connect: the tested URI) and an empty policy directory in ``root``,
     with modes snapshotd trusts; the config file's path."""

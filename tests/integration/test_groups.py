@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -26,7 +26,7 @@ import pytest
 from snapshotd.catalog import open_catalog
 from snapshotd.catalog.api import HoldRow
 from tests.integration import target
-from tests.integration.cli import files_under, make_settings, settings_args, snapshotd
+from tests.integration.cli import files_under, make_settings, settings_args, snapshotd, start
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.test_daemon import Daemon, snapshots, write_policy
 
@@ -307,6 +307,141 @@ def test_kill_9_while_the_group_holds_its_members_and_the_restart_resumes_every_
         assert f"{dom.name}: resumed: group shop held it still" in log
     daemon.wait_for(lambda: _no_holds(daemon), 30, "the holds released")
     assert daemon.stop() == 0
+
+
+@contextlib.contextmanager
+def qemu_stopped(dom: ScratchDomain) -> Iterator[int]:
+    """The domain's QEMU stopped (SIGSTOP): its monitor does not answer, so libvirt's
+    suspend of it hangs; continued on the way out, whatever happened (if it still runs)."""
+    pid = target.qemu_pid(dom.name)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` until true; the seconds it took (fails after ``timeout``)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_max_pause_releases_the_others_while_one_member_s_suspend_hangs(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    """One member's QEMU does not answer: the others are resumed once max_pause has
+    passed, while it still hangs; once it answers it is resumed too, no snapshot is
+    left, and the catalog holds nothing."""
+    doms = members(domain_factory, 3, "gh")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    snaps = tmp_path / "snaps"
+    body = group_policy(prefix, snaps).replace("max_pause: 10s", "max_pause: 3s")
+    (tmp_path / "policies" / "shop.yaml").write_text(body)
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    with qemu_stopped(doms[-1]):
+        proc = start("take", "--policy", "shop", "--json", *settings_args(tmp_path))
+        try:
+            wait_until(lambda: all(state(d) == PAUSED for d in doms[:-1]), 30, "held")
+            held_for = wait_until(
+                lambda: all(state(d) == RUNNING for d in doms[:-1]), 10, "the others resumed"
+            )
+            assert held_for < 3 + 1.5  # max_pause, and the resumes' own time
+            assert proc.poll() is None  # still waiting for the member that hangs
+        except BaseException:
+            proc.kill()
+            raise
+    out, err = proc.communicate(timeout=60)
+    shown = json.loads(out)
+
+    assert proc.returncode == 1, (out, err)
+    assert shown["outcome"] == "failed"
+    assert "had not returned when group.max_pause (3s) passed" in str(shown["error"])
+    wait_until(lambda: state(doms[-1]) == RUNNING, 30, "the hanging member resumed")
+    for dom in doms:
+        assert state(dom) == RUNNING, dom.name
+        assert snapshots(dom) == []
+        assert not any((snaps / dom.name).glob("*.qcow2"))
+    with open_catalog(str(tmp_path / "state")) as catalog:
+        assert catalog.groups.held() == []
+    assert group_rows(tmp_path / "state") == []
+
+
+def test_a_member_whose_qemu_dies_mid_run_fails_the_group_and_the_others_run_on(
+    domain_factory: DomainFactory, tmp_path: Path
+) -> None:
+    """The member vanishes while the group holds the others (its QEMU is killed while
+    its suspend hangs): the group fails naming it, the others are resumed at once, and
+    nothing of the group is left anywhere."""
+    doms = members(domain_factory, 3, "gi")
+    prefix = doms[0].name[:-1]
+    make_settings(tmp_path)
+    snaps = tmp_path / "snaps"
+    (tmp_path / "policies" / "shop.yaml").write_text(group_policy(prefix, snaps))
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    before = {d.name: files_under(d.directory) for d in doms}
+    with qemu_stopped(doms[-1]) as pid:
+        proc = start("take", "--policy", "shop", "--json", *settings_args(tmp_path))
+        try:
+            wait_until(lambda: all(state(d) == PAUSED for d in doms[:-1]), 30, "held")
+            os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+        except BaseException:
+            proc.kill()
+            raise
+    shown = json.loads(out)
+
+    assert proc.returncode == 1, (out, err)
+    assert shown["outcome"] == "failed"
+    assert doms[-1].name in str(shown["error"])
+    assert state(doms[-1]) == libvirt.VIR_DOMAIN_SHUTOFF
+    for dom in doms:
+        assert snapshots(dom) == []
+        assert files_under(dom.directory) == before[dom.name]
+        assert not any((snaps / dom.name).glob("*.qcow2"))
+    for dom in doms[:-1]:
+        assert state(dom) == RUNNING, dom.name
+    with open_catalog(str(tmp_path / "state")) as catalog:
+        assert catalog.groups.held() == []
+    assert group_rows(tmp_path / "state") == []
+
+
+def test_sigterm_while_the_group_holds_its_members_releases_every_one_then_exits(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """SIGTERM arrives while one member's suspend hangs and the others are paused: the
+    daemon starts nothing new, the others are resumed within max_pause, and once the
+    member answers it is resumed too and the daemon exits cleanly with the run
+    recorded as failed."""
+    doms = members(domain_factory, 3, "gj")
+    prefix = doms[0].name[:-1]
+    body = group_policy(prefix, daemon.root / "snaps").replace("max_pause: 10s", "max_pause: 3s")
+    write_policy(daemon, "shop", body.replace("every: 1h", "every: 5s"))
+    with qemu_stopped(doms[-1]):
+        daemon.start()
+        daemon.wait_ready()
+        wait_until(lambda: all(state(d) == PAUSED for d in doms[:-1]), 60, "held")
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: all(state(d) == RUNNING for d in doms[:-1]), 10, "resumed")
+        assert daemon.proc.poll() is None  # it waits for the run in flight
+    assert daemon.stop(timeout=60) == 0
+    wait_until(lambda: state(doms[-1]) == RUNNING, 30, "the hanging member resumed")
+    assert all(state(d) == RUNNING for d in doms)
+    log = daemon.log.read_text()
+    assert "group shop: snapshot failed" in log
+    assert "had not returned when group.max_pause (3s) passed" in log
+    with open_catalog(str(daemon.state)) as catalog:
+        assert catalog.groups.held() == []
+        assert catalog.groups.all("shop") == []
+        assert catalog.runs.unfinished() == []
+    for dom in doms:
+        assert snapshots(dom) == []
 
 
 def _no_holds(daemon: Daemon) -> bool:
