@@ -32,7 +32,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
@@ -89,9 +89,10 @@ def local_libvirtd(*, exclusive: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def restart_libvirtd(outage: float = 4.0) -> float:
-    """Stop the tested libvirtd by its pid (QEMU keeps running), wait ``outage`` seconds,
-    start it again; returns the time it stopped."""
+def restart_libvirtd(outage: float = 4.0, during: Callable[[], None] | None = None) -> float:
+    """Stop the tested libvirtd by its pid (QEMU keeps running), wait ``outage`` seconds
+    (calling ``during`` first, while it is down), start it again; returns the time it
+    stopped."""
     pid = libvirtd_pid()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
@@ -101,6 +102,8 @@ def restart_libvirtd(outage: float = 4.0) -> float:
             deadline = time.monotonic() + 10
         time.sleep(0.1)
     stopped = time.time()
+    if during is not None:
+        during()
     time.sleep(outage)  # an outage spanning at least one due time
     subprocess.run(LIBVIRTD_START, check=True, capture_output=True)
     return stopped

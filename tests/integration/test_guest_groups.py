@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import libvirt
 from lxml import etree
 
 from snapshotd.actions.grouprun import GroupOutcome, GroupRun
@@ -203,3 +204,82 @@ def test_every_group_snapshot_of_two_guests_with_ordered_writes_is_one_instant(
         f"\n{len(apart)} pairs taken apart, none one instant (A, B): {apart}"
         f"\nwriter: {writer.step} steps, {writer.retries} agent commands retried"
     )
+
+
+def _log_length(guest: Guest) -> int:
+    try:
+        return len(guest.freeze_log())
+    except AgentError:  # no freeze yet: the hook's log does not exist
+        return 0
+
+
+def app_policy(names: list[str], directory: Path, *, fallback: bool) -> Policy:
+    return _policy(
+        "name: app\n"
+        f"domains: {{include: {json.dumps(names)}}}\n"
+        "group: {consistency: application, max_pause: 30s"
+        + (", fallback: crash" if fallback else "")
+        + "}\n"
+        "schedule: {every: 1h}\n"
+        "snapshot:\n"
+        "  disk_only: true\n"
+        "  disks: external\n"
+        f'  directory: "{directory}/{{domain}}"\n'
+        '  name: "{policy}-{time:%Y%m%dT%H%M%S%fZ}"\n'
+    )
+
+
+def test_an_application_group_freezes_every_guest_and_falls_back_only_when_told(
+    guest_pair: tuple[Guest, Guest],
+    domain_factory: Any,
+    libvirt_conn: Any,
+    hypervisor: Hypervisor,
+    tmp_path: Path,
+) -> None:
+    """Two guests with agents: each is frozen for the group and thawed after, never
+    paused.  A third member without an agent fails the group (both guests thawed,
+    nothing left) unless ``fallback: crash``, which takes all three crash-consistent."""
+    a, b = guest_pair
+    snaps = tmp_path / "snaps"
+
+    def run(policy: Policy, names: list[str]) -> Any:
+        members = [(hypervisor, hypervisor.domain(n)) for n in names]
+        with open_catalog(str(tmp_path / "state")) as catalog:
+            return GroupRun(policy, members, dt.datetime.now(dt.UTC)).execute(catalog)
+
+    def freezes(guest: Guest, seen: int) -> list[str]:
+        """The hook's entries after the first ``seen`` (the guest's clock is its own)."""
+        return [what for _, what in guest.freeze_log()[seen:]]
+
+    seen = {g.name: _log_length(g) for g in (a, b)}
+    made = run(app_policy([a.name, b.name], snaps, fallback=False), [a.name, b.name])
+    assert made.outcome is GroupOutcome.CREATED, made.error
+    assert made.consistency.value == "application"
+    assert {m.hold.value for m in made.members} == {"freeze"}
+    for guest in (a, b):
+        assert freezes(guest, seen[guest.name]) == ["freeze", "thaw"], guest.freeze_log()
+        assert not guest.fs_frozen()
+        assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        (snap,) = guest.dom.listAllSnapshots()
+        assert snap.getName() == made.name
+
+    plain = domain_factory(state="running", suffix="noagent")
+    names = [a.name, b.name, plain.name]
+    refused = run(app_policy(names, snaps, fallback=False), names)
+    assert refused.outcome is GroupOutcome.FAILED
+    assert plain.name in str(refused.error)
+    assert "agent" in str(refused.error)
+    for guest in (a, b):
+        assert not guest.fs_frozen()
+        assert len(guest.dom.listAllSnapshots()) == 1  # the first group's only
+    assert plain.dom.listAllSnapshots() == []
+
+    fell_back = run(app_policy(names, snaps, fallback=True), names)
+    assert fell_back.outcome is GroupOutcome.CREATED, fell_back.error
+    assert fell_back.consistency.value == "crash"
+    assert "fell back to crash" in str(fell_back.note)
+    for guest in (a, b):
+        assert not guest.fs_frozen()
+        assert guest.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    for dom in (a.dom, b.dom, plain.dom):
+        assert fell_back.name in [s.getName() for s in dom.listAllSnapshots()]

@@ -8,6 +8,7 @@ storage do.  Without a peer they are deselected.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from snapshotd.adapters.logs import sanitize_uri
 from tests.integration import target
 from tests.integration.cli import make_settings, settings_args, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain, remove_domain
@@ -140,3 +142,39 @@ def test_one_daemon_on_both_hosts_through_a_network_cut(
     names = [n for _, n, _ in snapshots(remote)]
     assert len(names) == len(set(names))
     assert daemon.stop() == 0
+
+
+def test_a_group_with_a_member_on_each_host_is_taken_at_one_instant(
+    domain_factory: DomainFactory, peer_factory: DomainFactory, tmp_path: Path
+) -> None:
+    """`take --policy` of a group whose members live on the two hosts of snapshotd.yaml:
+    one run holds both, each host makes its member's snapshot under the group's name,
+    and the catalog's group names each member with its own URI."""
+    from tests.integration.test_groups import group_policy, group_rows  # noqa: PLC0415
+
+    remote = domain_factory(state="running", suffix="gx0")
+    local = peer_factory(state="running", suffix="gx1")
+    make_settings(tmp_path)
+    (tmp_path / "snapshotd.yaml").write_text(target.connect_line(str(target.PEER_URI)))
+    snaps = tmp_path / "snaps"
+    (tmp_path / "policies" / "shop.yaml").write_text(group_policy(remote.name[:-1], snaps))
+    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+
+    result = snapshotd("take", "--policy", "shop", "--json", *settings_args(tmp_path))
+
+    assert result.code == 0, result
+    shown = json.loads(result.out)
+    assert shown["outcome"] == "created"
+    uris = {m["domain"]: m["uri"] for m in shown["members"]}
+    assert uris == {
+        remote.name: sanitize_uri(target.URI),
+        local.name: sanitize_uri(str(target.PEER_URI)),
+    }
+    assert 0 < shown["pause_seconds"] < 10
+    for dom in (remote, local):
+        assert [n for _, n, _ in snapshots(dom)] == [shown["snapshot"]], dom.name
+        assert dom.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert (snaps / dom.name / f"{dom.name}.vda.{shown['snapshot']}.qcow2").is_file()
+    assert group_rows(tmp_path / "state") == sorted(
+        (shown["snapshot"], d.name) for d in (remote, local)
+    )

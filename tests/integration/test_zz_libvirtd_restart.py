@@ -8,8 +8,11 @@ would see the outage).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +39,20 @@ from tests.integration.test_progress import noisy_domain
 pytestmark = pytest.mark.disruptive
 
 
-def restart_libvirtd() -> float:
+def restart_libvirtd(during: Callable[[], None] | None = None) -> float:
     """Stop libvirtd (QEMU keeps running), then start it again; returns when it stopped.
-    This machine's libvirtd waits for another session's tests that use it as their peer."""
+    ``during`` is called while it is down (not with a systemd-managed libvirtd).  This
+    machine's libvirtd waits for another session's tests that use it as their peer."""
     if target.URI != "qemu:///system":
-        return target.restart_libvirtd()
+        return target.restart_libvirtd(during=during)
     with target.local_libvirtd(exclusive=True):
-        return _restart_local()
+        return _restart_local(during)
 
 
-def _restart_local() -> float:
+def _restart_local(during: Callable[[], None] | None = None) -> float:
     if (
-        target.URI == "qemu:///system"
+        during is None
+        and target.URI == "qemu:///system"
         and Path("/run/systemd/system").is_dir()
         and subprocess.run(["systemctl", "is-active", "-q", "libvirtd"], check=False).returncode
         == 0
@@ -55,7 +60,7 @@ def _restart_local() -> float:
         stopped = time.time()
         subprocess.run(["systemctl", "restart", "libvirtd"], check=True)
         return stopped
-    return target.restart_libvirtd()
+    return target.restart_libvirtd(during=during)
 
 
 def test_daemon_reconnects_after_libvirtd_restart(
@@ -162,3 +167,48 @@ def test_fault_01_libvirtd_restarted_in_the_middle_of_a_snapshot(
         assert daemon.stop() == 0
     finally:
         daemon.close()
+
+
+def test_libvirtd_restarted_while_a_group_holds_its_members_every_one_is_resumed(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """libvirtd goes away while the group holds one member paused and the other's
+    suspend hangs: the run's resumes fail with the connection; the daemon resumes both
+    through its next connection, records the run as failed and goes on."""
+    from tests.integration.test_groups import (  # noqa: PLC0415 - the groups' helpers
+        PAUSED,
+        RUNNING,
+        group_policy,
+        members,
+        state,
+        wait_until,
+    )
+
+    doms = members(domain_factory, 2, "gk")
+    prefix = doms[0].name[:-1]
+    body = group_policy(prefix, daemon.root / "snaps").replace("max_pause: 10s", "max_pause: 60s")
+    write_policy(daemon, "shop", body.replace("every: 1h", "every: 5s"))
+    stuck = target.qemu_pid(doms[-1].name)
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        daemon.start()
+        daemon.wait_ready()
+        wait_until(lambda: state(doms[0]) == PAUSED, 60, "the first member held")
+        # Let the stopped QEMU go once libvirtd is down: it then pauses, as asked.
+        restart_libvirtd(during=lambda: os.kill(stuck, signal.SIGCONT))
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+    for dom in doms:  # the test's own handles died with libvirtd
+        dom.dom = domain_factory.conn.lookupByUUIDString(dom.uuid)
+    wait_until(lambda: all(state(d) == RUNNING for d in doms), 90, "both members resumed")
+    daemon.wait_for(
+        lambda: "once libvirt answered again" in daemon.log.read_text(), 60, "the late release"
+    )
+    # The daemon goes on: its next run takes the group.
+    daemon.wait_for(
+        lambda: "group shop: created" in daemon.log.read_text(), 60, "a group after the restart"
+    )
+    assert daemon.stop() == 0
+    assert all(state(d) == RUNNING for d in doms)
+    with open_catalog(str(daemon.state)) as catalog:
+        assert catalog.groups.held() == []
