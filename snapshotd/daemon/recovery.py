@@ -73,12 +73,17 @@ class Recovery:
         """
         try:
             with self._catalogs(self._state_dir()) as catalog:
+                # The groups a killed process was holding members of: never decided.
+                interrupted = {(h.policy, h.name) for h in catalog.groups.held()}
                 self.release_holds(uri, hv, catalog)  # before anything else
                 runs = catalog.runs
                 for run in runs.unfinished():
                     if run.uri != uri or run.in_progress is None:
                         continue
-                    self.settle(hv, catalog, runs, run, run.in_progress)
+                    if (run.policy, run.in_progress) in interrupted:
+                        self.undo_group_member(hv, catalog, run, run.in_progress)
+                    else:
+                        self.settle(hv, catalog, runs, run, run.in_progress)
                 self.report_strays(uri, hv, catalog)
         except Exception:
             log.exception("%s: reconciling unfinished runs failed", uri)
@@ -107,6 +112,44 @@ class Recovery:
                 "snapshotd process stopped",
                 row.domain_name, done, row.policy, row.name, row.hold,
             )  # fmt: skip
+
+    def undo_group_member(
+        self, hv: LinkedHypervisor, catalog: Catalog, run: Run, name: str
+    ) -> None:
+        """A member's run of a group the previous process was killed in the middle of:
+        the group was never recorded, so what libvirt made of it is deleted again (as
+        the run would have rolled back), never adopted alone; the slot is taken again."""
+        now = int(self._clock())
+        runs = catalog.runs
+        try:
+            if name in {r.name for r in hv.list_snapshots(run.domain_uuid)}:
+                hv.delete_snapshot(run.domain_uuid, name)
+                what = "its snapshot was deleted again"
+            else:
+                what = "libvirt had not made its snapshot"
+            row = catalog.find(run.domain_uuid, name)  # recorded before the kill
+            if row is not None:
+                catalog.mark_deleted(run.domain_uuid, name, row.created_at, now)
+        except SnapshotdError as exc:
+            log.error(
+                "%s: group %s was interrupted (snapshot %s) and its snapshot could not be "
+                "deleted again: %s; delete it with `virsh snapshot-delete %s %s`",
+                run.domain_name, run.policy, name, exc, run.domain_name, name,
+            )  # fmt: skip
+            runs.finish(run.policy, run.domain_uuid, slot=None, error=str(exc), now=now)
+            return
+        log.warning(
+            "%s: group %s was interrupted when the previous snapshotd process stopped "
+            "(snapshot %s): %s; catch-up takes the group again",
+            run.domain_name, run.policy, name, what,
+        )  # fmt: skip
+        runs.finish(
+            run.policy,
+            run.domain_uuid,
+            slot=None,
+            error=f"interrupted group run ({what})",
+            now=now,
+        )
 
     def release_after_the_link_broke(
         self, uri: str, hv: LinkedHypervisor, catalog: Catalog, domain_uuid: str

@@ -274,6 +274,52 @@ def test_the_daemon_takes_the_group_and_resumes_a_member_a_killed_process_left_p
             assert group.name in [n for _, n, _ in snapshots(dom)]
 
 
+def test_a_group_a_killed_process_left_half_made_is_rolled_back_not_adopted(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """What kill -9 after one member's create leaves: both members held in the
+    catalog, both runs in progress, one member with the group's snapshot.  The next
+    daemon resumes both, deletes that snapshot (the group was never recorded, so it is
+    not kept alone) and takes the group again whole."""
+    from snapshotd.catalog.api import Run  # noqa: PLC0415 - only this test writes runs
+
+    doms = members(domain_factory, 2, "gl")
+    prefix = doms[0].name[:-1]
+    name = "shop-killed"
+    overlay = daemon.root / "snaps" / doms[0].name / f"{doms[0].name}.vda.{name}.qcow2"
+    overlay.parent.mkdir(parents=True)
+    with open_catalog(str(daemon.state)) as catalog:
+        for dom in doms:
+            catalog.groups.hold(HoldRow("shop", name, target.URI, dom.uuid, dom.name, "suspend", 1))
+            catalog.runs.start(Run("shop", dom.uuid, target.URI, dom.name), name, 1, 1)
+    for dom in doms:
+        dom.dom.suspend()
+    doms[0].dom.snapshotCreateXML(
+        f"<domainsnapshot><name>{name}</name><memory snapshot='no'/><disks>"
+        f"<disk name='vda' snapshot='external'><source file='{overlay}'/></disk>"
+        "</disks></domainsnapshot>",
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
+    )
+    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
+    write_policy(daemon, "shop", body)
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: "group shop: created" in daemon.log.read_text(), 60, "the group taken again"
+    )
+    assert daemon.stop() == 0
+    log = daemon.log.read_text()
+    assert f"{doms[0].name}: group shop was interrupted" in log
+    assert "its snapshot was deleted again" in log
+    assert all(state(d) == RUNNING for d in doms)
+    for dom in doms:
+        assert name not in [n for _, n, _ in snapshots(dom)], dom.name
+    assert not overlay.exists()
+    with open_catalog(str(daemon.state)) as catalog:
+        assert catalog.groups.held() == []
+        assert all(g.name != name for g in catalog.groups.all("shop"))
+
+
 def test_kill_9_while_the_group_holds_its_members_and_the_restart_resumes_every_one(
     domain_factory: DomainFactory, daemon: Daemon
 ) -> None:
