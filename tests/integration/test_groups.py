@@ -28,7 +28,15 @@ from snapshotd.catalog.api import HoldRow
 from tests.integration import target
 from tests.integration.cli import files_under, make_settings, settings_args, snapshotd, start
 from tests.integration.domains import DomainFactory, ScratchDomain
-from tests.integration.test_daemon import Daemon, snapshots, write_policy
+from tests.integration.test_daemon import (
+    Daemon,
+    free_port,
+    metric,
+    metrics_text,
+    snapshots,
+    status,
+    write_policy,
+)
 
 RUNNING = libvirt.VIR_DOMAIN_RUNNING
 PAUSED = libvirt.VIR_DOMAIN_PAUSED
@@ -272,6 +280,56 @@ def test_the_daemon_takes_the_group_and_resumes_a_member_a_killed_process_left_p
         assert {m.domain_name for m in group.members} == {d.name for d in doms}
         for dom in doms:
             assert group.name in [n for _, n, _ in snapshots(dom)]
+
+
+def test_the_daemon_s_metrics_and_status_show_each_group_s_pause_window(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """Scraped from the running daemon: the pause window histogram counts one
+    observation per group run, its sum is the runs' windows (as status and the run
+    log show them), and each member's snapshot counts as created."""
+    doms = members(domain_factory, 2, "gm")
+    prefix = doms[0].name[:-1]
+    port = free_port()
+    config = daemon.root / "snapshotd.yaml"
+    config.write_text(target.connect_line() + f'metrics_address: "127.0.0.1:{port}"\n')
+    config.chmod(0o644)
+    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
+    write_policy(daemon, "shop", body)
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(
+        lambda: (metric(metrics_text(port), "snapshotd_group_pause_seconds_count", policy="shop")
+                 or 0) >= 2,
+        60,
+        "two group runs in the metrics",
+    )  # fmt: skip
+    for _ in range(50):  # a quiet moment: no run between the reads
+        text = metrics_text(port)
+        with open_catalog(str(daemon.state)) as catalog:
+            groups = catalog.groups.all("shop")
+        shown = status(daemon)[1]
+        if metrics_text(port) == text:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the metrics never held still")
+    runs = metric(text, "snapshotd_group_pause_seconds_count", policy="shop")
+    total = metric(text, "snapshotd_group_pause_seconds_sum", policy="shop")
+    created = metric(text, "snapshotd_snapshots_created_total", policy="shop")
+    assert runs is not None
+    assert total is not None
+    assert 0 < total < runs * 10  # each window under max_pause
+    assert len(groups) == runs
+    assert created == 2 * runs  # every member of every group
+    windows = [g.pause_ms for g in groups]
+    assert all(w is not None for w in windows)
+    assert total == pytest.approx(sum(w for w in windows if w is not None) / 1000, abs=0.01 * runs)
+    (shop,) = shown["groups"]
+    assert shop["pause_seconds"] == pytest.approx((groups[-1].pause_ms or 0) / 1000, abs=0.002)
+    in_one_bucket = metric(text, "snapshotd_group_pause_seconds_bucket", policy="shop", le="10.0")
+    assert in_one_bucket == runs
+    assert daemon.stop() == 0
 
 
 def test_a_group_a_killed_process_left_half_made_is_rolled_back_not_adopted(
