@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,18 @@ def prune(
     with catalog.domain_lock(domain.uuid, domain.name):
         _delete(DomainAction(hv, catalog, domain, policy.name, now), judge(), report)
     return report
+
+
+def prune_group(
+    catalog: Catalog,
+    policy: Policy,
+    members: Sequence[tuple[HypervisorAPI, DomainInfo]],
+    now: dt.datetime,
+) -> list[PruneReport]:
+    """A group policy's retention after one of its runs: each member in turn, each
+    on its own host's connection; every member's verdicts come from the same groups
+    (a group one member's prune deleted stays in the catalog through the others')."""
+    return [prune(hv, catalog, policy, domain, now) for hv, domain in members]
 
 
 def _group_verdicts(

@@ -61,11 +61,8 @@ def run_group(
     group was made (whole or partial), the policy's retention for each member (groups
     go as units: actions/prune.py)."""
     result = GroupRun(policy, list(members), now).execute(catalog)
+    if result.outcome is GroupOutcome.FAILED or policy.retention is None:
+        return result, []
     hv_of = {d.uuid: hv for hv, d in members}
-    reports = []
-    if result.outcome is not GroupOutcome.FAILED and policy.retention is not None:
-        after = clock()
-        for member in result.members:
-            hv = hv_of[member.domain.uuid]
-            reports.append(pruning.prune(hv, catalog, policy, member.domain, after))
-    return result, reports
+    made = [(hv_of[m.domain.uuid], m.domain) for m in result.members]
+    return result, pruning.prune_group(catalog, policy, made, clock())

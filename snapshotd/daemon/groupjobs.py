@@ -155,9 +155,9 @@ class GroupWorker:
         if policy.retention is None:
             return
         hvs = {domain.uuid: hv for hv, domain in job.members}
-        after = utc(self._clock())
-        for m in result.members:
-            report = pruning.prune(hvs[m.domain.uuid], catalog, policy, m.domain, after)
+        made = [(hvs[m.domain.uuid], m.domain) for m in result.members]
+        reports = pruning.prune_group(catalog, policy, made, utc(self._clock()))
+        for m, report in zip(result.members, reports, strict=True):
             self._metrics.pruned.labels(policy=policy.name).inc(len(report.deleted))
             fields: dict[str, object] = {
                 "policy": policy.name,
