@@ -199,22 +199,30 @@ def guest(
 
 @pytest.fixture
 def guest_pair(
-    libvirt_conn: Any, session_prefix: str, virt_type: str, _session_domains: DomainFactory
+    request: pytest.FixtureRequest,
+    libvirt_conn: Any,
+    session_prefix: str,
+    virt_type: str,
+    _session_domains: DomainFactory,
 ) -> Iterator[tuple[Guest, Guest]]:
     """Two booted guests with agents, each with one more disk without a filesystem (vdc,
-    for writes straight to a device: ``Guest.device("vdc")``); both removed after."""
+    for writes straight to a device: ``Guest.device("vdc")``); both removed after.
+    Parametrized indirectly with N, the first guest gets N more such disks (vdd, ...):
+    its snapshots take longer than the second's."""
     kind = "kvm" if virt_type == "kvm" and guest_virt_type() == "kvm" else "qemu"
+    more = int(getattr(request, "param", 0))
     made: list[Guest] = []
     try:
-        for _ in range(2):
+        for extra in (more, 0):
             name = f"{session_prefix}guest{next(_guests):02d}"
+            disks = ("vdc", *(f"vd{chr(ord('d') + i)}" for i in range(extra)))
             made.append(
                 make_guest(
                     libvirt_conn,
                     name,
                     _session_domains.root / name,
                     virt_type=kind,
-                    raw_disks=("vdc",),
+                    raw_disks=disks,
                 )
             )
         yield made[0], made[1]

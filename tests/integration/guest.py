@@ -275,7 +275,7 @@ class Guest:
         each raw disk its target as serial)."""
         script = (
             'for b in /sys/block/vd*; do [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] '
-            '&& echo "/dev/${b##*/}"; done'
+            '&& echo "/dev/${b##*/}"; done; true'
         )
         code, out, err = self.exec(["sh", "-c", script, "sh", serial])
         found = out.decode().split()
