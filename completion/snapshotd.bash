@@ -34,9 +34,9 @@ _snapshotd() {
         run) opts='--config --connect --help --policy-dir --state-dir --workers -c -h' ;;
         status) opts='--config --help --json --policy-dir --state-dir -h' ;;
         list) opts='--config --connect --domain --group --help --json --policy-dir --state-dir --tree -c -d -g -h' ;;
-        export) opts='--connect --domain --help --out --secure -c -d -h' ;;
+        export) opts='--config --connect --domain --help --out --policy-dir --secure --state-dir -c -d -h' ;;
         import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;
-        replicate) opts='--connect --domain --help --remove-source-metadata --to -c -d -h' ;;
+        replicate) opts='--config --connect --domain --help --policy-dir --remove-source-metadata --state-dir --to -c -d -h' ;;
         revert) opts='--config --connect --domain --group --help --paused --policy-dir --running --state-dir -c -d -g -h' ;;
         *) opts='' ;;
     esac

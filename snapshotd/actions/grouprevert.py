@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from snapshotd.actions import metadata
 from snapshotd.actions.ports import HypervisorAPI
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog.api import Catalog, GroupRow
 from snapshotd.errors import NotFoundError, RequestError
 
@@ -40,8 +41,11 @@ def revert_group(
     group = _group(catalog, policy, snapshot)
     problems = []
     for member in group.members:
-        if member.uri != hv.uri:
-            problems.append(f"{member.domain_name} is on {member.uri}, not this connection")
+        # The member itself, or its copy on this connection (replicate, import).
+        where = group.everywhere(member)
+        if hv.uri not in {m.uri for m in where}:
+            uris = " and ".join(sanitize_uri(m.uri) for m in where)
+            problems.append(f"{member.domain_name} is on {uris}, not this connection")
             continue
         try:
             domain = hv.domain(member.domain_uuid)

@@ -1,14 +1,16 @@
 """The `import` verb's work on top of actions/metadata.py: the documents checked alone
 (--dry-run without a domain), the catalog's snapshots added (--from-catalog), then the
-checked import plan and its run."""
+checked import plan and its run; the groups an export's index records are checked
+against the catalog before, and recorded in it after (actions/groupindex.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from snapshotd.actions import metadata
+from snapshotd.actions import groupindex, metadata
 from snapshotd.actions.ports import HypervisorAPI
-from snapshotd.catalog import open_catalog
+from snapshotd.catalog import catalog_exists, open_catalog
 from snapshotd.core.hierarchy import ImportPlan, Item
 from snapshotd.core.model import DomainInfo, SnapshotInfo
 
@@ -51,29 +53,53 @@ def _catalog_items(
     return [i for i in chosen if i.name not in existing or bool(snapshots)]
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    plan: ImportPlan
+    notes: tuple[str, ...] = ()  # what the run would record in the catalog's groups
+
+
 def prepare(
     hv: HypervisorAPI,
     domain: DomainInfo,
     docs: metadata.Documents,
     *,
     state_dir: str | None,
+    from_catalog: bool,
     snapshots: Sequence[str],
     current: str | None,
-) -> ImportPlan:
-    """The checked plan for the documents (and, with ``state_dir``, the catalog's
-    snapshots); raises ImportRefused."""
+) -> Prepared:
+    """The checked plan for the documents (and, ``from_catalog``, the catalog's snapshots
+    in ``state_dir``); raises ImportRefused, also when the catalog has an imported
+    snapshot in another group than its index says."""
     items = list(docs.items)
-    if state_dir is not None:
+    if from_catalog and state_dir is not None:
         items += _catalog_items(hv, domain, state_dir, snapshots)
-    return metadata.check_import(hv, domain, items, current=current or docs.current)
+    plan = metadata.check_import(hv, domain, items, current=current or docs.current)
+    if not docs.groups or state_dir is None:
+        return Prepared(plan)
+    if catalog_exists(state_dir):
+        with open_catalog(state_dir) as catalog:
+            problems = groupindex.conflicts(catalog, domain, plan, docs.groups)
+        if problems:
+            raise metadata.import_refused(problems)
+    return Prepared(plan, tuple(groupindex.planned(plan, domain, docs.groups)))
 
 
 def define(
-    hv: HypervisorAPI, domain: DomainInfo, plan: ImportPlan, *, state_dir: str | None
-) -> tuple[str, ...]:
+    hv: HypervisorAPI,
+    domain: DomainInfo,
+    plan: ImportPlan,
+    *,
+    state_dir: str | None,
+    groups: dict[str, groupindex.IndexedGroup] | None = None,
+) -> tuple[tuple[str, ...], list[str]]:
     """Run the plan; with ``state_dir`` the catalog records that libvirt has the
-    metadata again."""
+    metadata again, and each snapshot that ``groups`` names a member of a group is
+    recorded in it.  Returns what was defined, and what was recorded in groups."""
     if state_dir is None:
-        return metadata.run_import(hv, domain, plan)
+        return metadata.run_import(hv, domain, plan), []
     with open_catalog(state_dir) as catalog:
-        return metadata.run_import(hv, domain, plan, catalog=catalog)
+        defined = metadata.run_import(hv, domain, plan, catalog=catalog)
+        said = groupindex.record_imported(hv, catalog, domain, plan, groups or {})
+    return defined, said

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapshotd.actions import groupindex
 from snapshotd.actions import snapshot as snapshot_action
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters import files
@@ -60,10 +61,21 @@ def _file_name(index: int, name: str) -> str:
     return f"{index:04d}-{re.sub(r'[^A-Za-z0-9._+:@-]', '_', name)[:100]}.xml"
 
 
-def export(hv: HypervisorAPI, domain: str, out: str, *, secure: bool = False) -> Exported:
-    """Write the domain's snapshots as XML files, parents first, and an index."""
+def export(
+    hv: HypervisorAPI,
+    domain: str,
+    out: str,
+    *,
+    secure: bool = False,
+    catalog: Catalog | None = None,
+) -> Exported:
+    """Write the domain's snapshots as XML files, parents first, and an index.
+
+    With ``catalog``, the index records the group of each snapshot that is a member of
+    one there (actions/groupindex.py); a snapshot in none has no ``group``."""
     info = hv.domain(domain)
     records = hv.list_snapshots(info.name)
+    groups = groupindex.memberships(catalog)
     current = next((r.name for r in records if r.is_current), None)
     directory = Path(out)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -75,14 +87,16 @@ def export(hv: HypervisorAPI, domain: str, out: str, *, secure: bool = False) ->
         name = _file_name(number, record.name)
         files.write_private(directory / name, text)
         written.append(str(directory / name))
-        entries.append(
-            {
-                "file": name,
-                "name": record.name,
-                "parent": record.parent,
-                "creation_time": parsed.creation_time,
-            }
-        )
+        entry: dict[str, object] = {
+            "file": name,
+            "name": record.name,
+            "parent": record.parent,
+            "creation_time": parsed.creation_time,
+        }
+        group = groups.get((info.uuid, record.name, parsed.creation_time or 0))
+        if group is not None and parsed.creation_time is not None:
+            entry["group"] = groupindex.to_index(group, info.uuid)
+        entries.append(entry)
     index = {
         "format": FORMAT,
         "domain": info.name,
@@ -105,26 +119,38 @@ class Documents:
     items: list[Item] = field(default_factory=list)
     current: str | None = None  # what an export's index names
     problems: list[Problem] = field(default_factory=list)
+    # The group an export's index records for an item, by the item's source.
+    groups: dict[str, groupindex.IndexedGroup] = field(default_factory=dict)
 
 
-def _read_document(path: Path, docs: Documents) -> None:
+def _read_text(path: Path, docs: Documents) -> str | None:
+    """A file's text, or None (and a problem) when it is too large or unreadable."""
     source = str(path)
     try:
         if path.stat().st_size > MAX_DOCUMENT:
             docs.problems.append(Problem(source, f"larger than {MAX_DOCUMENT} bytes"))
-            return
-        text = path.read_text(encoding="utf-8")
+            return None
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         docs.problems.append(Problem(source, f"cannot be read: {exc}"))
-        return
+        return None
+
+
+def _read_document(path: Path, docs: Documents) -> Item | None:
+    source = str(path)
+    text = _read_text(path, docs)
+    if text is None:
+        return None
     try:
         info = snapxml.parse_snapshot(text, source=source)
     except XMLError as exc:
         message = str(exc)
         message = message.removeprefix(f"{source}: ").removeprefix(source)
         docs.problems.append(Problem(source, message.lstrip(": ") or "not snapshot XML"))
-        return
-    docs.items.append(Item(source, info, text))
+        return None
+    item = Item(source, info, text)
+    docs.items.append(item)
+    return item
 
 
 def _stays_inside(directory: Path, path: Path, docs: Documents) -> bool:
@@ -152,16 +178,20 @@ def _read_directory(directory: Path, docs: Documents) -> None:
         return
     if not _stays_inside(directory, index_path, docs):
         return
+    text = _read_text(index_path, docs)
+    if text is None:
+        return
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = json.loads(text)
         entries = index["snapshots"]
         names = [str(e["file"]) for e in entries]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        docs.problems.append(Problem(str(index_path), f"not an index snapshotd wrote: {exc}"))
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        docs.problems.append(Problem(str(index_path), f"not an index snapshotd wrote: {reason}"))
         return
     if index.get("current") is not None:
         docs.current = str(index["current"])
-    for name in names:
+    for number, (entry, name) in enumerate(zip(entries, names, strict=True)):
         if "/" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
             docs.problems.append(
                 Problem(
@@ -171,8 +201,26 @@ def _read_directory(directory: Path, docs: Documents) -> None:
                 )
             )
             continue
-        if _stays_inside(directory, directory / name, docs):
-            _read_document(directory / name, docs)
+        if not _stays_inside(directory, directory / name, docs):
+            continue
+        item = _read_document(directory / name, docs)
+        if item is not None and entry.get("group") is not None:
+            _read_group(index_path, number, entry["group"], item, docs)
+
+
+def _read_group(index_path: Path, number: int, value: object, item: Item, docs: Documents) -> None:
+    """The group an index's entry records for its snapshot, checked (untrusted input)."""
+    where = f"snapshots[{number}].group"
+    try:
+        group = groupindex.from_index(value, where, f"{index_path}: {where}")
+    except groupindex.BadGroup as exc:
+        docs.problems.append(Problem(str(index_path), str(exc)))
+        return
+    mismatch = groupindex.check_names(item, group)
+    if mismatch is not None:
+        docs.problems.append(mismatch)
+        return
+    docs.groups[item.source] = group
 
 
 def read_documents(paths: Sequence[str]) -> Documents:
@@ -318,12 +366,23 @@ class Replicated:
     defined: tuple[str, ...]
     current: str | None
     removed_from_source: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...] = ()  # (policy, snapshot): each membership carried
 
 
 def replicate(
-    source: HypervisorAPI, target: HypervisorAPI, domain: str, *, remove_source_metadata: bool
+    source: HypervisorAPI,
+    target: HypervisorAPI,
+    domain: str,
+    *,
+    remove_source_metadata: bool,
+    catalog: Catalog | None = None,
 ) -> Replicated:
-    """Copy a domain's snapshot metadata to the same domain (by UUID) on another host."""
+    """Copy a domain's snapshot metadata to the same domain (by UUID) on another host.
+
+    With ``catalog``, each replicated snapshot that is a member of a group there is
+    recorded as a member on the target too (a copy: the same snapshot on another URI);
+    ``remove_source_metadata`` then removes the source's membership, so the group's
+    member is the target's."""
     info = source.domain(domain)
     try:
         there = target.domain(info.uuid)
@@ -342,12 +401,18 @@ def replicate(
     current = next((r.name for r in records if r.is_current), None)
     plan = check_import(target, there, items, current=current)
     defined = run_import(target, there, plan)
+    carried = []
+    if catalog is not None:
+        carried = groupindex.carry_replicated(catalog, target, there, [s.item for s in plan.steps])
     removed: list[str] = []
     if remove_source_metadata:
         for record in reversed(records):  # children first
             source.delete_snapshot(info.name, record.name, metadata_only=True)
             removed.append(record.name)
-    return Replicated(defined, current, tuple(removed))
+        if catalog is not None:
+            groupindex.leave_source(catalog, source, info.uuid, carried)
+    shown = tuple((group.policy, group.name) for group, _created in carried)
+    return Replicated(defined, current, tuple(removed), shown)
 
 
 def _check_machine_types(target: HypervisorAPI, items: Sequence[Item]) -> None:

@@ -97,6 +97,14 @@ class GroupRow:
     members: tuple[GroupMember, ...]
     partial: bool = False  # on_member_failure: partial kept fewer members than it had
     pause_ms: int | None = None  # the first hold to the last release; None: none held
+    # The members' snapshots on other connections too (replicate, or an import on another
+    # connection): the same domain UUID, name and creation time as a member, another URI.
+    copies: tuple[GroupMember, ...] = ()
+
+    def everywhere(self, member: GroupMember) -> tuple[GroupMember, ...]:
+        """``member`` and its copies: every connection that has its snapshot's metadata."""
+        same = (member.domain_uuid, member.created_at)
+        return (member, *(c for c in self.copies if (c.domain_uuid, c.created_at) == same))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +187,24 @@ class GroupLog(Protocol):
 
     def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
         """The group this snapshot is a member of, or None."""
+        ...
+
+    def join(self, group: GroupRow) -> None:
+        """Add ``group``'s members (their snapshots recorded already) to the catalog's
+        group of the same policy, name and taken_at: an import of a member's export, or a
+        replicate.  The group is made, with ``group``'s partial and pause_ms, when the
+        catalog has none; one it has keeps its own.  A member whose snapshot is in the
+        group already is left as it is when it is there on the same URI (joining twice
+        changes nothing), and becomes a copy on its URI when it is not (``copies``).
+        All or nothing: AlreadyRecorded, and nothing added, when a member's snapshot is
+        in another group.  ``group.copies`` are not looked at."""
+        ...
+
+    def leave(self, uri: str, domain_uuid: str, name: str, created_at: int) -> None:
+        """This member snapshot's metadata is no longer on ``uri`` (replicate
+        --remove-source-metadata): that URI's membership goes, and a copy on another URI
+        takes the member's place; when it was its last, the snapshot is in no group.
+        Nothing when the snapshot is not a member on ``uri``."""
         ...
 
     def hold(self, row: HoldRow) -> None: ...

@@ -14,6 +14,7 @@ from dataclasses import replace
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     CatalogBase,
+    GroupMember,
     GroupRow,
     HoldRow,
     Operation,
@@ -93,6 +94,58 @@ class MemoryGroupLog:
                     )
             self._groups.append(group)
 
+    def join(self, group: GroupRow) -> None:
+        with self._guard:
+            groups = list(self._groups)
+            for m in group.members:
+                groups = self._joined(groups, group, m)
+            self._groups[:] = groups
+
+    def _joined(self, groups: list[GroupRow], group: GroupRow, m: GroupMember) -> list[GroupRow]:
+        """``groups`` with ``m`` joined to ``group``'s group (see GroupLog.join)."""
+        key = (group.policy, group.name, group.taken_at)
+        same = (m.domain_uuid, m.created_at)
+        for index, g in enumerate(groups):
+            member = next((o for o in g.members if (o.domain_uuid, o.created_at) == same), None)
+            if g.name != group.name or member is None:
+                continue
+            if (g.policy, g.name, g.taken_at) != key:
+                raise AlreadyRecorded(
+                    f"snapshot {group.name!r} of {m.domain_name!r} is in group {g.policy!r} "
+                    f"taken at {g.taken_at} already"
+                )
+            if m.uri not in {c.uri for c in g.everywhere(member)}:
+                groups[index] = replace(g, copies=(*g.copies, m))
+            return groups
+        for index, g in enumerate(groups):
+            if (g.policy, g.name, g.taken_at) == key:
+                groups[index] = replace(g, members=(*g.members, m))
+                return groups
+        return [*groups, replace(group, members=(m,), copies=())]
+
+    def leave(self, uri: str, domain_uuid: str, name: str, created_at: int) -> None:
+        same = (domain_uuid, created_at)
+        with self._guard:
+            for index, g in enumerate(self._groups):
+                if g.name != name:
+                    continue
+                copies = tuple(
+                    c for c in g.copies if ((c.domain_uuid, c.created_at), c.uri) != (same, uri)
+                )
+                members = list(g.members)
+                for position, m in enumerate(members):
+                    if (m.domain_uuid, m.created_at) != same or m.uri != uri:
+                        continue
+                    heirs = [c for c in copies if (c.domain_uuid, c.created_at) == same]
+                    heir = min(heirs, key=lambda c: c.uri) if heirs else None
+                    if heir is None:
+                        del members[position]
+                    else:
+                        members[position] = heir
+                        copies = tuple(c for c in copies if c != heir)
+                    break
+                self._groups[index] = replace(g, members=tuple(members), copies=copies)
+
     def all(self, policy: str | None = None) -> list[GroupRow]:
         with self._guard:
             live = {(r.domain_uuid, r.name, r.created_at) for r in self._rows if not r.deleted_at}
@@ -101,8 +154,13 @@ class MemoryGroupLog:
                 members = tuple(
                     m for m in g.members if (m.domain_uuid, g.name, m.created_at) in live
                 )
+                copies = tuple(
+                    c
+                    for c in sorted(g.copies, key=lambda c: (c.domain_name, c.uri))
+                    if (c.domain_uuid, g.name, c.created_at) in live
+                )
                 if members and (policy is None or g.policy == policy):
-                    found.append(replace(g, members=members))
+                    found.append(replace(g, members=members, copies=copies))
             return found
 
     def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:

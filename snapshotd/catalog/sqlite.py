@@ -111,6 +111,17 @@ CREATE TABLE IF NOT EXISTS group_members (
     created_at INTEGER NOT NULL,       -- the member snapshot's creationTime
     PRIMARY KEY (domain_uuid, name, created_at)
 );
+-- A member snapshot's metadata on another connection too (replicate, or an import of
+-- its export on another connection): (domain_uuid, name, created_at) is its row in
+-- group_members.  Added after the groups, as they were: an older snapshotd ignores it.
+CREATE TABLE IF NOT EXISTS group_copies (
+    domain_uuid TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    uri TEXT NOT NULL,                 -- the other connection
+    domain_name TEXT NOT NULL,         -- the domain's name there
+    PRIMARY KEY (domain_uuid, name, created_at, uri)
+);
 CREATE TABLE IF NOT EXISTS group_holds (
     domain_uuid TEXT PRIMARY KEY,      -- a member suspended or frozen right now
     uri TEXT NOT NULL,
@@ -445,6 +456,106 @@ class SQLiteGroupLog:
                         f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
                     ) from exc
 
+    def join(self, group: GroupRow) -> None:
+        with self._database.transaction():  # an AlreadyRecorded rolls every member back
+            for m in group.members:
+                self._join(group, m)
+
+    def _join(self, group: GroupRow, m: GroupMember) -> None:
+        key = (m.domain_uuid, group.name, m.created_at)
+        found = self._database.execute(
+            """SELECT policy, taken_at, uri FROM group_members
+               WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+            key,
+        ).fetchone()
+        if found is None:
+            same = self._database.execute(
+                """SELECT partial, pause_ms FROM group_members
+                   WHERE policy = ? AND name = ? AND taken_at = ? LIMIT 1""",
+                (group.policy, group.name, group.taken_at),
+            ).fetchone()
+            partial, pause = same if same is not None else (int(group.partial), group.pause_ms)
+            self._database.execute(
+                """INSERT INTO group_members (policy, name, taken_at, partial, pause_ms, uri,
+                   domain_uuid, domain_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    group.policy, group.name, group.taken_at, partial, pause, m.uri,
+                    m.domain_uuid, m.domain_name, m.created_at,
+                ),
+            )  # fmt: skip
+            return
+        policy, taken_at, uri = found
+        if (policy, taken_at) != (group.policy, group.taken_at):
+            raise AlreadyRecorded(
+                f"snapshot {group.name!r} of {m.domain_name!r} is in group {policy!r} "
+                f"taken at {taken_at} already"
+            )
+        if uri != m.uri:
+            self._database.execute(
+                """INSERT OR IGNORE INTO group_copies (domain_uuid, name, created_at, uri,
+                   domain_name) VALUES (?, ?, ?, ?, ?)""",
+                (*key, m.uri, m.domain_name),
+            )
+
+    def leave(self, uri: str, domain_uuid: str, name: str, created_at: int) -> None:
+        key = (domain_uuid, name, created_at)
+        with self._database.transaction():
+            found = self._database.execute(
+                """SELECT uri FROM group_members
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                key,
+            ).fetchone()
+            if found is None:
+                return
+            if found[0] != uri:
+                self._database.execute(
+                    """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
+                       AND created_at = ? AND uri = ?""",
+                    (*key, uri),
+                )
+                return
+            heir = self._database.execute(
+                """SELECT uri, domain_name FROM group_copies WHERE domain_uuid = ? AND name = ?
+                   AND created_at = ? ORDER BY uri LIMIT 1""",
+                key,
+            ).fetchone()
+            if heir is None:
+                self._database.execute(
+                    """DELETE FROM group_members WHERE domain_uuid = ? AND name = ?
+                       AND created_at = ?""",
+                    key,
+                )
+                return
+            self._database.execute(
+                """UPDATE group_members SET uri = ?, domain_name = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                (*heir, *key),
+            )
+            self._database.execute(
+                """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
+                   AND created_at = ? AND uri = ?""",
+                (*key, heir[0]),
+            )
+
+    def _copies(self, policy: str | None) -> dict[tuple[str, str, int], list[GroupMember]]:
+        """The live members' copies, by their group's (policy, name, taken_at)."""
+        cur = self._database.execute(
+            """SELECT g.policy, g.name, g.taken_at, c.uri, c.domain_uuid, c.domain_name,
+                      c.created_at
+               FROM group_copies c JOIN group_members g ON g.domain_uuid = c.domain_uuid
+                    AND g.name = c.name AND g.created_at = c.created_at
+               JOIN snapshots s ON s.domain_uuid = c.domain_uuid AND s.name = c.name
+                    AND s.created_at = c.created_at AND s.deleted_at IS NULL
+               WHERE ? IS NULL OR g.policy = ?
+               ORDER BY c.domain_name, c.uri""",
+            (policy, policy),
+        )
+        found: dict[tuple[str, str, int], list[GroupMember]] = {}
+        for r in cur.fetchall():
+            member = GroupMember(str(r[3]), str(r[4]), str(r[5]), int(r[6]))
+            found.setdefault((str(r[0]), str(r[1]), int(r[2])), []).append(member)
+        return found
+
     def all(self, policy: str | None = None) -> list[GroupRow]:
         # A group lives while one of its members' snapshot rows does.
         cur = self._database.execute(
@@ -460,6 +571,7 @@ class SQLiteGroupLog:
         found: dict[tuple[str, str, int], list[tuple[object, ...]]] = {}
         for r in cur.fetchall():
             found.setdefault((r[0], r[1], r[2]), []).append(r)
+        copies = self._copies(policy)
         groups = []
         for (policy_, name, taken_at), found_rows in found.items():
             rows = [r for r in found_rows if not r[9]]  # the members still live
@@ -477,6 +589,7 @@ class SQLiteGroupLog:
                     members,
                     bool(rows[0][3]),
                     int(str(pause)) if pause is not None else None,
+                    tuple(copies.get((policy_, name, taken_at), ())),
                 )
             )
         return groups

@@ -36,7 +36,7 @@ def uri(args: argparse.Namespace, settings: Settings | None = None) -> str:
     errors gives the default: the verbs that need the rest of it refuse it themselves)."""
     if args.connect:
         return str(args.connect)
-    if settings is None and hasattr(args, "config"):  # export, replicate: no config
+    if settings is None and hasattr(args, "config"):  # a namespace without it: none read
         settings = read_settings(args, policies=False)
     if settings is not None and settings.config_found and not settings.errors:
         return settings.uri

@@ -4,22 +4,40 @@ Each: the parsed arguments -> actions/metadata.py (and importing.py) -> what is 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from typing import TextIO
 
 from snapshotd.actions import grouprevert, importing, metadata
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog import Catalog, catalog_exists, open_catalog
 from snapshotd.cli import common, output
 from snapshotd.cli.common import EXIT_OK
 from snapshotd.core.hierarchy import Item
 from snapshotd.errors import RequestError
 
 
+@contextlib.contextmanager
+def _catalog_if_any(state_dir: str) -> Iterator[Catalog | None]:
+    """The catalog in ``state_dir``, or None when there is none: export and replicate
+    carry the groups it has, and make no catalog where there is none."""
+    if not catalog_exists(state_dir):
+        yield None
+        return
+    with open_catalog(state_dir) as catalog:
+        yield catalog
+
+
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(common.uri(args)) as hv:
+    settings = common.settings(args, policies=False)
+    with (
+        Hypervisor.open(common.uri(args, settings)) as hv,
+        _catalog_if_any(settings.state_dir) as catalog,
+    ):
         domain = hv.domain(args.domain)
         target = args.out or f"{domain.name}-snapshots"
-        done = metadata.export(hv, domain.name, target, secure=args.secure)
+        done = metadata.export(hv, domain.name, target, secure=args.secure, catalog=catalog)
     print(f"exported {len(done.files)} snapshots of {domain.name} to {done.directory}", file=out)
     for path in done.files:
         print(f"  {path}", file=out)
@@ -58,38 +76,68 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     if args.domain is None:
         return _validate_documents(docs, out)
     importing.refuse_problems(docs)
-    settings = common.settings(args, policies=False) if args.from_catalog else None
+    # The catalog is read for --from-catalog, and written when an index records groups.
+    needs_catalog = args.from_catalog or bool(docs.groups)
+    settings = common.settings(args, policies=False) if needs_catalog else None
     state_dir = settings.state_dir if settings is not None else None
     with Hypervisor.open(common.uri(args, settings)) as hv:
         domain = hv.domain(args.domain)
-        plan = importing.prepare(
-            hv, domain, docs, state_dir=state_dir, snapshots=args.snapshot, current=args.current
+        prepared = importing.prepare(
+            hv,
+            domain,
+            docs,
+            state_dir=state_dir,
+            from_catalog=args.from_catalog,
+            snapshots=args.snapshot,
+            current=args.current,
         )
+        plan = prepared.plan
         for step in plan.steps:
             _describe(step.item, ("would " if args.dry_run else "") + step.action, out)
         for note in plan.notes:
             print(f"note: {note}", file=out)
         if args.dry_run:
+            for note in prepared.notes:
+                print(f"note: {note}", file=out)
             return EXIT_OK
-        defined = importing.define(hv, domain, plan, state_dir=state_dir)
+        defined, grouped = importing.define(
+            hv, domain, plan, state_dir=state_dir, groups=docs.groups
+        )
     print(
         f"imported {len(defined)} snapshots into {domain.name}; "
         f"current: {plan.current or 'unchanged'}",
         file=out,
     )
+    for line in grouped:
+        print(f"group: {line}", file=out)
     return EXIT_OK
 
 
 def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
-    with Hypervisor.open(common.uri(args)) as source, Hypervisor.open(args.to) as target:
+    settings = common.settings(args, policies=False)
+    with (
+        Hypervisor.open(common.uri(args, settings)) as source,
+        Hypervisor.open(args.to) as target,
+        _catalog_if_any(settings.state_dir) as catalog,
+    ):
         done = metadata.replicate(
-            source, target, args.domain, remove_source_metadata=args.remove_source_metadata
+            source,
+            target,
+            args.domain,
+            remove_source_metadata=args.remove_source_metadata,
+            catalog=catalog,
         )
     print(
         f"replicated {len(done.defined)} snapshots of {args.domain} to {sanitize_uri(args.to)}; "
         f"current: {done.current or 'none'}",
         file=out,
     )
+    also = "" if args.remove_source_metadata else " also"
+    for policy, name in done.groups:
+        print(
+            f"group {policy}: {name} is{also} a member on {sanitize_uri(args.to)} in the catalog",
+            file=out,
+        )
     if done.removed_from_source:
         print(
             f"removed the source's metadata of {len(done.removed_from_source)} snapshots "

@@ -126,6 +126,8 @@ def group_dict(group: GroupRow) -> dict[str, Any]:
                 "domain_uuid": m.domain_uuid,
                 "uri": sanitize_uri(m.uri),
                 "creation_time": iso(m.created_at),
+                # Its snapshot's metadata on other connections too (replicate, import).
+                "also_on": [sanitize_uri(c.uri) for c in group.everywhere(m)[1:]],
             }
             for m in group.members
         ],
@@ -140,7 +142,8 @@ def print_groups(policy: str, groups: list[GroupRow], out: TextIO) -> None:
         partial = ", partial" if group.partial else ""
         print(f"{group.name}  {taken}{pause}{partial}", file=out)
         for m in group.members:
-            print(f"  {m.domain_name}  {sanitize_uri(m.uri)}", file=out)
+            also = "".join(f", also on {sanitize_uri(c.uri)}" for c in group.everywhere(m)[1:])
+            print(f"  {m.domain_name}  {sanitize_uri(m.uri)}{also}", file=out)
     if not groups:
         print(f"(policy {policy} has no groups in the catalog)", file=out)
 

@@ -401,8 +401,9 @@ def _list(parser: argparse.ArgumentParser) -> None:
 @_verb("export", "write a domain's snapshot metadata as XML files")
 def _export(parser: argparse.ArgumentParser) -> None:
     """One libvirt snapshot XML file per snapshot, parents first, and index.json naming the
-    current one. Files are written 0600."""
-    _connect(parser)
+    current one and, from the catalog, the consistency group of each snapshot that is a
+    member of one. Files are written 0600."""
+    _connection(parser)
     _domain(parser, required=True)
     parser.add_argument(
         "--out", metavar="DIR", type=_out_arg, help="directory (default: ./DOMAIN-snapshots)"
@@ -414,7 +415,9 @@ def _export(parser: argparse.ArgumentParser) -> None:
 def _import(parser: argparse.ArgumentParser) -> None:
     """Check every document against the domain and libvirt first (UUID, parents, cycles, files),
     then redefine parents first (REDEFINE), the current one with REDEFINE|CURRENT. All or
-    nothing. With --dry-run and no --domain: describe and validate any snapshot XML files."""
+    nothing. A snapshot an export's index names a member of a consistency group is recorded
+    as a member of that group in the catalog. With --dry-run and no --domain: describe and
+    validate any snapshot XML files."""
     _connection(parser)
     _domain(parser, "domain name or UUID (optional with --dry-run)")
     parser.add_argument(
@@ -435,9 +438,10 @@ def _import(parser: argparse.ArgumentParser) -> None:
 @_verb("replicate", "copy a domain's snapshot metadata to another host")
 def _replicate(parser: argparse.ArgumentParser) -> None:
     """Export from --connect, import into --to, where a domain with the same UUID must exist.
+    The catalog records the target's copy of each member of a consistency group in that group.
     --remove-source-metadata then deletes the source's metadata only (METADATA_ONLY), which lets
-    libvirt migrate the domain."""
-    _connect(parser)
+    libvirt migrate the domain, and the group's member is the target's."""
+    _connection(parser)
     _domain(parser, required=True)
     parser.add_argument("--to", metavar="URI", required=True, help="the destination connection")
     _flag(parser, "--remove-source-metadata")

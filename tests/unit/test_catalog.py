@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.catalog import catalog_exists, open_catalog, sqlite
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     Catalog,
@@ -247,6 +247,79 @@ def test_groups_live_while_a_member_does_and_show_their_live_members(catalog: Ca
     assert [g.name for g in catalog.groups.all("p")] == ["g-2"]
 
 
+PEER = "qemu+ssh://b/system"
+THIRD = "22222222-3333-4444-5555-666666666666"
+
+
+def test_join_adds_members_to_a_group_once_and_other_uris_as_copies(catalog: Catalog) -> None:
+    """An import of each member's export joins the group member by member; a replicate
+    (or an import on another connection) adds a copy of a member on another URI."""
+    catalog.record_snapshot(row("g-1", 1000))
+    catalog.record_snapshot(row("g-1", 1001, uuid=OTHER))
+    catalog.record_snapshot(row("g-1", 1002, uuid=THIRD))
+    web, db = GroupMember(URI, UUID, "web", 1000), GroupMember(URI, OTHER, "db", 1001)
+    catalog.groups.join(GroupRow("p", "g-1", 999, (web,), pause_ms=120))
+    catalog.groups.join(GroupRow("p", "g-1", 999, (web,), pause_ms=120))  # twice: once
+    (group,) = catalog.groups.all("p")
+    assert (group.members, group.copies, group.pause_ms, group.partial) == ((web,), (), 120, False)
+    # The second member: the group keeps its own partial and pause window.
+    catalog.groups.join(GroupRow("p", "g-1", 999, (db,), partial=True, pause_ms=5))
+    (group,) = catalog.groups.all("p")
+    assert set(group.members) == {web, db}
+    assert (group.partial, group.pause_ms) == (False, 120)
+    # The same snapshot on another connection: a copy of the member, once.
+    there = GroupMember(PEER, UUID, "web-there", 1000)
+    catalog.groups.join(GroupRow("p", "g-1", 999, (there,)))
+    catalog.groups.join(GroupRow("p", "g-1", 999, (there,)))
+    (group,) = catalog.groups.all("p")
+    assert set(group.members) == {web, db}
+    assert group.copies == (there,)
+    assert group.everywhere(web) == (web, there)
+    assert group.everywhere(db) == (db,)
+    found = catalog.groups.of(UUID, "g-1", 1000)
+    assert found is not None
+    assert found.copies == (there,)
+    # A member of another group is refused, and nothing of that join is added.
+    third = GroupMember(URI, THIRD, "app", 1002)
+    with pytest.raises(AlreadyRecorded):
+        catalog.groups.join(GroupRow("q", "g-1", 999, (third, web)))
+    with pytest.raises(AlreadyRecorded):
+        catalog.groups.join(GroupRow("p", "g-1", 1, (web,)))
+    assert catalog.groups.of(THIRD, "g-1", 1002) is None
+    assert catalog.groups.all("q") == []
+    # A joined group is a group like a recorded one: its members' rows keep it alive,
+    # and a copy lives and goes with its member's row.
+    catalog.mark_deleted(UUID, "g-1", 1000, 3000)
+    (group,) = catalog.groups.all("p")
+    assert (group.members, group.copies) == ((db,), ())
+    catalog.mark_deleted(OTHER, "g-1", 1001, 3000)
+    assert catalog.groups.all("p") == []
+
+
+def test_leave_drops_one_uri_and_a_copy_takes_the_member_s_place(catalog: Catalog) -> None:
+    catalog.record_snapshot(row("g-1", 1000))
+    catalog.record_snapshot(row("g-1", 1001, uuid=OTHER))
+    web, db = GroupMember(URI, UUID, "web", 1000), GroupMember(URI, OTHER, "db", 1001)
+    catalog.groups.record(GroupRow("p", "g-1", 999, (web, db), pause_ms=7))
+    there = GroupMember(PEER, UUID, "web-there", 1000)
+    catalog.groups.join(GroupRow("p", "g-1", 999, (there,)))
+    catalog.groups.leave(PEER, UUID, "g-1", 1000)  # a copy leaves
+    (group,) = catalog.groups.all("p")
+    assert (set(group.members), group.copies) == ({web, db}, ())
+    catalog.groups.join(GroupRow("p", "g-1", 999, (there,)))
+    catalog.groups.leave(URI, UUID, "g-1", 1000)  # the member leaves: its copy is it now
+    (group,) = catalog.groups.all("p")
+    assert (set(group.members), group.copies, group.pause_ms) == ({there, db}, (), 7)
+    assert catalog.groups.of(UUID, "g-1", 1000) == group
+    catalog.groups.leave(URI, UUID, "g-1", 1000)  # not a member on URI any more: nothing
+    catalog.groups.leave(URI, THIRD, "g-1", 5)  # in no group: nothing
+    assert catalog.groups.all("p") == [group]
+    catalog.groups.leave(PEER, UUID, "g-1", 1000)  # its last URI: in no group
+    (group,) = catalog.groups.all("p")
+    assert group.members == (db,)
+    assert catalog.groups.of(UUID, "g-1", 1000) is None
+
+
 def test_holds_are_kept_until_released(catalog: Catalog) -> None:
     hold = HoldRow("p", "g-1", URI, UUID, "web", "suspend", 1000)
     catalog.groups.hold(hold)
@@ -348,6 +421,29 @@ def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
     assert proc.returncode == -9
     with SQLiteCatalog(str(tmp_path)) as catalog:
         assert catalog.owner(UUID, "p-9", 9000) is not None
+
+
+def test_an_older_catalog_without_group_copies_gets_the_table_when_opened(
+    tmp_path: Path,
+) -> None:
+    """No schema migration: the table is made by CREATE TABLE IF NOT EXISTS, so a catalog
+    an older snapshotd made (schema version 1, groups without copies) takes copies the
+    first time this snapshotd opens it, and keeps its groups."""
+    state = tmp_path / "state"
+    with SQLiteCatalog(str(state)) as catalog:
+        catalog.record_snapshot(row("g-1", 1000))
+        catalog.groups.record(GroupRow("p", "g-1", 999, (GroupMember(URI, UUID, "web", 1000),)))
+    with sqlite3.connect(state / DB_NAME) as db:
+        db.execute("DROP TABLE group_copies")
+    sqlite._READY.clear()  # as a new process: the schema is written again
+    with SQLiteCatalog(str(state)) as catalog:
+        assert catalog.groups.all("p")[0].copies == ()
+        catalog.groups.join(GroupRow("p", "g-1", 999, (GroupMember(PEER, UUID, "web", 1000),)))
+        (group,) = catalog.groups.all("p")
+        assert group.copies == (GroupMember(PEER, UUID, "web", 1000),)
+    with sqlite3.connect(state / DB_NAME) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == "1"
 
 
 def test_the_same_snapshot_cannot_be_recorded_twice(tmp_path: Path) -> None:

@@ -31,8 +31,12 @@ VERBS = {
     "import": (["--dry-run", "x.xml"], {"connect", "config", "policy_dir", "state_dir"}),
     "revert": (["--domain", "web", "snap"], {"connect", "config", "policy_dir", "state_dir"}),
     "status": ([], {"config", "policy_dir", "state_dir"}),
-    "export": (["--domain", "web"], {"connect"}),
-    "replicate": (["--domain", "web", "--to", "qemu+ssh://b/system"], {"connect"}),
+    # export and replicate read the catalog (consistency groups) from the state directory.
+    "export": (["--domain", "web"], {"connect", "config", "policy_dir", "state_dir"}),
+    "replicate": (
+        ["--domain", "web", "--to", "qemu+ssh://b/system"],
+        {"connect", "config", "policy_dir", "state_dir"},
+    ),
 }
 PAIRS = [(verb, option) for verb in VERBS for option in OPTIONS]
 
@@ -129,11 +133,11 @@ def test_the_top_level_help_shows_the_options_and_a_verb_s_help_is_its_own(
     for option in ("-c URI, --connect URI", "--config FILE", "--policy-dir DIR", "--state-dir DIR"):
         assert option in top
     with pytest.raises(SystemExit):
-        parse(["export", "--help"])
+        parse(["status", "--help"])
     verb = capsys.readouterr().out
-    assert verb.startswith("usage: snapshotd export [-h] [-c URI] --domain DOMAIN")
+    assert verb.startswith("usage: snapshotd status [-h] [--config FILE]")
     assert "connection and settings" not in verb
-    assert "--state-dir" not in verb
+    assert "--connect" not in verb
 
 
 # --- in process: check, with its files in tmp_path ---------------------------------------
@@ -207,7 +211,7 @@ def test_a_refused_option_before_the_verb_exits_2_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as stopped:
-        cli.main(["--state-dir", str(tmp_path / "s"), "export", "--domain", "web"])
+        cli.main(["-c", "qemu:///system", "status", "--state-dir", str(tmp_path / "s")])
     assert stopped.value.code == 2
-    assert "`snapshotd export` has no --state-dir option" in capsys.readouterr().err
+    assert "`snapshotd status` has no -c/--connect option" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -30,8 +30,14 @@ def test_the_order_connect_config_environment_default(
     assert common.uri(args(*take, "--config", str(config))) == "qemu+ssh://a/system"
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu+tls://b/system")
     assert common.uri(args(*take, "--config", str(config))) == "qemu+ssh://a/system"
-    assert common.uri(args("export", "--domain", "web")) == "qemu+tls://b/system"
+    # A verb without --connect and without a config file: $LIBVIRT_DEFAULT_URI.
+    assert common.uri(args("export", "--domain", "web", "--config", absent)) == (
+        "qemu+tls://b/system"
+    )
+    assert common.uri(args("export", "--domain", "web", "--config", str(config))) == (
+        "qemu+ssh://a/system"
+    )
     settings = common.read_settings(args(*take, "--config", absent), policies=False)
     assert common.uri(args(*take), settings) == "qemu+tls://b/system"
     monkeypatch.delenv("LIBVIRT_DEFAULT_URI")
-    assert common.uri(args("export", "--domain", "web")) == "qemu:///system"
+    assert common.uri(args("export", "--domain", "web", "--config", absent)) == "qemu:///system"
