@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from tests.integration.target import REPO, URI, connect_line
+from tests.integration.target import REPO, ROOT, URI, connect_line
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,17 @@ class Result:
     err: str
 
 
+# export and replicate read the catalog only where one exists: a test that names no
+# state directory gets one that does not, never this machine's /var/lib/snapshotd.
+NO_STATE = ROOT / "no-state-here"
+_READS_A_CATALOG_IF_ANY = {"export", "replicate"}
+
+
 def snapshotd(*args: str, timeout: float = 120) -> Result:
     # LIBVIRT_DEFAULT_URI: a verb without --connect or a config reaches the tested host.
     env = dict(os.environ, PYTHONPATH=str(REPO), LIBVIRT_DEFAULT_URI=URI)
+    if args and args[0] in _READS_A_CATALOG_IF_ANY and "--state-dir" not in args:
+        args = (*args, "--state-dir", str(NO_STATE))
     proc = subprocess.run(
         [sys.executable, "-m", "snapshotd", *args],
         capture_output=True,
