@@ -50,13 +50,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _cgroups() -> set[Path]:
+    """Every cgroup directory under systemd's tops.  Walked with os.walk, which skips a
+    directory that vanishes during the walk (a unit stopping: seen once as a
+    FileNotFoundError out of Path.rglob, failing a teardown)."""
     found: set[Path] = set()
     for root in CGROUP_ROOTS:
         if root.is_dir():
             for top in SYSTEMD_CGROUPS:
                 if (root / top).is_dir():
                     found.add(root / top)
-                    found.update(p for p in (root / top).rglob("*") if p.is_dir())
+                    for parent, dirs, _ in os.walk(root / top):
+                        found.update(Path(parent) / d for d in dirs)
     return found
 
 
