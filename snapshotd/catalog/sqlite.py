@@ -22,6 +22,9 @@ libvirt creation time.  A snapshot made by hand with a name like ours has no row
 (or a different creation time) and is never treated as ours; renaming a policy
 file does not change anything as long as the policy keeps its ``name``.
 
+The schema is catalog/migrations.py's SQLite migrations: opening a catalog brings an
+older one up to date in one transaction and refuses one a newer snapshotd wrote.
+
 The domain locks are files beside the database (catalog/locks.py: ``locks/UUID.lock``).
 """
 
@@ -36,7 +39,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from snapshotd.catalog import locks
+from snapshotd.catalog import locks, migrations
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     CatalogBase,
@@ -49,89 +52,7 @@ from snapshotd.catalog.api import (
     member_of,
 )
 
-SCHEMA_VERSION = 1
 DB_NAME = "catalog.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS snapshots (
-    id INTEGER PRIMARY KEY,
-    uri TEXT NOT NULL,
-    domain_uuid TEXT NOT NULL,
-    domain_name TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,       -- libvirt's creationTime (seconds since the epoch)
-    policy TEXT,                       -- NULL: taken by hand with `snapshotd take`
-    parent TEXT,
-    xml TEXT NOT NULL,                 -- as libvirt returned it
-    files TEXT NOT NULL DEFAULT '[]',  -- JSON list of the files the snapshot created
-    libvirt_metadata INTEGER NOT NULL, -- 0: NO_METADATA, only the catalog knows it
-    deleted_at INTEGER,                -- set when snapshotd deleted it
-    UNIQUE (domain_uuid, name, created_at)
-);
-CREATE INDEX IF NOT EXISTS snapshots_by_policy ON snapshots (policy, domain_uuid);
-CREATE TABLE IF NOT EXISTS operations (
-    id INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    uri TEXT NOT NULL,
-    policy TEXT,
-    domain_uuid TEXT,
-    domain_name TEXT,
-    operation TEXT NOT NULL,           -- create | delete | skip | ...
-    snapshot TEXT,
-    outcome TEXT NOT NULL,             -- ok | failed | skipped
-    message TEXT,
-    duration_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS runs (
-    policy TEXT NOT NULL,
-    domain_uuid TEXT NOT NULL,
-    uri TEXT NOT NULL,
-    domain_name TEXT NOT NULL,
-    last_slot INTEGER,                 -- the scheduled instant the last good run served
-    last_success INTEGER,              -- when it finished
-    last_error TEXT,
-    last_error_at INTEGER,
-    in_progress TEXT,                  -- the snapshot being taken right now, if any
-    in_progress_slot INTEGER,
-    in_progress_since INTEGER,
-    PRIMARY KEY (policy, domain_uuid)
-);
--- Consistency groups (added after schema version 1, by CREATE IF NOT EXISTS alone: a
--- catalog without them has no groups, and an older snapshotd ignores them).
-CREATE TABLE IF NOT EXISTS group_members (
-    policy TEXT NOT NULL,
-    name TEXT NOT NULL,                -- the snapshot name the members share
-    taken_at INTEGER NOT NULL,         -- the group run's instant
-    partial INTEGER NOT NULL,          -- 1: kept with fewer members than it had
-    pause_ms INTEGER,                  -- first hold to last release
-    uri TEXT NOT NULL,
-    domain_uuid TEXT NOT NULL,
-    domain_name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,       -- the member snapshot's creationTime
-    PRIMARY KEY (domain_uuid, name, created_at)
-);
--- A member snapshot's metadata on another connection too (replicate, or an import of
--- its export on another connection): (domain_uuid, name, created_at) is its row in
--- group_members.  Added after the groups, as they were: an older snapshotd ignores it.
-CREATE TABLE IF NOT EXISTS group_copies (
-    domain_uuid TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    uri TEXT NOT NULL,                 -- the other connection
-    domain_name TEXT NOT NULL,         -- the domain's name there
-    PRIMARY KEY (domain_uuid, name, created_at, uri)
-);
-CREATE TABLE IF NOT EXISTS group_holds (
-    domain_uuid TEXT PRIMARY KEY,      -- a member suspended or frozen right now
-    uri TEXT NOT NULL,
-    domain_name TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    name TEXT NOT NULL,
-    hold TEXT NOT NULL,                -- suspend | freeze
-    since INTEGER NOT NULL
-);
-"""
 
 
 _CREATING = threading.Lock()
@@ -157,6 +78,16 @@ def _create_private(path: Path) -> bool:
             return False
         os.close(fd)
         return True
+
+
+def _recorded_version(path: Path) -> int:
+    """The schema version a catalog file records (0: none yet), read without writing."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return 0  # no meta table: an empty file, or one that was never given a schema
+        return int(row[0]) if row is not None else 0
 
 
 class _Duplicate(AlreadyRecorded, sqlite3.IntegrityError):
@@ -218,6 +149,10 @@ class SQLiteCatalog(CatalogBase):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
         created = _create_private(path)
+        if not created:
+            # Read-only first: a catalog a newer snapshotd wrote is refused untouched
+            # (opening it as this class does would switch it to WAL).
+            migrations.pending(_recorded_version(path), migrations.SQLITE, where=str(path))
         self._path = str(path)
         self._database = _Database(self._path, shared=shared)
         self._runs = SQLiteRunLog(self._database)
@@ -226,14 +161,42 @@ class SQLiteCatalog(CatalogBase):
         # first time this process opens the file (and whenever it had to create it).
         key = f"{self._path}:{path.stat().st_ino}"
         if created or key not in _READY:
-            # executescript commits on its own; every statement in it is idempotent.
-            self._database.connection.executescript(_SCHEMA)
-            with self._database.transaction():
-                self._database.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+            try:
+                self._migrate()
+            except BaseException:
+                self._database.close()
+                raise
             _READY.add(key)
+
+    def _migrate(self) -> None:
+        """Bring the schema to migrations.LATEST in one transaction (BEGIN IMMEDIATE: two
+        processes opening an old catalog at once migrate it once); refuse a newer one."""
+        with self._database.transaction():
+            found = self._database.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            current = 0
+            if found is not None:
+                row = self._database.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                current = int(row[0]) if row is not None else 0
+            todo = migrations.pending(current, migrations.SQLITE, where=self._path)
+            for migration in todo:
+                for statement in migration.statements:
+                    self._database.execute(statement)
+            if todo:
+                self._database.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(todo[-1].version),),
+                )
+
+    @property
+    def schema_version(self) -> int:
+        row = self._database.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+        return int(row[0])
 
     @property
     def location(self) -> str:

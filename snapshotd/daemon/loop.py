@@ -45,7 +45,7 @@ from snapshotd.adapters.metrics import Metrics
 from snapshotd.adapters.notify import Notifier
 from snapshotd.adapters.statefile import DaemonLock
 from snapshotd.adapters.statusfile import StatusWriter
-from snapshotd.catalog import RunLog, open_catalog
+from snapshotd.catalog import Catalog, RunLog, open_catalog
 from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Settings
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
@@ -391,13 +391,17 @@ class Daemon:
             stopping=self._stopping,
         )
 
-    def _start(self, watcher_factory: Any) -> Any:
-        """Signals, first policy load, metrics, one Link per URI, the directory watcher."""
+    def _start(self, watcher_factory: Any) -> tuple[Any, Catalog]:
+        """Signals, first policy load, the catalog, metrics, one Link per URI, the
+        directory watcher; (the watcher, the catalog)."""
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._signal)
         self.reload(first=True)
         if self.settings is None:
             raise RuntimeError("no settings after the first load")
+        # Before any connection: a catalog it cannot use (one a newer snapshotd wrote)
+        # stops the start with its message, nothing touched.
+        catalog = self._catalogs(self.settings.state_dir)
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
         self._status_file = StatusWriter(self.settings.state_dir)
@@ -406,10 +410,10 @@ class Daemon:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()
         if watcher_factory is None:
-            return None
+            return None, catalog
         watcher = watcher_factory(self.settings.policy_dir, lambda: self.events.put(Reload()))
         watcher.start()
-        return watcher
+        return watcher, catalog
 
     def _serve_metrics(self, address: str | None) -> None:
         if not address:
@@ -445,11 +449,10 @@ class Daemon:
     def run(self, *, watcher_factory: Any = None) -> int:
         lock = self._lock()
         try:
-            watcher = self._start(watcher_factory)
+            watcher, catalog = self._start(watcher_factory)
         except BaseException:
             lock.release()
             raise
-        catalog = self._catalogs(self._state_dir())
         runs = catalog.runs
         self._unsettled = {Key(r.policy, r.uri, r.domain_uuid) for r in runs.unfinished()}
         try:

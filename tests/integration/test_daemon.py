@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -509,3 +511,28 @@ def test_hooks_skip_kill_and_see_every_variable(
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
     assert daemon.stop() == 0
+
+
+def test_the_daemon_does_not_start_on_a_catalog_a_newer_snapshotd_wrote(daemon: Daemon) -> None:
+    """A catalog whose schema version is above what this snapshotd knows: `run` exits
+    with the reason before it connects or notifies READY, and the catalog is untouched."""
+    from snapshotd.catalog.migrations import LATEST  # noqa: PLC0415 - only this test
+
+    daemon.state.mkdir(mode=0o700)
+    path = daemon.state / "catalog.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(LATEST + 1),))
+        db.commit()
+    path.chmod(0o600)
+    before = path.read_bytes()
+
+    daemon.start()
+    assert daemon.proc is not None
+    code = daemon.proc.wait(timeout=30)
+
+    assert code == 1
+    log = daemon.log.read_text()
+    assert f"newer than this snapshotd knows (up to {LATEST})" in log
+    assert not any("READY=1" in m for m in daemon.drain())
+    assert path.read_bytes() == before

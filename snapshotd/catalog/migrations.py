@@ -1,0 +1,152 @@
+"""The catalog's schema, as numbered migrations, and the rule for opening one.
+
+A catalog records its schema version (``meta.schema_version``).  Opening it applies,
+in one transaction, every migration numbered above that version, in order, and records
+the new version; a catalog made by a newer snapshotd (a version above ``LATEST``) is
+refused, never read or written: an older snapshotd cannot know what the newer one's
+rows mean.
+
+Each migration is what one version added.  A new one goes at the end with the next
+number; a released migration is never edited (catalogs out there have run it).  The
+statements are SQLite's (catalog/sqlite.py); another backend keeps its own list with
+the same numbers.
+
+Versions 2 and 3 were first created by ``CREATE TABLE IF NOT EXISTS`` alone while the
+recorded version stayed 1, so their statements must stay idempotent: a catalog of that
+time records version 1 and may have their tables already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapshotd.errors import SnapshotdError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    what: str  # one line: what this version added
+    statements: tuple[str, ...]
+
+
+class SchemaTooNew(SnapshotdError):
+    """The catalog was written by a newer snapshotd."""
+
+
+SQLITE: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "snapshots, the operations log and the runs of each policy and domain",
+        (
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS snapshots (
+                id INTEGER PRIMARY KEY,
+                uri TEXT NOT NULL,
+                domain_uuid TEXT NOT NULL,
+                domain_name TEXT NOT NULL,
+                name TEXT NOT NULL,
+                created_at INTEGER NOT NULL,       -- libvirt's creationTime (epoch seconds)
+                policy TEXT,                       -- NULL: taken by hand with `snapshotd take`
+                parent TEXT,
+                xml TEXT NOT NULL,                 -- as libvirt returned it
+                files TEXT NOT NULL DEFAULT '[]',  -- JSON list of the files it created
+                libvirt_metadata INTEGER NOT NULL, -- 0: NO_METADATA, only the catalog knows it
+                deleted_at INTEGER,                -- set when snapshotd deleted it
+                UNIQUE (domain_uuid, name, created_at)
+            )""",
+            "CREATE INDEX IF NOT EXISTS snapshots_by_policy ON snapshots (policy, domain_uuid)",
+            """CREATE TABLE IF NOT EXISTS operations (
+                id INTEGER PRIMARY KEY,
+                at INTEGER NOT NULL,
+                uri TEXT NOT NULL,
+                policy TEXT,
+                domain_uuid TEXT,
+                domain_name TEXT,
+                operation TEXT NOT NULL,           -- create | delete | skip | ...
+                snapshot TEXT,
+                outcome TEXT NOT NULL,             -- ok | failed | skipped
+                message TEXT,
+                duration_ms INTEGER
+            )""",
+            """CREATE TABLE IF NOT EXISTS runs (
+                policy TEXT NOT NULL,
+                domain_uuid TEXT NOT NULL,
+                uri TEXT NOT NULL,
+                domain_name TEXT NOT NULL,
+                last_slot INTEGER,                 -- the instant the last good run served
+                last_success INTEGER,              -- when it finished
+                last_error TEXT,
+                last_error_at INTEGER,
+                in_progress TEXT,                  -- the snapshot being taken now, if any
+                in_progress_slot INTEGER,
+                in_progress_since INTEGER,
+                PRIMARY KEY (policy, domain_uuid)
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "consistency groups: their member snapshots, and the members held still now",
+        (
+            """CREATE TABLE IF NOT EXISTS group_members (
+                policy TEXT NOT NULL,
+                name TEXT NOT NULL,                -- the snapshot name the members share
+                taken_at INTEGER NOT NULL,         -- the group run's instant
+                partial INTEGER NOT NULL,          -- 1: kept with fewer members than it had
+                pause_ms INTEGER,                  -- first hold to last release
+                uri TEXT NOT NULL,
+                domain_uuid TEXT NOT NULL,
+                domain_name TEXT NOT NULL,
+                created_at INTEGER NOT NULL,       -- the member snapshot's creationTime
+                PRIMARY KEY (domain_uuid, name, created_at)
+            )""",
+            """CREATE TABLE IF NOT EXISTS group_holds (
+                domain_uuid TEXT PRIMARY KEY,      -- a member suspended or frozen now
+                uri TEXT NOT NULL,
+                domain_name TEXT NOT NULL,
+                policy TEXT NOT NULL,
+                name TEXT NOT NULL,
+                hold TEXT NOT NULL,                -- suspend | freeze
+                since INTEGER NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "a group member's snapshot metadata on other connections (replicate, import)",
+        (
+            """CREATE TABLE IF NOT EXISTS group_copies (
+                domain_uuid TEXT NOT NULL,         -- with name and created_at: its member
+                name TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                uri TEXT NOT NULL,                 -- the other connection
+                domain_name TEXT NOT NULL,         -- the domain's name there
+                PRIMARY KEY (domain_uuid, name, created_at, uri)
+            )""",
+        ),
+    ),
+)
+
+LATEST = SQLITE[-1].version
+
+
+def pending(current: int, migrations: tuple[Migration, ...], *, where: str) -> list[Migration]:
+    """The migrations a catalog at version ``current`` needs, in order; SchemaTooNew
+    for a catalog newer than ``migrations`` know."""
+    latest = migrations[-1].version
+    if current > latest:
+        raise SchemaTooNew(
+            f"{where}: the catalog's schema is version {current}, newer than this "
+            f"snapshotd knows (up to {latest}): a newer snapshotd wrote it.  Run that "
+            "snapshotd (or a newer one), or point --state-dir (state_dir:) at another "
+            "directory; this one is left as it is"
+        )
+    return [m for m in migrations if m.version > current]
+
+
+def check_order(migrations: tuple[Migration, ...]) -> None:
+    """Numbered 1, 2, 3, ... without a gap (a test holds every list to it)."""
+    numbers = [m.version for m in migrations]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"migrations must be numbered 1, 2, 3, ... in order, not {numbers}")
