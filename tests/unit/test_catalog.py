@@ -7,6 +7,7 @@ files, modes, WAL, durability across kill -9, locks across processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -31,6 +32,7 @@ from snapshotd.catalog.api import (
     SnapshotRow,
 )
 from snapshotd.catalog.memory import MemoryCatalog
+from snapshotd.catalog.migrations import LATEST
 from snapshotd.catalog.sqlite import DB_NAME, SQLiteCatalog
 from snapshotd.errors import SnapshotdError
 
@@ -426,24 +428,26 @@ def test_a_committed_record_survives_kill_9(tmp_path: Path) -> None:
 def test_an_older_catalog_without_group_copies_gets_the_table_when_opened(
     tmp_path: Path,
 ) -> None:
-    """No schema migration: the table is made by CREATE TABLE IF NOT EXISTS, so a catalog
-    an older snapshotd made (schema version 1, groups without copies) takes copies the
-    first time this snapshotd opens it, and keeps its groups."""
+    """A catalog an older snapshotd made (schema version 2: groups without copies) is
+    migrated the first time this snapshotd opens it: it takes copies, keeps its groups,
+    and records the latest version (tests/unit/test_catalog_migrations.py has the rest)."""
     state = tmp_path / "state"
     with SQLiteCatalog(str(state)) as catalog:
         catalog.record_snapshot(row("g-1", 1000))
         catalog.groups.record(GroupRow("p", "g-1", 999, (GroupMember(URI, UUID, "web", 1000),)))
-    with sqlite3.connect(state / DB_NAME) as db:
+    with contextlib.closing(sqlite3.connect(state / DB_NAME)) as db:
         db.execute("DROP TABLE group_copies")
-    sqlite._READY.clear()  # as a new process: the schema is written again
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        db.commit()
+    sqlite._READY.clear()  # as a new process: the schema is looked at again
     with SQLiteCatalog(str(state)) as catalog:
         assert catalog.groups.all("p")[0].copies == ()
         catalog.groups.join(GroupRow("p", "g-1", 999, (GroupMember(PEER, UUID, "web", 1000),)))
         (group,) = catalog.groups.all("p")
         assert group.copies == (GroupMember(PEER, UUID, "web", 1000),)
-    with sqlite3.connect(state / DB_NAME) as db:
+    with contextlib.closing(sqlite3.connect(state / DB_NAME)) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    assert version == "1"
+    assert version == str(LATEST)
 
 
 def test_the_same_snapshot_cannot_be_recorded_twice(tmp_path: Path) -> None:
