@@ -73,6 +73,26 @@ def group_rows(state_dir: Path) -> list[tuple[str, str]]:
         return [(str(a), str(b)) for a, b in rows.fetchall()]
 
 
+def write_shop(root: Path, body: str) -> None:
+    """The group policy ``shop`` in ``root``'s policy directory, with a mode snapshotd
+    trusts."""
+    path = root / "policies" / "shop.yaml"
+    path.write_text(body)
+    path.chmod(0o644)
+
+
+def run_until_a_group(daemon: Daemon, prefix: str) -> str:
+    """`snapshotd run` with ``shop`` every 3 s over the domains named ``prefix*``, until
+    it made a group; stopped cleanly; its log."""
+    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
+    write_policy(daemon, "shop", body)
+    daemon.start()
+    daemon.wait_ready()
+    daemon.wait_for(lambda: "group shop: created" in daemon.log.read_text(), 60, "a group")
+    assert daemon.stop() == 0
+    return daemon.log.read_text()
+
+
 def take(root: Path) -> tuple[int, dict[str, object], str]:
     result = snapshotd("take", "--policy", "shop", "--json", *settings_args(root))
     shown = json.loads(result.out) if result.out.strip() else {}
@@ -86,9 +106,7 @@ def test_a_crash_group_of_three_running_domains_is_taken_at_one_instant(
     prefix = doms[0].name[:-1]
     make_settings(tmp_path)
     snaps = tmp_path / "snaps"
-    policies = tmp_path / "policies"
-    (policies / "shop.yaml").write_text(group_policy(prefix, snaps))
-    (policies / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, group_policy(prefix, snaps))
 
     code, shown, err = take(tmp_path)
 
@@ -161,8 +179,7 @@ def test_revert_group_brings_every_member_back_and_refuses_a_missing_one(
     make_settings(tmp_path)
     body = group_policy(prefix, tmp_path / "snaps")
     body = body.replace("  disk_only: true\n  disks: external\n", "")
-    (tmp_path / "policies" / "shop.yaml").write_text(body)
-    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, body)
     code, shown, err = take(tmp_path)
     assert code == 0, (shown, err)
     name = str(shown["snapshot"])
@@ -198,8 +215,7 @@ def test_one_member_failing_rolls_the_whole_group_back(
     prefix = doms[0].name[:-1]
     make_settings(tmp_path)
     snaps = tmp_path / "snaps"
-    (tmp_path / "policies" / "shop.yaml").write_text(group_policy(prefix, snaps))
-    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, group_policy(prefix, snaps))
     images = {d.name: d.dom.XMLDesc(0) for d in doms}
     before = {d.name: files_under(d.directory) for d in doms}
     with full_directory(snaps / doms[-1].name):
@@ -231,8 +247,7 @@ def test_retention_deletes_groups_as_units(domain_factory: DomainFactory, tmp_pa
     make_settings(tmp_path)
     snaps = tmp_path / "snaps"
     body = group_policy(prefix, snaps, retention="retention: {keep_last: 2}\n")
-    (tmp_path / "policies" / "shop.yaml").write_text(body)
-    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, body)
     names = []
     for _ in range(3):
         code, shown, err = take(tmp_path)
@@ -260,15 +275,7 @@ def test_the_daemon_takes_the_group_and_resumes_a_member_a_killed_process_left_p
             HoldRow("shop", "shop-killed", target.URI, doms[0].uuid, doms[0].name, "suspend", 1)
         )
     doms[0].dom.suspend()
-    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
-    write_policy(daemon, "shop", body)
-    daemon.start()
-    daemon.wait_ready()
-    daemon.wait_for(
-        lambda: "group shop: created" in daemon.log.read_text(), 60, "the group's snapshot"
-    )
-    assert daemon.stop() == 0
-    log = daemon.log.read_text()
+    log = run_until_a_group(daemon, prefix)
     assert f"{doms[0].name}: resumed: group shop held it still (snapshot shop-killed" in log
     assert log.index("resumed: group shop") < log.index("group shop: created")
     assert all(state(d) == RUNNING for d in doms)
@@ -358,15 +365,7 @@ def test_a_group_a_killed_process_left_half_made_is_rolled_back_not_adopted(
         "</disks></domainsnapshot>",
         libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC,
     )
-    body = group_policy(prefix, daemon.root / "snaps").replace("every: 1h", "every: 3s")
-    write_policy(daemon, "shop", body)
-    daemon.start()
-    daemon.wait_ready()
-    daemon.wait_for(
-        lambda: "group shop: created" in daemon.log.read_text(), 60, "the group taken again"
-    )
-    assert daemon.stop() == 0
-    log = daemon.log.read_text()
+    log = run_until_a_group(daemon, prefix)
     assert f"{doms[0].name}: group shop was interrupted" in log
     assert "its snapshot was deleted again" in log
     assert all(state(d) == RUNNING for d in doms)
@@ -446,8 +445,7 @@ def test_max_pause_releases_the_others_while_one_member_s_suspend_hangs(
     make_settings(tmp_path)
     snaps = tmp_path / "snaps"
     body = group_policy(prefix, snaps).replace("max_pause: 10s", "max_pause: 3s")
-    (tmp_path / "policies" / "shop.yaml").write_text(body)
-    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, body)
     with qemu_stopped(doms[-1]):
         proc = start("take", "--policy", "shop", "--json", *settings_args(tmp_path))
         try:
@@ -486,8 +484,7 @@ def test_a_member_whose_qemu_dies_mid_run_fails_the_group_and_the_others_run_on(
     prefix = doms[0].name[:-1]
     make_settings(tmp_path)
     snaps = tmp_path / "snaps"
-    (tmp_path / "policies" / "shop.yaml").write_text(group_policy(prefix, snaps))
-    (tmp_path / "policies" / "shop.yaml").chmod(0o644)
+    write_shop(tmp_path, group_policy(prefix, snaps))
     before = {d.name: files_under(d.directory) for d in doms}
     with qemu_stopped(doms[-1]) as pid:
         proc = start("take", "--policy", "shop", "--json", *settings_args(tmp_path))
