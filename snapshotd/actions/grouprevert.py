@@ -3,7 +3,7 @@
 Checked for every member before any is touched: the group is in the catalog, every
 member is a domain on this connection, and every member still has the snapshot (in
 libvirt, or in the catalog to redefine it from).  Then each member is reverted by
-actions/metadata.py's ``revert`` (redefining from the catalog, making a current snapshot
+actions/revert.py's ``revert`` (redefining from the catalog, making a current snapshot
 before an external revert, refreshing the catalog after).  A group's members were all made by one
 policy, so they are all the same kind (internal, or external): what this libvirt cannot
 revert, it refuses at the first member, before any other is changed.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snapshotd.actions import metadata
+from snapshotd.actions import revert as reverting
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog.api import Catalog, GroupRow
@@ -63,7 +63,7 @@ def revert_group(
         )
     done = []
     for member in group.members:
-        redefined = metadata.revert(
+        redefined = reverting.revert(
             hv, catalog, member.domain_uuid, snapshot, running=running, paused=paused
         )
         state = hv.domain(member.domain_uuid).state.value

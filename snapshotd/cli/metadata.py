@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from snapshotd.actions import grouprevert, importing, metadata
+from snapshotd.actions import revert as reverting
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import Catalog, catalog_exists, open_catalog
@@ -161,7 +162,7 @@ def cmd_revert(args: argparse.Namespace, out: TextIO) -> int:
             print(f"reverted {member.domain} to {args.snapshot}; it is {member.state}", file=out)
         return EXIT_OK
     with common.connected(args, settings) as (hv, catalog):
-        redefined = metadata.revert(
+        redefined = reverting.revert(
             hv, catalog, args.domain, args.snapshot, running=args.running, paused=args.paused
         )
         state = hv.domain(args.domain).state.value

@@ -1,4 +1,4 @@
-"""snapshotd.actions.metadata.revert with the fake: what each libvirt answers, decided
+"""snapshotd.actions.revert.revert with the fake: what each libvirt answers, decided
 from that answer (an "unsupported" error) and never from a version number; a current
 snapshot before every external revert; the catalog kept true afterwards."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.actions.metadata import revert
 from snapshotd.actions.policyrun import Outcome, PolicyRun
+from snapshotd.actions.revert import revert
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.core.model import DomainInfo, DomainState
 from snapshotd.errors import RequestError
