@@ -28,7 +28,18 @@ def print_check(settings: Settings, out: TextIO) -> None:
         schedule = policy.schedule
         when = schedule.cron or f"every {schedule.every}"
         keep = describe(policy.retention) if policy.retention else "never prune"
-        print(f"  {policy.name} ({policy.source}): {when} {schedule.timezone}; {keep}", file=out)
+        group = policy.group
+        together = (
+            ""
+            if group is None
+            else f"; group: {group.consistency.value} consistency, max_pause "
+            f"{group.max_pause.total_seconds():g}s, on_member_failure "
+            f"{group.on_member_failure.value}"
+        )
+        print(
+            f"  {policy.name} ({policy.source}): {when} {schedule.timezone}; {keep}{together}",
+            file=out,
+        )
 
 
 def print_selections(selections: Sequence[Selection], out: TextIO) -> None:

@@ -7,6 +7,7 @@ pin down the order of operations and every failure path in milliseconds.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import itertools
 import json
 import threading
@@ -22,6 +23,7 @@ from snapshotd.actions.grouprun import GroupOutcome, GroupRun
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.cli import reports
+from snapshotd.cli.app import main
 from snapshotd.config.load import parse_policy
 from snapshotd.core.group import Consistency, Hold
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
@@ -375,3 +377,33 @@ def test_take_shows_each_member_s_uri_without_its_password(tmp_path: Path) -> No
     assert shown["outcome"] == "created"
     assert "hunter2" not in json.dumps(shown)
     assert {m["uri"] for m in shown["members"]} == {sanitize_uri(env.hv.uri)}
+
+
+def test_check_says_which_policies_are_groups(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir(mode=0o755)
+    (policies / "shop.yaml").write_text(
+        "name: shop\n"
+        'domains: {include: ["shop-db", "shop-web"]}\n'
+        "group: {consistency: application, max_pause: 7s, on_member_failure: partial}\n"
+        "schedule: {every: 1h}\n"
+        "snapshot: {disk_only: true, disks: external}\n"
+    )
+    (policies / "web.yaml").write_text(
+        "name: web\ndomains: {include: [web]}\nschedule: {every: 1h}\n"
+    )
+    for path in policies.iterdir():
+        path.chmod(0o644)
+    config = tmp_path / "snapshotd.yaml"
+    config.write_text("connect: [qemu:///system]\n")
+    config.chmod(0o644)
+    out = io.StringIO()
+    argv = ["check", "--offline", "--config", str(config)]
+    code = main([*argv, "--policy-dir", str(policies)], out=out)
+
+    assert code == 0, out.getvalue()
+    lines = {line.split(" (", 1)[0].strip(): line for line in out.getvalue().splitlines()}
+    assert lines["shop"].endswith(
+        "; group: application consistency, max_pause 7s, on_member_failure partial"
+    )
+    assert "group" not in lines["web"]
