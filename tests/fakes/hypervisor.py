@@ -152,8 +152,8 @@ class FakeHypervisor:
         self._domains: list[_Domain] = []
         self._next_failure: LibvirtError | None = None
         self._failing: dict[str, LibvirtError] = {}  # domain UUID -> its creates' error
-        self.holds: list[tuple[str, str]] = []  # (suspend | resume | freeze | thaw, name)
-        self.timeline: list[tuple[str, str]] = []  # the holds and the creates, in order
+        # (suspend | resume | freeze | thaw | create, domain name), in order
+        self.timeline: list[tuple[str, str]] = []
         self.creates = 0  # calls that reached "libvirt" (failed or not)
         self.crashed = False  # an external revert with no current snapshot (libvirt 11.3)
 
@@ -452,31 +452,30 @@ class FakeHypervisor:
 
     # --- holding domains still ------------------------------------------------------------
 
+    @property
+    def holds(self) -> list[tuple[str, str]]:
+        """The suspends, resumes, freezes and thaws, in order (the timeline without creates)."""
+        return [event for event in self.timeline if event[0] != "create"]
+
     def suspend(self, domain: str) -> None:
-        found = self._find(domain)
-        if found.state is not DomainState.RUNNING:
-            raise libvirt_error(
-                "Requested operation is not valid: domain is not running",
-                code=libvirt.VIR_ERR_OPERATION_INVALID,
-                operation="suspend",
-                domain=found.name,
-            )
-        found.state = DomainState.PAUSED
-        self.holds.append(("suspend", found.name))
-        self.timeline.append(("suspend", found.name))
+        self._switch(domain, "suspend", DomainState.RUNNING, DomainState.PAUSED)
 
     def resume(self, domain: str) -> None:
+        self._switch(domain, "resume", DomainState.PAUSED, DomainState.RUNNING)
+
+    def _switch(self, domain: str, operation: str, was: DomainState, to: DomainState) -> None:
+        """virDomainSuspend / virDomainResume: refused, as libvirt does, unless ``was``."""
         found = self._find(domain)
-        if found.state is not DomainState.PAUSED:
+        if found.state is not was:
+            why = {DomainState.RUNNING: "running", DomainState.PAUSED: "paused"}[was]
             raise libvirt_error(
-                "Requested operation is not valid: domain is not paused",
+                f"Requested operation is not valid: domain is not {why}",
                 code=libvirt.VIR_ERR_OPERATION_INVALID,
-                operation="resume",
+                operation=operation,
                 domain=found.name,
             )
-        found.state = DomainState.RUNNING
-        self.holds.append(("resume", found.name))
-        self.timeline.append(("resume", found.name))
+        found.state = to
+        self.timeline.append((operation, found.name))
 
     def freeze(self, domain: str) -> None:
         found = self._find(domain)
@@ -487,11 +486,9 @@ class FakeHypervisor:
                 operation="freeze file systems",
                 domain=found.name,
             )
-        self.holds.append(("freeze", found.name))
         self.timeline.append(("freeze", found.name))
 
     def thaw(self, domain: str) -> bool:
         found = self._find(domain)
-        self.holds.append(("thaw", found.name))
         self.timeline.append(("thaw", found.name))
         return found.agent
