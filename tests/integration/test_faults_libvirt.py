@@ -152,9 +152,18 @@ def test_fault_02_state_change_lock_held_by_another_job(
         )
         assert "state change lock" in run[0]
         assert run[1] is None
-        status = json.loads((daemon.state / "status.json").read_text())
-        (due,) = [s for s in status["scheduled"] if s["domain_uuid"] == locked.uuid]
-        assert due["reason"].startswith("retry: ")
+        # The worker records the failure before the loop hears of it and writes the status
+        # file: wait for the loop, not the catalog.
+        def retry_due() -> bool:
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                status = json.loads((daemon.state / "status.json").read_text())
+                return any(
+                    s["domain_uuid"] == locked.uuid and s["reason"].startswith("retry: ")
+                    for s in status["scheduled"]
+                )
+            return False
+
+        daemon.wait_for(retry_due, 10, "the retry in the status file")
         # The other domain carried on while the locked one waited.
         during = [t for t, _, _ in snapshots(other) if held_since <= t <= failed_at]
         assert len(during) >= 3, during
