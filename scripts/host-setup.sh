@@ -19,12 +19,15 @@ WAIT_SECONDS=30
 
 # What snapshotd needs from the host.  The first line is libvirt and QEMU themselves; the
 # second builds libvirt-python and systemd-python from source inside the venv; the third is
-# the Python that scripts/venv.sh uses; tini reaps QEMU processes (see below).
+# the Python that scripts/venv.sh uses; tini reaps QEMU processes (see below); PostgreSQL
+# and openssl are the shared catalog's test server (scripts/postgres.sh starts its own
+# cluster, never the package's).
 PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
     libvirt-dev libsystemd-dev pkg-config libxml2-utils gcc
     python3 python3-venv python3-dev
     tini
+    postgresql openssl
 )
 
 log() { printf 'host-setup: %s\n' "$*"; }

@@ -5,7 +5,9 @@
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh -k hyper   # arguments go to pytest
 #
-# Steps, each of which must pass: host setup; the second libvirt host (scripts/host2.sh:
+# Steps, each of which must pass: host setup; PostgreSQL (scripts/postgres.sh: a cluster
+# of the tests' own for the shared catalog, stopped at the end when this run started it);
+# the second libvirt host (scripts/host2.sh:
 # Debian 13's libvirt 11 in a chroot and network namespace, over qemu+ssh) and the guest
 # image (scripts/guest-image.sh), both built once and cached, started in the background
 # so their downloads overlap the next steps; venv, ruff lint, ruff format check, mypy
@@ -41,9 +43,13 @@ pytest_twice() {
 
 LOGS=$(mktemp -d /tmp/snapshotd-test.XXXXXX)
 started_host2=no
+started_postgres=no
 finish() {
     if [ "$started_host2" = yes ]; then
         ./scripts/host2.sh down >>"$LOGS/host2.log" 2>&1 || true
+    fi
+    if [ "$started_postgres" = yes ]; then
+        ./scripts/postgres.sh stop >>"$LOGS/postgres.log" 2>&1 || true
     fi
 }
 trap finish EXIT
@@ -66,6 +72,9 @@ step "second host and guest image, in the background (logs in $LOGS)"
 host2=$!
 ./scripts/guest-image.sh >"$LOGS/guest.log" 2>&1 &
 guest=$!
+step "PostgreSQL, the shared catalog's test server (scripts/postgres.sh)"
+./scripts/postgres.sh status >/dev/null 2>&1 || started_postgres=yes
+./scripts/postgres.sh up
 step "venv";              ./scripts/venv.sh
 step "ruff check";        .venv/bin/ruff check .
 step "ruff format check"; .venv/bin/ruff format --check .

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import catalog_exists, open_catalog
-from snapshotd.config.settings import Settings
+from snapshotd.config.settings import DatabaseSettings, Settings
 from snapshotd.core import freshness
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
@@ -17,13 +17,13 @@ from snapshotd.errors import SnapshotdError
 Stream = tuple[str, str]  # (policy name, domain UUID)
 
 
-def newest_by_stream(state_dir: str) -> dict[Stream, int]:
+def newest_by_stream(state_dir: str, database: DatabaseSettings | None = None) -> dict[Stream, int]:
     """When each policy last made a snapshot of each domain (epoch seconds), from the
     catalog; nothing when there is no catalog yet."""
     newest: dict[Stream, int] = {}
-    if not catalog_exists(state_dir):
+    if not catalog_exists(state_dir, database):
         return newest
-    with open_catalog(state_dir) as catalog:
+    with open_catalog(state_dir, database=database) as catalog:
         for row in catalog.snapshots():
             if row.policy is not None:
                 key = (row.policy, row.domain_uuid)
@@ -69,7 +69,10 @@ def assess(
     monitored = [p for p in settings.policies if p.monitor is not None]
     if not monitored:
         return freshness.unknown("no policy has monitor: (warn/crit)")
-    newest = newest_by_stream(settings.state_dir)
+    try:
+        newest = newest_by_stream(settings.state_dir, settings.catalog)
+    except SnapshotdError as exc:
+        return freshness.unknown(f"cannot read the catalog: {exc}")
     try:
         with Hypervisor.open(uri) as hv:
             domains = hv.list_domains()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from snapshotd.actions import groupindex, metadata
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.config.settings import DatabaseSettings
 from snapshotd.core.hierarchy import ImportPlan, Item
 from snapshotd.core.model import DomainInfo, SnapshotInfo
 
@@ -43,11 +44,15 @@ def refuse_problems(docs: metadata.Documents) -> None:
 
 
 def _catalog_items(
-    hv: HypervisorAPI, domain: DomainInfo, state_dir: str, snapshots: Sequence[str]
+    hv: HypervisorAPI,
+    domain: DomainInfo,
+    state_dir: str,
+    snapshots: Sequence[str],
+    database: DatabaseSettings | None,
 ) -> list[Item]:
     """The catalog's snapshots of the domain that libvirt does not have (all the named
     ones, when ``snapshots`` names some)."""
-    with open_catalog(state_dir) as catalog:
+    with open_catalog(state_dir, database=database) as catalog:
         existing = {r.name for r in hv.list_snapshots(domain.name)}
         chosen = metadata.catalog_items(catalog, domain, snapshots)
     return [i for i in chosen if i.name not in existing or bool(snapshots)]
@@ -68,18 +73,19 @@ def prepare(
     from_catalog: bool,
     snapshots: Sequence[str],
     current: str | None,
+    database: DatabaseSettings | None = None,
 ) -> Prepared:
     """The checked plan for the documents (and, ``from_catalog``, the catalog's snapshots
     in ``state_dir``); raises ImportRefused, also when the catalog has an imported
     snapshot in another group than its index says."""
     items = list(docs.items)
     if from_catalog and state_dir is not None:
-        items += _catalog_items(hv, domain, state_dir, snapshots)
+        items += _catalog_items(hv, domain, state_dir, snapshots, database)
     plan = metadata.check_import(hv, domain, items, current=current or docs.current)
     if not docs.groups or state_dir is None:
         return Prepared(plan)
-    if catalog_exists(state_dir):
-        with open_catalog(state_dir) as catalog:
+    if catalog_exists(state_dir, database):
+        with open_catalog(state_dir, database=database) as catalog:
             problems = groupindex.conflicts(catalog, domain, plan, docs.groups)
         if problems:
             raise metadata.import_refused(problems)
@@ -93,13 +99,14 @@ def define(
     *,
     state_dir: str | None,
     groups: dict[str, groupindex.IndexedGroup] | None = None,
+    database: DatabaseSettings | None = None,
 ) -> tuple[tuple[str, ...], list[str]]:
     """Run the plan; with ``state_dir`` the catalog records that libvirt has the
     metadata again, and each snapshot that ``groups`` names a member of a group is
     recorded in it.  Returns what was defined, and what was recorded in groups."""
     if state_dir is None:
         return metadata.run_import(hv, domain, plan), []
-    with open_catalog(state_dir) as catalog:
+    with open_catalog(state_dir, database=database) as catalog:
         defined = metadata.run_import(hv, domain, plan, catalog=catalog)
         said = groupindex.record_imported(hv, catalog, domain, plan, groups or {})
     return defined, said

@@ -14,17 +14,22 @@ from typing import Any
 
 from snapshotd.adapters import statefile, statusfile
 from snapshotd.adapters.statusfile import DaemonStatus, Running, Scheduled
-from snapshotd.catalog import Catalog, Run, SnapshotRow, catalog_exists, open_catalog
+from snapshotd.catalog import Catalog, Run, SnapshotRow, catalog_exists, describe, open_catalog
+from snapshotd.config.settings import DatabaseSettings
 
 
-def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
-    """The status report as plain data (what ``--json`` prints)."""
+def collect(
+    state_dir: str, now: float | None = None, *, database: DatabaseSettings | None = None
+) -> dict[str, Any]:
+    """The status report as plain data (what ``--json`` prints); ``database``: the
+    catalog is there (snapshotd.yaml's ``catalog:``), not in ``state_dir``."""
     now = time.time() if now is None else now
     pid = statefile.daemon_pid(state_dir)
     written = statusfile.read_status(state_dir) or DaemonStatus()
     running = pid is not None
     report: dict[str, Any] = {
         "state_dir": state_dir,
+        "catalog": describe(state_dir, database),
         "daemon": {
             "running": running,
             "pid": pid if running and pid and pid > 0 else None,
@@ -41,12 +46,12 @@ def collect(state_dir: str, now: float | None = None) -> dict[str, Any]:
         "domains": [],
         "groups": [],
     }
-    if not catalog_exists(state_dir):
+    if not catalog_exists(state_dir, database):
         return report
     # Due times and jobs in flight only while a daemon runs: nobody acts on them else.
     scheduled = {(s.policy, s.domain_uuid): s for s in written.scheduled} if running else {}
     inflight = {(r.policy, r.domain_uuid): r for r in written.running} if running else {}
-    with open_catalog(state_dir) as catalog:
+    with open_catalog(state_dir, database=database) as catalog:
         rows = _last_snapshots(catalog)
         for run in catalog.runs.all():
             key = (run.policy, run.domain_uuid)

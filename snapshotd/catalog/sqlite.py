@@ -32,25 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from snapshotd.catalog import locks, migrations
-from snapshotd.catalog.api import (
-    AlreadyRecorded,
-    CatalogBase,
-    GroupMember,
-    GroupRow,
-    HoldRow,
-    Operation,
-    Run,
-    SnapshotRow,
-    member_of,
-)
+from snapshotd.catalog.api import AlreadyRecorded
+from snapshotd.catalog.sql import SQLCatalog
 
 DB_NAME = "catalog.sqlite"
 
@@ -95,11 +85,10 @@ class _Duplicate(AlreadyRecorded, sqlite3.IntegrityError):
 
 
 class _Database:
-    """The one connection to the database file, and its write transactions.
+    """The one connection to the database file, and its write transactions: the
+    catalog's SQL (catalog/sql.py) runs through it."""
 
-    Private to this module: SQLiteCatalog and its SQLiteRunLog each keep their own SQL
-    and run it through the _Database the catalog opened.
-    """
+    integrity_error: type[Exception] = sqlite3.IntegrityError
 
     def __init__(self, path: str, *, shared: bool) -> None:
         self.connection = sqlite3.connect(
@@ -109,7 +98,13 @@ class _Database:
         self.connection.execute("PRAGMA synchronous=FULL")
         self.connection.execute("PRAGMA foreign_keys=ON")
 
-    def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
+    def is_duplicate(self, exc: Exception) -> bool:
+        return "UNIQUE" in str(exc)
+
+    def duplicate(self, message: str) -> AlreadyRecorded:
+        return _Duplicate(message)
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
         return self.connection.execute(sql, args)
 
     @contextlib.contextmanager
@@ -135,7 +130,7 @@ class _Database:
         self.connection.close()
 
 
-class SQLiteCatalog(CatalogBase):
+class SQLiteCatalog(SQLCatalog):
     """The catalog in ``state_dir``: its database, and the domain locks beside it."""
 
     def __init__(self, state_dir: str, *, shared: bool = False) -> None:
@@ -144,7 +139,6 @@ class SQLiteCatalog(CatalogBase):
         ``shared``: the connection may be handed from thread to thread (never used by
         two at once), as the daemon's pool of connections does.
         """
-        super().__init__(functools.partial(locks.file_lock, state_dir))
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = directory / DB_NAME
@@ -154,9 +148,9 @@ class SQLiteCatalog(CatalogBase):
             # (opening it as this class does would switch it to WAL).
             migrations.pending(_recorded_version(path), migrations.SQLITE, where=str(path))
         self._path = str(path)
-        self._database = _Database(self._path, shared=shared)
-        self._runs = SQLiteRunLog(self._database)
-        self._groups = SQLiteGroupLog(self._database)
+        database = _Database(self._path, shared=shared)
+        super().__init__(database, functools.partial(locks.file_lock, state_dir), self._path)
+        self._sqlite = database
         # The daemon opens the catalog once per snapshot: the schema is written the
         # first time this process opens the file (and whenever it had to create it).
         key = f"{self._path}:{path.stat().st_ino}"
@@ -164,453 +158,38 @@ class SQLiteCatalog(CatalogBase):
             try:
                 self._migrate()
             except BaseException:
-                self._database.close()
+                database.close()
                 raise
             _READY.add(key)
 
     def _migrate(self) -> None:
         """Bring the schema to migrations.LATEST in one transaction (BEGIN IMMEDIATE: two
         processes opening an old catalog at once migrate it once); refuse a newer one."""
-        with self._database.transaction():
-            found = self._database.execute(
+        with self._sqlite.transaction():
+            found = self._sqlite.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
             ).fetchone()
             current = 0
             if found is not None:
-                row = self._database.execute(
+                row = self._sqlite.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'"
                 ).fetchone()
                 current = int(row[0]) if row is not None else 0
             todo = migrations.pending(current, migrations.SQLITE, where=self._path)
             for migration in todo:
                 for statement in migration.statements:
-                    self._database.execute(statement)
+                    self._sqlite.execute(statement)
             if todo:
-                self._database.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                self._sqlite.execute(
+                    """INSERT INTO meta (key, value) VALUES ('schema_version', ?)
+                       ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
                     (str(todo[-1].version),),
                 )
 
     @property
     def schema_version(self) -> int:
-        row = self._database.execute(
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
+        row = self._sqlite.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0])
 
-    @property
-    def location(self) -> str:
-        return self._path
 
-    @property
-    def runs(self) -> SQLiteRunLog:
-        return self._runs
-
-    @property
-    def groups(self) -> SQLiteGroupLog:
-        return self._groups
-
-    def close(self) -> None:
-        self._database.close()
-
-    # --- snapshots -------------------------------------------------------------------
-
-    def record_snapshot(self, row: SnapshotRow) -> None:
-        try:
-            with self._database.transaction():
-                self._database.execute(
-                    """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
-                           policy, parent, xml, files, libvirt_metadata)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (
-                        row.uri,
-                        row.domain_uuid,
-                        row.domain_name,
-                        row.name,
-                        row.created_at,
-                        row.policy,
-                        row.parent,
-                        row.xml,
-                        json.dumps(list(row.files)),
-                        int(row.libvirt_metadata),
-                    ),
-                )
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" not in str(exc):
-                raise
-            raise _Duplicate(
-                f"the catalog already has snapshot {row.name!r} of domain {row.domain_name!r} "
-                f"({row.domain_uuid}) created at {row.created_at}"
-            ) from exc
-
-    def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
-        with self._database.transaction():
-            self._database.execute(
-                """UPDATE snapshots SET deleted_at = ?
-                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
-                (when, domain_uuid, name, created_at),
-            )
-
-    def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
-        if created_at is None:
-            return None
-        cur = self._database.execute(
-            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
-               AND deleted_at IS NULL""",
-            (domain_uuid, name, created_at),
-        )
-        found = cur.fetchone()
-        return _row(cur, found) if found else None
-
-    def set_libvirt_metadata(
-        self, domain_uuid: str, name: str, created_at: int, held: bool
-    ) -> None:
-        with self._database.transaction():
-            self._database.execute(
-                """UPDATE snapshots SET libvirt_metadata = ?
-                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
-                (int(held), domain_uuid, name, created_at),
-            )
-
-    def update_snapshot(
-        self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]
-    ) -> None:
-        with self._database.transaction():
-            self._database.execute(
-                """UPDATE snapshots SET xml = ?, files = ?
-                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
-                (xml, json.dumps(list(files)), domain_uuid, name, created_at),
-            )
-
-    def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
-        cur = self._database.execute(
-            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
-               ORDER BY created_at DESC, id DESC LIMIT 1""",
-            (domain_uuid, name),
-        )
-        found = cur.fetchone()
-        return _row(cur, found) if found else None
-
-    def snapshots(
-        self, *, domain_uuid: str | None = None, policy: str | None = None
-    ) -> list[SnapshotRow]:
-        query = "SELECT * FROM snapshots WHERE deleted_at IS NULL"
-        args: list[object] = []
-        if domain_uuid is not None:
-            query += " AND domain_uuid = ?"
-            args.append(domain_uuid)
-        if policy is not None:
-            query += " AND policy = ?"
-            args.append(policy)
-        cur = self._database.execute(query + " ORDER BY created_at, id", args)
-        return [_row(cur, r) for r in cur.fetchall()]
-
-    # --- operations ---------------------------------------------------------------------
-
-    def record_operation(self, op: Operation) -> None:
-        with self._database.transaction(fsync=False):  # a log line: see the module docstring
-            self._database.execute(
-                """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
-                       snapshot, outcome, message, duration_ms)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    op.at,
-                    op.uri,
-                    op.policy,
-                    op.domain_uuid,
-                    op.domain_name,
-                    op.operation,
-                    op.snapshot,
-                    op.outcome,
-                    op.message,
-                    op.duration_ms,
-                ),
-            )
-
-    def operations(self, *, limit: int = 100) -> list[Operation]:
-        cur = self._database.execute(
-            """SELECT at, uri, operation, outcome, policy, domain_uuid, domain_name, snapshot,
-                      message, duration_ms FROM operations ORDER BY id DESC LIMIT ?""",
-            (limit,),
-        )
-        return [Operation(*r) for r in cur.fetchall()]
-
-
-class SQLiteRunLog:
-    """The ``runs`` table, through the catalog's own database."""
-
-    def __init__(self, database: _Database) -> None:
-        self._database = database
-
-    def get(self, policy: str, domain_uuid: str) -> Run | None:
-        cur = self._database.execute(
-            "SELECT * FROM runs WHERE policy = ? AND domain_uuid = ?", (policy, domain_uuid)
-        )
-        found = cur.fetchone()
-        return Run(*found) if found else None
-
-    def all(self) -> list[Run]:
-        cur = self._database.execute("SELECT * FROM runs ORDER BY policy, domain_name")
-        return [Run(*r) for r in cur.fetchall()]
-
-    def unfinished(self) -> list[Run]:
-        return [r for r in self.all() if r.in_progress is not None]
-
-    def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
-        # Right before libvirt: no fsync of its own (see the module docstring).
-        with self._database.transaction(fsync=False):
-            self._database.execute(
-                """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
-                       in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
-                       domain_name = excluded.domain_name, in_progress = excluded.in_progress,
-                       in_progress_slot = excluded.in_progress_slot,
-                       in_progress_since = excluded.in_progress_since""",
-                (run.policy, run.domain_uuid, run.uri, run.domain_name, snapshot, slot, now),
-            )
-
-    def finish(
-        self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
-    ) -> None:
-        # No fsync of its own: if power loss takes it, the next start reconciles the run.
-        with self._database.transaction(fsync=False):
-            if slot is not None:
-                self._database.execute(
-                    """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?
-                       AND domain_uuid = ?""",
-                    (slot, now, policy, domain_uuid),
-                )
-            if error is not None:
-                self._database.execute(
-                    """UPDATE runs SET last_error = ?, last_error_at = ? WHERE policy = ?
-                       AND domain_uuid = ?""",
-                    (error, now, policy, domain_uuid),
-                )
-            self._database.execute(
-                """UPDATE runs SET in_progress = NULL, in_progress_slot = NULL,
-                   in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
-                (policy, domain_uuid),
-            )
-
-
-class SQLiteGroupLog:
-    """The ``group_members`` and ``group_holds`` tables."""
-
-    def __init__(self, database: _Database) -> None:
-        self._database = database
-
-    def record(self, group: GroupRow) -> None:
-        """All members or none (one transaction); AlreadyRecorded when a member's
-        snapshot is in a group already."""
-        with self._database.transaction():
-            for m in group.members:
-                try:
-                    self._database.execute(
-                        """INSERT INTO group_members (policy, name, taken_at, partial,
-                           pause_ms, uri, domain_uuid, domain_name, created_at)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                        (
-                            group.policy, group.name, group.taken_at, int(group.partial),
-                            group.pause_ms, m.uri, m.domain_uuid, m.domain_name, m.created_at,
-                        ),
-                    )  # fmt: skip
-                except sqlite3.IntegrityError as exc:
-                    raise AlreadyRecorded(
-                        f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
-                    ) from exc
-
-    def join(self, group: GroupRow) -> None:
-        with self._database.transaction():  # an AlreadyRecorded rolls every member back
-            for m in group.members:
-                self._join(group, m)
-
-    def _join(self, group: GroupRow, m: GroupMember) -> None:
-        key = (m.domain_uuid, group.name, m.created_at)
-        found = self._database.execute(
-            """SELECT policy, taken_at, uri FROM group_members
-               WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
-            key,
-        ).fetchone()
-        if found is None:
-            same = self._database.execute(
-                """SELECT partial, pause_ms FROM group_members
-                   WHERE policy = ? AND name = ? AND taken_at = ? LIMIT 1""",
-                (group.policy, group.name, group.taken_at),
-            ).fetchone()
-            partial, pause = same if same is not None else (int(group.partial), group.pause_ms)
-            self._database.execute(
-                """INSERT INTO group_members (policy, name, taken_at, partial, pause_ms, uri,
-                   domain_uuid, domain_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    group.policy, group.name, group.taken_at, partial, pause, m.uri,
-                    m.domain_uuid, m.domain_name, m.created_at,
-                ),
-            )  # fmt: skip
-            return
-        policy, taken_at, uri = found
-        if (policy, taken_at) != (group.policy, group.taken_at):
-            raise AlreadyRecorded(
-                f"snapshot {group.name!r} of {m.domain_name!r} is in group {policy!r} "
-                f"taken at {taken_at} already"
-            )
-        if uri != m.uri:
-            self._database.execute(
-                """INSERT OR IGNORE INTO group_copies (domain_uuid, name, created_at, uri,
-                   domain_name) VALUES (?, ?, ?, ?, ?)""",
-                (*key, m.uri, m.domain_name),
-            )
-
-    def leave(self, uri: str, domain_uuid: str, name: str, created_at: int) -> None:
-        key = (domain_uuid, name, created_at)
-        with self._database.transaction():
-            found = self._database.execute(
-                """SELECT uri FROM group_members
-                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
-                key,
-            ).fetchone()
-            if found is None:
-                return
-            if found[0] != uri:
-                self._database.execute(
-                    """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
-                       AND created_at = ? AND uri = ?""",
-                    (*key, uri),
-                )
-                return
-            heir = self._database.execute(
-                """SELECT uri, domain_name FROM group_copies WHERE domain_uuid = ? AND name = ?
-                   AND created_at = ? ORDER BY uri LIMIT 1""",
-                key,
-            ).fetchone()
-            if heir is None:
-                self._database.execute(
-                    """DELETE FROM group_members WHERE domain_uuid = ? AND name = ?
-                       AND created_at = ?""",
-                    key,
-                )
-                return
-            self._database.execute(
-                """UPDATE group_members SET uri = ?, domain_name = ?
-                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
-                (*heir, *key),
-            )
-            self._database.execute(
-                """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
-                   AND created_at = ? AND uri = ?""",
-                (*key, heir[0]),
-            )
-
-    def _copies(self, policy: str | None) -> dict[tuple[str, str, int], list[GroupMember]]:
-        """The live members' copies, by their group's (policy, name, taken_at)."""
-        cur = self._database.execute(
-            """SELECT g.policy, g.name, g.taken_at, c.uri, c.domain_uuid, c.domain_name,
-                      c.created_at
-               FROM group_copies c JOIN group_members g ON g.domain_uuid = c.domain_uuid
-                    AND g.name = c.name AND g.created_at = c.created_at
-               JOIN snapshots s ON s.domain_uuid = c.domain_uuid AND s.name = c.name
-                    AND s.created_at = c.created_at AND s.deleted_at IS NULL
-               WHERE ? IS NULL OR g.policy = ?
-               ORDER BY c.domain_name, c.uri""",
-            (policy, policy),
-        )
-        found: dict[tuple[str, str, int], list[GroupMember]] = {}
-        for r in cur.fetchall():
-            member = GroupMember(str(r[3]), str(r[4]), str(r[5]), int(r[6]))
-            found.setdefault((str(r[0]), str(r[1]), int(r[2])), []).append(member)
-        return found
-
-    def all(self, policy: str | None = None) -> list[GroupRow]:
-        # A group lives while one of its members' snapshot rows does.
-        cur = self._database.execute(
-            """SELECT g.policy, g.name, g.taken_at, g.partial, g.pause_ms, g.uri,
-                      g.domain_uuid, g.domain_name, g.created_at,
-                      s.id IS NULL OR s.deleted_at IS NOT NULL
-               FROM group_members g LEFT JOIN snapshots s ON s.domain_uuid = g.domain_uuid
-                    AND s.name = g.name AND s.created_at = g.created_at
-               WHERE ? IS NULL OR g.policy = ?
-               ORDER BY g.taken_at, g.policy, g.name, g.domain_name""",
-            (policy, policy),
-        )
-        found: dict[tuple[str, str, int], list[tuple[object, ...]]] = {}
-        for r in cur.fetchall():
-            found.setdefault((r[0], r[1], r[2]), []).append(r)
-        copies = self._copies(policy)
-        groups = []
-        for (policy_, name, taken_at), found_rows in found.items():
-            rows = [r for r in found_rows if not r[9]]  # the members still live
-            if not rows:
-                continue
-            members = tuple(
-                GroupMember(str(r[5]), str(r[6]), str(r[7]), int(str(r[8]))) for r in rows
-            )
-            pause = rows[0][4]
-            groups.append(
-                GroupRow(
-                    policy_,
-                    name,
-                    taken_at,
-                    members,
-                    bool(rows[0][3]),
-                    int(str(pause)) if pause is not None else None,
-                    tuple(copies.get((policy_, name, taken_at), ())),
-                )
-            )
-        return groups
-
-    def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
-        return member_of(self.all(), domain_uuid, name, created_at)
-
-    def hold(self, row: HoldRow) -> None:
-        # Durable before the member is suspended: a restart after kill -9 resumes it.
-        with self._database.transaction():
-            self._database.execute(
-                """INSERT OR REPLACE INTO group_holds (domain_uuid, uri, domain_name, policy,
-                   name, hold, since) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    row.domain_uuid,
-                    row.uri,
-                    row.domain_name,
-                    row.policy,
-                    row.name,
-                    row.hold,
-                    row.since,
-                ),
-            )
-
-    def release(self, domain_uuid: str) -> None:
-        with self._database.transaction(fsync=False):
-            self._database.execute("DELETE FROM group_holds WHERE domain_uuid = ?", (domain_uuid,))
-
-    def held(self) -> list[HoldRow]:
-        cur = self._database.execute(
-            """SELECT policy, name, uri, domain_uuid, domain_name, hold, since
-               FROM group_holds ORDER BY since, domain_name"""
-        )
-        return [HoldRow(*r) for r in cur.fetchall()]
-
-
-def _row(cur: sqlite3.Cursor, values: tuple[object, ...]) -> SnapshotRow:
-    data = dict(zip([c[0] for c in cur.description], values, strict=True))
-    return SnapshotRow(
-        uri=str(data["uri"]),
-        domain_uuid=str(data["domain_uuid"]),
-        domain_name=str(data["domain_name"]),
-        name=str(data["name"]),
-        created_at=int(str(data["created_at"])),
-        policy=None if data["policy"] is None else str(data["policy"]),
-        parent=None if data["parent"] is None else str(data["parent"]),
-        xml=str(data["xml"]),
-        files=tuple(json.loads(str(data["files"]))),
-        libvirt_metadata=bool(data["libvirt_metadata"]),
-        deleted_at=None if data["deleted_at"] is None else int(str(data["deleted_at"])),
-    )
-
-
-__all__ = [
-    "DB_NAME",
-    "Operation",
-    "Run",
-    "SQLiteCatalog",
-    "SQLiteRunLog",
-    "SnapshotRow",
-]
+__all__ = ["DB_NAME", "SQLiteCatalog"]

@@ -63,9 +63,12 @@ def settings(args: argparse.Namespace, *, policies: bool = True) -> Settings:
 
 @contextmanager
 def connected(args: argparse.Namespace, loaded: Settings) -> Iterator[tuple[Hypervisor, Catalog]]:
-    """The hypervisor at uri(args, loaded) and the catalog in the settings' state directory,
-    both closed on the way out."""
-    with Hypervisor.open(uri(args, loaded)) as hv, open_catalog(loaded.state_dir) as catalog:
+    """The hypervisor at uri(args, loaded) and the settings' catalog (its database, or the
+    one in the state directory), both closed on the way out."""
+    with (
+        Hypervisor.open(uri(args, loaded)) as hv,
+        open_catalog(loaded.state_dir, database=loaded.catalog) as catalog,
+    ):
         yield hv, catalog
 
 

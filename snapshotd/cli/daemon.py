@@ -14,7 +14,7 @@ from snapshotd.config.settings import Overrides
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.read_settings(args, policies=False)
-    data = report.collect(settings.state_dir)
+    data = report.collect(settings.state_dir, database=settings.catalog)
     if args.json:
         common.dump(data, out)
     else:

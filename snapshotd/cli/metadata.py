@@ -15,18 +15,19 @@ from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import Catalog, catalog_exists, open_catalog
 from snapshotd.cli import common, output
 from snapshotd.cli.common import EXIT_OK
+from snapshotd.config.settings import Settings
 from snapshotd.core.hierarchy import Item
 from snapshotd.errors import RequestError
 
 
 @contextlib.contextmanager
-def _catalog_if_any(state_dir: str) -> Iterator[Catalog | None]:
-    """The catalog in ``state_dir``, or None when there is none: export and replicate
-    carry the groups it has, and make no catalog where there is none."""
-    if not catalog_exists(state_dir):
+def _catalog_if_any(settings: Settings) -> Iterator[Catalog | None]:
+    """The settings' catalog, or None when there is none: export and replicate carry the
+    groups it has, and make no catalog where there is none."""
+    if not catalog_exists(settings.state_dir, settings.catalog):
         yield None
         return
-    with open_catalog(state_dir) as catalog:
+    with open_catalog(settings.state_dir, database=settings.catalog) as catalog:
         yield catalog
 
 
@@ -34,7 +35,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args, policies=False)
     with (
         Hypervisor.open(common.uri(args, settings)) as hv,
-        _catalog_if_any(settings.state_dir) as catalog,
+        _catalog_if_any(settings) as catalog,
     ):
         domain = hv.domain(args.domain)
         target = args.out or f"{domain.name}-snapshots"
@@ -81,6 +82,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     needs_catalog = args.from_catalog or bool(docs.groups)
     settings = common.settings(args, policies=False) if needs_catalog else None
     state_dir = settings.state_dir if settings is not None else None
+    database = settings.catalog if settings is not None else None
     with Hypervisor.open(common.uri(args, settings)) as hv:
         domain = hv.domain(args.domain)
         prepared = importing.prepare(
@@ -91,6 +93,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
             from_catalog=args.from_catalog,
             snapshots=args.snapshot,
             current=args.current,
+            database=database,
         )
         plan = prepared.plan
         for step in plan.steps:
@@ -102,7 +105,7 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
                 print(f"note: {note}", file=out)
             return EXIT_OK
         defined, grouped = importing.define(
-            hv, domain, plan, state_dir=state_dir, groups=docs.groups
+            hv, domain, plan, state_dir=state_dir, groups=docs.groups, database=database
         )
     print(
         f"imported {len(defined)} snapshots into {domain.name}; "
@@ -119,7 +122,7 @@ def cmd_replicate(args: argparse.Namespace, out: TextIO) -> int:
     with (
         Hypervisor.open(common.uri(args, settings)) as source,
         Hypervisor.open(args.to) as target,
-        _catalog_if_any(settings.state_dir) as catalog,
+        _catalog_if_any(settings) as catalog,
     ):
         done = metadata.replicate(
             source,

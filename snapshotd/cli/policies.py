@@ -33,6 +33,14 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         print(f"snapshotd check: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return EXIT_USAGE
     reports.print_check(settings, out)
+    if settings.catalog is not None and not args.offline:
+        # A shared catalog is a server to reach: check says now whether the daemon will.
+        try:
+            with open_catalog(settings.state_dir, database=settings.catalog):
+                print("catalog: reachable, schema up to date", file=out)
+        except SnapshotdError as exc:
+            print(f"snapshotd check: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     if args.offline or not settings.policies:
         return EXIT_OK
     try:
@@ -111,7 +119,7 @@ def _take_group(
     several = not args.connect and settings.config_found and not settings.errors
     uris = list(settings.connect) if several else [common.uri(args, settings)]
     with contextlib.ExitStack() as stack:
-        catalog = stack.enter_context(open_catalog(settings.state_dir))
+        catalog = stack.enter_context(open_catalog(settings.state_dir, database=settings.catalog))
         members = []
         for uri in dict.fromkeys(uris):
             hv = stack.enter_context(Hypervisor.open(uri))
@@ -130,7 +138,7 @@ def _take_adhoc(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.settings(args, policies=False)
     with (
         Hypervisor.open(common.uri(args, settings)) as hv,
-        open_catalog(settings.state_dir) as catalog,
+        open_catalog(settings.state_dir, database=settings.catalog) as catalog,
     ):
         domain = hv.domain(args.domain)
         plan = snapshot.plan_named(hv, catalog, domain, common.adhoc_request(args))

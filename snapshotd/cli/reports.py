@@ -12,6 +12,7 @@ from snapshotd.actions.planning import GroupPreview, Overview, PolicyPlan, Selec
 from snapshotd.actions.policyrun import Outcome, RunResult
 from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.catalog import describe as describe_catalog
 from snapshotd.cli import output
 from snapshotd.config.settings import Settings
 from snapshotd.core.retention import describe
@@ -24,6 +25,7 @@ def print_check(settings: Settings, out: TextIO) -> None:
     """The config read and each policy's schedule and retention."""
     print(f"config: {settings.config_source}", file=out)
     print(f"policy directory: {settings.policy_dir} ({len(settings.policies)} policies)", file=out)
+    print(f"catalog: {describe_catalog(settings.state_dir, settings.catalog)}", file=out)
     for policy in settings.policies:
         schedule = policy.schedule
         when = schedule.cron or f"every {schedule.every}"
@@ -307,6 +309,7 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
         state = "not running"
     print(f"daemon: {state}", file=out)
     print(f"state directory: {data['state_dir']}", file=out)
+    print(f"catalog: {data['catalog']}", file=out)
     if data["config"]:
         print(f"config: {data['config']}", file=out)
     label = "policies in force" if running else "policies when it last ran"

@@ -19,14 +19,14 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     if args.group is not None:
         if args.tree:
             raise RequestError("--tree shows one domain's hierarchy: use it with --domain")
-        found_groups = listing.groups(settings.state_dir, args.group)
+        found_groups = listing.groups(settings.state_dir, args.group, database=settings.catalog)
         if args.json:
             common.dump([output.group_dict(g) for g in found_groups], out)
         else:
             output.print_groups(args.group, found_groups, out)
         return EXIT_OK
     with Hypervisor.open(common.uri(args, settings)) as hv:
-        found = listing.snapshots(hv, args.domain, settings.state_dir)
+        found = listing.snapshots(hv, args.domain, settings.state_dir, database=settings.catalog)
     items = [output.listed_dict(item) for item in found.snapshots]
     if args.tree:
         if args.json:

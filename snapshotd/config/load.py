@@ -15,7 +15,7 @@ import yaml
 from snapshotd.config import crossfield
 from snapshotd.config.reader import Failed, Reader
 from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA, Option
-from snapshotd.config.settings import Settings
+from snapshotd.config.settings import DatabaseSettings, Settings
 from snapshotd.config.yamlreader import LocatedError, describe, is_null
 from snapshotd.core import naming, schedule
 from snapshotd.core.group import Consistency, Fallback, GroupSettings, OnMemberFailure
@@ -142,6 +142,13 @@ def parse_config(text: str, filename: str) -> Settings | list[LocatedError]:
         policy_dir=naming.check_directory(r.text("policy_dir"), "policy_dir"),
         state_dir=naming.check_directory(r.text("state_dir"), "state_dir"),
         connect=tuple(dict.fromkeys(r.texts("connect"))),
+        catalog=DatabaseSettings(
+            r.text("catalog.url"),
+            r.opt_text("catalog.password_file"),
+            r.opt_text("catalog.host_id"),
+        )
+        if r.given("catalog")
+        else None,
         config=filename,
         config_found=True,
     )

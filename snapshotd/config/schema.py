@@ -515,4 +515,38 @@ CONFIG_SCHEMA: tuple[Option, ...] = (
         example="127.0.0.1:9477",
         default_note="none: no metrics are served",
     ),
+    Option(
+        "catalog",
+        Kind.SECTION,
+        "A catalog on PostgreSQL that several hosts share (fleet mode; docs/fleet.md). "
+        "Without this section the catalog is SQLite in `state_dir`, this host's alone.",
+        default_note="SQLite in `state_dir`",
+    ),
+    Option(
+        "catalog.url",
+        Kind.STRING,
+        "The database, as a libpq URL: `postgresql://USER@HOST[:PORT]/DATABASE`, with "
+        "libpq's parameters after `?` (TLS: `sslmode=verify-full&sslrootcert=/path`). "
+        "No password in it: snapshotd.yaml is not a secret; use `password_file`.",
+        example='"postgresql://snapshotd@db.example/snapshotd?sslmode=verify-full"',
+        required=True,
+    ),
+    Option(
+        "catalog.password_file",
+        Kind.STRING,
+        "A file holding the database role's password (one line), readable by root "
+        "alone (mode 0600 or 0400): a file others can read is refused.",
+        example="/etc/snapshotd/db.password",
+        default_note="none: libpq's own means (a client certificate, ~/.pgpass, peer "
+        "authentication on a Unix socket)",
+    ),
+    Option(
+        "catalog.host_id",
+        Kind.STRING,
+        "This host's name in the shared catalog: in `status --fleet`, in the metrics' "
+        "`host` label, and as the owner of the domains it works on. Unique across the "
+        "fleet; letters, digits and `. _ -`, at most 63 characters.",
+        example="kvm-07",
+        default_note="the host's name",
+    ),
 )

@@ -35,6 +35,15 @@ class Overrides:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """snapshotd.yaml's ``catalog:``: a catalog on PostgreSQL, shared by a fleet."""
+
+    url: str  # postgresql://USER@HOST[:PORT]/DATABASE[?PARAMS], no password in it
+    password_file: str | None = None  # None: libpq's own means (~/.pgpass, a socket)
+    host_id: str | None = None  # None: this host's name
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon and the CLI read before they start."""
 
@@ -44,6 +53,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     operation_timeout: dt.timedelta = DEFAULT_OPERATION_TIMEOUT
     metrics_address: str | None = None
+    catalog: DatabaseSettings | None = None  # None: SQLite in state_dir
     config: str = DEFAULT_CONFIG  # the snapshotd.yaml asked for
     config_found: bool = False  # False: it does not exist, the defaults apply
     policies: tuple[Policy, ...] = ()

@@ -150,6 +150,60 @@ def _check_uri(uri: str) -> str | None:
     return None
 
 
+_HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_DATABASE_URL_RE = re.compile(r"postgres(?:ql)?://[^\s]*")
+
+
+def _check_database_url(url: str) -> str | None:
+    if not _DATABASE_URL_RE.fullmatch(url) or _control_character(url):
+        return f"{show(sanitize_url(url))} is not a postgresql:// URL"
+    authority = url.partition("://")[2].partition("/")[0].partition("?")[0]
+    userinfo, at, _host = authority.rpartition("@")
+    query = url.partition("?")[2]
+    names = {part.partition("=")[0].lower() for part in query.split("&") if part}
+    if (at and ":" in userinfo) or "password" in names:
+        return (
+            f"{show(sanitize_url(url))} has a password in it: remove it and put it in "
+            "catalog.password_file (a file only root can read)"
+        )
+    return None
+
+
+def sanitize_url(url: str) -> str:
+    """A database URL without the password it may hold (``user:secret@`` and a
+    ``password=`` parameter), for messages."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        authority = userinfo.partition(":")[0] + "@" + host
+    path, q, query = tail.partition("?")
+    if q:
+        parts = [
+            "password=***" if part.partition("=")[0].lower() == "password" else part
+            for part in query.split("&")
+        ]
+        query = "&".join(parts)
+    return head + sep + authority + slash + path + q + query
+
+
+def _check_host_id(text: str) -> str | None:
+    if not _HOST_ID_RE.fullmatch(text):
+        return (
+            f"{show(text)} is not a host id: letters, digits and . _ -, starting with a "
+            "letter or digit, at most 63 characters"
+        )
+    return None
+
+
+def _check_plain_file(text: str) -> str | None:
+    if not text.startswith("/") or _control_character(text) or ".." in text.split("/"):
+        return f"{show(text)} must be a plain absolute path (no '..')"
+    return None
+
+
 def disk_key_problem(name: str) -> str | None:
     if name.startswith("/"):
         if _control_character(name) or ".." in name.split("/"):
@@ -187,6 +241,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "policy_dir": _check_plain_directory,
     "state_dir": _check_plain_directory,
     "connect": _refuse_empty("lists no connection; snapshotd needs at least one (qemu:///system)"),
+    "catalog.url": _check_database_url,
+    "catalog.password_file": _check_plain_file,
+    "catalog.host_id": _check_host_id,
 }
 
 ITEM_CHECKS: dict[str, Callable[[str], str | None]] = {

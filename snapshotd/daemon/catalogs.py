@@ -2,7 +2,7 @@
 
 The daemon opens every catalog through one ``CatalogFactory``, snapshotd.catalog's
 ``open_catalog`` unless it is given another (a unit test gives it one that returns an
-in-memory catalog).
+in-memory catalog), at the ``CatalogPlace`` its settings name (a reload may change it).
 """
 
 from __future__ import annotations
@@ -10,45 +10,66 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from snapshotd.catalog import Catalog
+from snapshotd.config.settings import DatabaseSettings, Settings
 
 
 class CatalogFactory(Protocol):
-    """``open_catalog``'s signature: the catalog of a state directory."""
+    """``open_catalog``'s signature: the catalog in a database, or in a state directory."""
 
-    def __call__(self, state_dir: str, *, shared: bool = False) -> Catalog: ...
+    def __call__(
+        self, state_dir: str, *, shared: bool = False, database: DatabaseSettings | None = None
+    ) -> Catalog: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPlace:
+    """Where the settings keep the catalog: ``database`` (snapshotd.yaml's ``catalog:``)
+    when it is set, else SQLite in ``state_dir``."""
+
+    state_dir: str
+    database: DatabaseSettings | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> CatalogPlace:
+        return cls(settings.state_dir, settings.catalog)
+
+    def open(self, factory: CatalogFactory, *, shared: bool = False) -> Catalog:
+        return factory(self.state_dir, shared=shared, database=self.database)
 
 
 class CatalogPool:
     """Catalog connections for jobs, each kept open for the next job afterwards.
 
-    Opening SQLite costs more than a snapshot's whole planning; connections are per
-    state directory (a reload may change it) and used by one job at a time.
+    Opening SQLite costs more than a snapshot's whole planning (and PostgreSQL, a
+    connection and its authentication); connections are per place (a reload may change
+    it) and used by one job at a time.
     """
 
     def __init__(self, factory: CatalogFactory) -> None:
         self._factory = factory
-        self._idle: dict[str, list[Catalog]] = {}
+        self._idle: dict[CatalogPlace, list[Catalog]] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def borrow(self, state_dir: str) -> Iterator[Catalog]:
-        """A catalog of ``state_dir`` for one job; back to the pool after it, unless the
+    def borrow(self, place: CatalogPlace) -> Iterator[Catalog]:
+        """A catalog at ``place`` for one job; back to the pool after it, unless the
         job raised."""
         with self._lock:
-            idle = self._idle.setdefault(state_dir, [])
+            idle = self._idle.setdefault(place, [])
             catalog = idle.pop() if idle else None
         if catalog is None:
-            catalog = self._factory(state_dir, shared=True)
+            catalog = place.open(self._factory, shared=True)
         try:
             yield catalog
         except BaseException:
             catalog.close()  # a failure may have left it mid-transaction: not reused
             raise
         with self._lock:
-            self._idle.setdefault(state_dir, []).append(catalog)
+            self._idle.setdefault(place, []).append(catalog)
 
     def close(self) -> None:
         """Close every idle connection (at the daemon's exit)."""

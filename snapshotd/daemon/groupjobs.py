@@ -18,7 +18,7 @@ from snapshotd.actions.grouprun import GroupOutcome, GroupResult, GroupRun
 from snapshotd.adapters.logs import log_event
 from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run
-from snapshotd.daemon.catalogs import CatalogPool
+from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.jobs import log_retention
 from snapshotd.daemon.recovery import Recovery
@@ -37,14 +37,14 @@ class GroupWorker:
         events: EventQueue,
         pool: CatalogPool,
         metrics: Metrics,
-        state_dir: Callable[[], str],
+        place: Callable[[], CatalogPlace],
         clock: Callable[[], float],
         recovery: Recovery,
     ) -> None:
         self._events = events
         self._pool = pool
         self._metrics = metrics
-        self._state_dir = state_dir
+        self._place = place
         self._clock = clock
         self._recovery = recovery
 
@@ -65,7 +65,7 @@ class GroupWorker:
 
     def _run(self, job: GroupJobRun) -> JobOutcome:
         policy = job.policy
-        with self._pool.borrow(self._state_dir()) as catalog:
+        with self._pool.borrow(self._place()) as catalog:
             now = utc(self._clock())
             run = GroupRun(policy, list(job.members), now)
             slot = int(job.due.slot.timestamp())

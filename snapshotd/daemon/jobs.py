@@ -28,7 +28,7 @@ from snapshotd.adapters.logs import log_event
 from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run, RunLog
 from snapshotd.core.model import DomainInfo
-from snapshotd.daemon.catalogs import CatalogPool
+from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.recovery import Recovery
 from snapshotd.daemon.runs import DomainRun, served, utc
@@ -52,14 +52,14 @@ class Worker:
         pool: CatalogPool,
         recovery: Recovery,
         metrics: Metrics,
-        state_dir: Callable[[], str],
+        place: Callable[[], CatalogPlace],
         clock: Callable[[], float],
     ) -> None:
         self._events = events
         self._pool = pool
         self._recovery = recovery
         self._metrics = metrics
-        self._state_dir = state_dir
+        self._place = place
         self._clock = clock
 
     def start(self, job: DomainRun) -> None:
@@ -95,7 +95,7 @@ class Worker:
     def _run(self, job: DomainRun) -> JobOutcome:
         """The run in the run log; raises what made it fail, after counting it."""
         started = time.monotonic()
-        with self._pool.borrow(self._state_dir()) as catalog:
+        with self._pool.borrow(self._place()) as catalog:
             runs = catalog.runs
             now = utc(self._clock())
             run = PolicyRun(job.policy, job.domain, now)

@@ -50,7 +50,7 @@ from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Sett
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
 from snapshotd.daemon import runs as due_times
-from snapshotd.daemon.catalogs import CatalogFactory, CatalogPool
+from snapshotd.daemon.catalogs import CatalogFactory, CatalogPlace, CatalogPool
 from snapshotd.daemon.events import (
     DomainsListed,
     Event,
@@ -125,7 +125,7 @@ class Daemon:
             events=self.events,
             links=self.links,
             catalogs=catalogs,
-            state_dir=self._state_dir,
+            place=self._place,
             clock=self._now,
             operation_timeout=self._operation_timeout,
         )
@@ -134,14 +134,14 @@ class Daemon:
             pool=self._pool,
             recovery=self.recovery,
             metrics=self.metrics,
-            state_dir=self._state_dir,
+            place=self._place,
             clock=self._now,
         )
         self.group_worker = GroupWorker(
             events=self.events,
             pool=self._pool,
             metrics=self.metrics,
-            state_dir=self._state_dir,
+            place=self._place,
             clock=self._now,
             recovery=self.recovery,
         )
@@ -185,10 +185,10 @@ class Daemon:
         log.info("policies in force: %s", ", ".join(sorted(self.policies)) or "none")
         return True
 
-    def _state_dir(self) -> str:
+    def _place(self) -> CatalogPlace:
         if self.settings is None:
             raise RuntimeError("the daemon has no settings yet")
-        return self.settings.state_dir
+        return CatalogPlace.of(self.settings)
 
     def _operation_timeout(self) -> float:
         settings = self.settings
@@ -401,7 +401,7 @@ class Daemon:
             raise RuntimeError("no settings after the first load")
         # Before any connection: a catalog it cannot use (one a newer snapshotd wrote)
         # stops the start with its message, nothing touched.
-        catalog = self._catalogs(self.settings.state_dir)
+        catalog = CatalogPlace.of(self.settings).open(self._catalogs)
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
         self._status_file = StatusWriter(self.settings.state_dir)

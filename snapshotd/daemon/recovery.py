@@ -26,7 +26,7 @@ from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import Catalog, Run, RunLog
 from snapshotd.catalog.api import HoldRow
 from snapshotd.core.model import DomainState
-from snapshotd.daemon.catalogs import CatalogFactory
+from snapshotd.daemon.catalogs import CatalogFactory, CatalogPlace
 from snapshotd.daemon.events import EventQueue, Settled
 from snapshotd.daemon.link import Link
 from snapshotd.daemon.runs import Key, LinkedHypervisor
@@ -47,14 +47,14 @@ class Recovery:
         events: EventQueue,
         links: Mapping[str, Link],
         catalogs: CatalogFactory,
-        state_dir: Callable[[], str],
+        place: Callable[[], CatalogPlace],
         clock: Callable[[], float],
         operation_timeout: Callable[[], float],
     ) -> None:
         self._events = events
         self._links = links  # the loop's own dict: links it adds later are seen
         self._catalogs = catalogs
-        self._state_dir = state_dir
+        self._place = place
         self._clock = clock
         self._operation_timeout = operation_timeout
 
@@ -72,7 +72,7 @@ class Recovery:
         catch-up takes it again.  Nothing is deleted.
         """
         try:
-            with self._catalogs(self._state_dir()) as catalog:
+            with self._place().open(self._catalogs) as catalog:
                 # The groups a killed process was holding members of: never decided.
                 interrupted = {(h.policy, h.name) for h in catalog.groups.held()}
                 self.release_holds(uri, hv, catalog)  # before anything else

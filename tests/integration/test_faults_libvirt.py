@@ -152,6 +152,7 @@ def test_fault_02_state_change_lock_held_by_another_job(
         )
         assert "state change lock" in run[0]
         assert run[1] is None
+
         # The worker records the failure before the loop hears of it and writes the status
         # file: wait for the loop, not the catalog.
         def retry_due() -> bool:

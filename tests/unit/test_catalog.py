@@ -1,8 +1,10 @@
 """The catalog: durable, private, and exact about which snapshots are ours.
 
-The contract tests run against both implementations of snapshotd.catalog.api.Catalog
-(SQLite in tmp_path, and memory); the tests after them are the SQLite catalog's own:
-files, modes, WAL, durability across kill -9, locks across processes.
+The contract tests run against every implementation of snapshotd.catalog.api.Catalog
+(SQLite in tmp_path, PostgreSQL in a database of the test bed's server made for the
+test, and memory); the tests after them are the SQLite catalog's own: files, modes,
+WAL, durability across kill -9, locks across processes (PostgreSQL's own are in
+test_catalog_postgres.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.catalog.migrations import LATEST
 from snapshotd.catalog.sqlite import DB_NAME, SQLiteCatalog
 from snapshotd.errors import SnapshotdError
+from tests.pgserver import fresh_database
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 OTHER = "11111111-2222-3333-4444-555555555555"
@@ -56,11 +59,14 @@ def row(name: str, created: int, policy: str | None = "p", uuid: str = UUID) -> 
     )
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
     if request.param == "memory":
         with MemoryCatalog() as memory:
             yield memory
+    elif request.param == "postgres":
+        with fresh_database() as database, open_catalog("", database=database) as opened:
+            yield opened
     else:
         with open_catalog(str(tmp_path / "state")) as opened:
             yield opened

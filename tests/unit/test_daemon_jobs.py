@@ -111,7 +111,7 @@ class Rig:
         self.daemon = Daemon(Overrides(), clock=self.clock.timestamp, catalogs=self._open)
         self.daemon.settings = Settings(state_dir=str(root / "state"), connect=(URI,))
 
-    def _open(self, state_dir: str, *, shared: bool = False) -> Catalog:
+    def _open(self, state_dir: str, *, shared: bool = False, database: object = None) -> Catalog:
         self.opened.append((state_dir, shared))
         return self.catalog
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from snapshotd.config.load import check_set, parse_config, parse_policy
 from snapshotd.config.reader import Failed, Reader
 from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA, Kind, Option
-from snapshotd.config.settings import Settings
+from snapshotd.config.settings import DatabaseSettings, Settings
+from snapshotd.config.values import sanitize_url
 from snapshotd.config.yamlreader import MAX_BYTES, LocatedError
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.policy import Metadata, Policy, Quiesce, Selector, SnapshotSettings
@@ -552,7 +553,7 @@ def test_config_errors() -> None:
         "c.yaml:2:12: state_dir: directory 'relative' must be an absolute path",
         "c.yaml:3:10: connect: lists no connection; snapshotd needs at least one (qemu:///system)",
         "c.yaml:4:1: schedule: unknown option 'schedule'; the options at the top level are "
-        "policy_dir, state_dir, connect, workers, operation_timeout, metrics_address",
+        "policy_dir, state_dir, connect, workers, operation_timeout, metrics_address, catalog",
     ]
 
 
@@ -565,14 +566,17 @@ def test_config_refuses_a_bad_uri_and_a_list() -> None:
 
 
 def test_every_option_is_documented() -> None:
-    for option in (*POLICY_SCHEMA, *CONFIG_SCHEMA):
-        assert option.description.endswith("."), option.path
-        if option.kind is not Kind.SECTION:
-            assert option.example is not None, option.path
-            has_default = option.default is not None or option.default_note is not None
-            assert has_default, option.path
-        if option.parent:
-            assert any(o.path == option.parent for o in POLICY_SCHEMA), option.path
+    for schema in (POLICY_SCHEMA, CONFIG_SCHEMA):
+        for option in schema:
+            assert option.description.endswith("."), option.path
+            if option.kind is not Kind.SECTION:
+                assert option.example is not None, option.path
+                has_default = (
+                    option.default is not None or option.default_note is not None or option.required
+                )
+                assert has_default, option.path
+            if option.parent:
+                assert any(o.path == option.parent for o in schema), option.path
 
 
 @pytest.mark.parametrize(
@@ -629,3 +633,63 @@ def test_config_operation_timeout() -> None:
     errors = parse_config("operation_timeout: 0s\n", "c.yaml")
     assert isinstance(errors, list)
     assert [str(e) for e in errors] == ["c.yaml:1:20: operation_timeout: must be at least 1s"]
+
+
+def test_the_catalog_section_names_a_shared_database() -> None:
+    result = parse_config(
+        "catalog:\n"
+        "  url: postgresql://snapshotd@db.example/snapshotd?sslmode=verify-full\n"
+        "  password_file: /etc/snapshotd/db.password\n"
+        "  host_id: kvm-07\n",
+        "c.yaml",
+    )
+    assert isinstance(result, Settings)
+    assert result.catalog == DatabaseSettings(
+        "postgresql://snapshotd@db.example/snapshotd?sslmode=verify-full",
+        "/etc/snapshotd/db.password",
+        "kvm-07",
+    )
+    assert parse_config("workers: 2\n", "c.yaml").catalog is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "catalog:\n  url: postgresql://snapshotd:hunter2@db/s\n",
+            "c.yaml:2:8: catalog.url: 'postgresql://snapshotd@db/s' has a password in it: "
+            "remove it and put it in catalog.password_file (a file only root can read)",
+        ),
+        (
+            "catalog:\n  url: postgresql://snapshotd@db/s?password=hunter2\n",
+            "c.yaml:2:8: catalog.url: 'postgresql://snapshotd@db/s?password=***' has a password",
+        ),
+        (
+            "catalog:\n  url: mysql://db/s\n",
+            "catalog.url: 'mysql://db/s' is not a postgresql:// URL",
+        ),
+        ("catalog:\n  host_id: kvm-07\n", "c.yaml:2:3: catalog.url: is required and missing."),
+        (
+            "catalog:\n  url: postgresql://db/s\n  password_file: db.password\n",
+            "catalog.password_file: 'db.password' must be a plain absolute path",
+        ),
+        (
+            "catalog:\n  url: postgresql://db/s\n  host_id: kvm 07\n",
+            "catalog.host_id: 'kvm 07' is not a host id",
+        ),
+    ],
+)
+def test_a_bad_catalog_section_is_refused_without_its_password(text: str, error: str) -> None:
+    result = parse_config(text, "c.yaml")
+    assert isinstance(result, list)
+    shown = "\n".join(str(e) for e in result)
+    assert error in shown
+    assert "hunter2" not in shown
+
+
+def test_sanitize_url_removes_the_password_and_keeps_the_rest() -> None:
+    assert sanitize_url("postgresql://u:pw@h:5432/d?sslmode=require&password=pw") == (
+        "postgresql://u@h:5432/d?sslmode=require&password=***"
+    )
+    assert sanitize_url("postgresql://h/d") == "postgresql://h/d"
+    assert sanitize_url("postgresql://u@h") == "postgresql://u@h"

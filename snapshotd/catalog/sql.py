@@ -1,0 +1,487 @@
+"""The catalog's SQL, one implementation for every database: SQLCatalog, SQLRunLog and
+SQLGroupLog run it through a ``Database`` (catalog/sqlite.py's, catalog/postgres.py's).
+
+The statements are written once, in the SQL both SQLite and PostgreSQL speak (``ON
+CONFLICT`` rather than SQLite's ``INSERT OR REPLACE``, no untyped ``? IS NULL``) with
+``?`` for parameters; a Database whose driver wants another placeholder translates it.
+What differs between the two stays in their modules: how a catalog is opened, its
+schema (catalog/migrations.py keeps one list of migrations for each), what a commit
+without an fsync of its own means there, and the domain locks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from snapshotd.catalog.api import (
+    AlreadyRecorded,
+    CatalogBase,
+    GroupMember,
+    GroupRow,
+    HoldRow,
+    LockHolder,
+    Operation,
+    Run,
+    SnapshotRow,
+    member_of,
+)
+
+
+class Cursor(Protocol):
+    """What the catalog reads from a statement it ran (a DB-API cursor)."""
+
+    @property
+    def description(self) -> Sequence[Sequence[Any]] | None: ...
+
+    def fetchone(self) -> Sequence[Any] | None: ...
+
+    def fetchall(self) -> Sequence[Sequence[Any]]: ...
+
+
+class Database(Protocol):
+    """One connection to a catalog's database."""
+
+    # Raised by the driver for a constraint that refused a row.
+    integrity_error: type[Exception]
+
+    def is_duplicate(self, exc: Exception) -> bool:
+        """Whether ``exc`` is a UNIQUE (or primary key) constraint's refusal."""
+        ...
+
+    def duplicate(self, message: str) -> AlreadyRecorded:
+        """The AlreadyRecorded to raise for a refused duplicate."""
+        ...
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor: ...
+
+    def transaction(self, *, fsync: bool = True) -> AbstractContextManager[None]:
+        """One write transaction; ``fsync=False``: committed without waiting for its
+        own flush to disk (what that costs is the backend's to say)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SQLCatalog(CatalogBase):
+    """Snapshot records and the operations log, with the runs and groups beside them."""
+
+    def __init__(self, database: Database, hold: LockHolder, location: str) -> None:
+        super().__init__(hold)
+        self._database = database
+        self._location = location
+        self._runs = SQLRunLog(database)
+        self._groups = SQLGroupLog(database)
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    @property
+    def runs(self) -> SQLRunLog:
+        return self._runs
+
+    @property
+    def groups(self) -> SQLGroupLog:
+        return self._groups
+
+    def close(self) -> None:
+        self._database.close()
+
+    # --- snapshots -------------------------------------------------------------------
+
+    def record_snapshot(self, row: SnapshotRow) -> None:
+        try:
+            with self._database.transaction():
+                self._database.execute(
+                    """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
+                           policy, parent, xml, files, libvirt_metadata)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        row.uri,
+                        row.domain_uuid,
+                        row.domain_name,
+                        row.name,
+                        row.created_at,
+                        row.policy,
+                        row.parent,
+                        row.xml,
+                        json.dumps(list(row.files)),
+                        int(row.libvirt_metadata),
+                    ),
+                )
+        except self._database.integrity_error as exc:
+            if not self._database.is_duplicate(exc):
+                raise
+            raise self._database.duplicate(
+                f"the catalog already has snapshot {row.name!r} of domain {row.domain_name!r} "
+                f"({row.domain_uuid}) created at {row.created_at}"
+            ) from exc
+
+    def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
+        with self._database.transaction():
+            self._database.execute(
+                """UPDATE snapshots SET deleted_at = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                (when, domain_uuid, name, created_at),
+            )
+
+    def owner(self, domain_uuid: str, name: str, created_at: int | None) -> SnapshotRow | None:
+        if created_at is None:
+            return None
+        cur = self._database.execute(
+            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
+               AND deleted_at IS NULL""",
+            (domain_uuid, name, created_at),
+        )
+        found = cur.fetchone()
+        return _row(cur, found) if found else None
+
+    def set_libvirt_metadata(
+        self, domain_uuid: str, name: str, created_at: int, held: bool
+    ) -> None:
+        with self._database.transaction():
+            self._database.execute(
+                """UPDATE snapshots SET libvirt_metadata = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
+                (int(held), domain_uuid, name, created_at),
+            )
+
+    def update_snapshot(
+        self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]
+    ) -> None:
+        with self._database.transaction():
+            self._database.execute(
+                """UPDATE snapshots SET xml = ?, files = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
+                (xml, json.dumps(list(files)), domain_uuid, name, created_at),
+            )
+
+    def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
+        cur = self._database.execute(
+            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
+               ORDER BY created_at DESC, id DESC LIMIT 1""",
+            (domain_uuid, name),
+        )
+        found = cur.fetchone()
+        return _row(cur, found) if found else None
+
+    def snapshots(
+        self, *, domain_uuid: str | None = None, policy: str | None = None
+    ) -> list[SnapshotRow]:
+        query = "SELECT * FROM snapshots WHERE deleted_at IS NULL"
+        args: list[object] = []
+        if domain_uuid is not None:
+            query += " AND domain_uuid = ?"
+            args.append(domain_uuid)
+        if policy is not None:
+            query += " AND policy = ?"
+            args.append(policy)
+        cur = self._database.execute(query + " ORDER BY created_at, id", args)
+        return [_row(cur, r) for r in cur.fetchall()]
+
+    # --- operations ---------------------------------------------------------------------
+
+    def record_operation(self, op: Operation) -> None:
+        with self._database.transaction(fsync=False):  # a log line: see the module docstring
+            self._database.execute(
+                """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
+                       snapshot, outcome, message, duration_ms)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    op.at,
+                    op.uri,
+                    op.policy,
+                    op.domain_uuid,
+                    op.domain_name,
+                    op.operation,
+                    op.snapshot,
+                    op.outcome,
+                    op.message,
+                    op.duration_ms,
+                ),
+            )
+
+    def operations(self, *, limit: int = 100) -> list[Operation]:
+        cur = self._database.execute(
+            """SELECT at, uri, operation, outcome, policy, domain_uuid, domain_name, snapshot,
+                      message, duration_ms FROM operations ORDER BY id DESC LIMIT ?""",
+            (limit,),
+        )
+        return [Operation(*r) for r in cur.fetchall()]
+
+
+class SQLRunLog:
+    """The ``runs`` table, through the catalog's own database."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def get(self, policy: str, domain_uuid: str) -> Run | None:
+        cur = self._database.execute(
+            "SELECT * FROM runs WHERE policy = ? AND domain_uuid = ?", (policy, domain_uuid)
+        )
+        found = cur.fetchone()
+        return Run(*found) if found else None
+
+    def all(self) -> list[Run]:
+        cur = self._database.execute("SELECT * FROM runs ORDER BY policy, domain_name")
+        return [Run(*r) for r in cur.fetchall()]
+
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.all() if r.in_progress is not None]
+
+    def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
+        # Right before libvirt: no fsync of its own (see the module docstring).
+        with self._database.transaction(fsync=False):
+            self._database.execute(
+                """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
+                       in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
+                       domain_name = excluded.domain_name, in_progress = excluded.in_progress,
+                       in_progress_slot = excluded.in_progress_slot,
+                       in_progress_since = excluded.in_progress_since""",
+                (run.policy, run.domain_uuid, run.uri, run.domain_name, snapshot, slot, now),
+            )
+
+    def finish(
+        self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
+    ) -> None:
+        # No fsync of its own: if power loss takes it, the next start reconciles the run.
+        with self._database.transaction(fsync=False):
+            if slot is not None:
+                self._database.execute(
+                    """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?
+                       AND domain_uuid = ?""",
+                    (slot, now, policy, domain_uuid),
+                )
+            if error is not None:
+                self._database.execute(
+                    """UPDATE runs SET last_error = ?, last_error_at = ? WHERE policy = ?
+                       AND domain_uuid = ?""",
+                    (error, now, policy, domain_uuid),
+                )
+            self._database.execute(
+                """UPDATE runs SET in_progress = NULL, in_progress_slot = NULL,
+                   in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
+                (policy, domain_uuid),
+            )
+
+
+class SQLGroupLog:
+    """The ``group_members``, ``group_copies`` and ``group_holds`` tables."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def record(self, group: GroupRow) -> None:
+        """All members or none (one transaction); AlreadyRecorded when a member's
+        snapshot is in a group already."""
+        with self._database.transaction():
+            for m in group.members:
+                try:
+                    self._database.execute(
+                        """INSERT INTO group_members (policy, name, taken_at, partial,
+                           pause_ms, uri, domain_uuid, domain_name, created_at)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                        (
+                            group.policy, group.name, group.taken_at, int(group.partial),
+                            group.pause_ms, m.uri, m.domain_uuid, m.domain_name, m.created_at,
+                        ),
+                    )  # fmt: skip
+                except self._database.integrity_error as exc:
+                    raise AlreadyRecorded(
+                        f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
+                    ) from exc
+
+    def join(self, group: GroupRow) -> None:
+        with self._database.transaction():  # an AlreadyRecorded rolls every member back
+            for m in group.members:
+                self._join(group, m)
+
+    def _join(self, group: GroupRow, m: GroupMember) -> None:
+        key = (m.domain_uuid, group.name, m.created_at)
+        found = self._database.execute(
+            """SELECT policy, taken_at, uri FROM group_members
+               WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+            key,
+        ).fetchone()
+        if found is None:
+            same = self._database.execute(
+                """SELECT partial, pause_ms FROM group_members
+                   WHERE policy = ? AND name = ? AND taken_at = ? LIMIT 1""",
+                (group.policy, group.name, group.taken_at),
+            ).fetchone()
+            partial, pause = same if same is not None else (int(group.partial), group.pause_ms)
+            self._database.execute(
+                """INSERT INTO group_members (policy, name, taken_at, partial, pause_ms, uri,
+                   domain_uuid, domain_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    group.policy, group.name, group.taken_at, partial, pause, m.uri,
+                    m.domain_uuid, m.domain_name, m.created_at,
+                ),
+            )  # fmt: skip
+            return
+        policy, taken_at, uri = found
+        if (policy, taken_at) != (group.policy, group.taken_at):
+            raise AlreadyRecorded(
+                f"snapshot {group.name!r} of {m.domain_name!r} is in group {policy!r} "
+                f"taken at {taken_at} already"
+            )
+        if uri != m.uri:
+            self._database.execute(
+                """INSERT INTO group_copies (domain_uuid, name, created_at, uri, domain_name)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (*key, m.uri, m.domain_name),
+            )
+
+    def leave(self, uri: str, domain_uuid: str, name: str, created_at: int) -> None:
+        key = (domain_uuid, name, created_at)
+        with self._database.transaction():
+            found = self._database.execute(
+                """SELECT uri FROM group_members
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                key,
+            ).fetchone()
+            if found is None:
+                return
+            if found[0] != uri:
+                self._database.execute(
+                    """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
+                       AND created_at = ? AND uri = ?""",
+                    (*key, uri),
+                )
+                return
+            heir = self._database.execute(
+                """SELECT uri, domain_name FROM group_copies WHERE domain_uuid = ? AND name = ?
+                   AND created_at = ? ORDER BY uri LIMIT 1""",
+                key,
+            ).fetchone()
+            if heir is None:
+                self._database.execute(
+                    """DELETE FROM group_members WHERE domain_uuid = ? AND name = ?
+                       AND created_at = ?""",
+                    key,
+                )
+                return
+            self._database.execute(
+                """UPDATE group_members SET uri = ?, domain_name = ?
+                   WHERE domain_uuid = ? AND name = ? AND created_at = ?""",
+                (*heir, *key),
+            )
+            self._database.execute(
+                """DELETE FROM group_copies WHERE domain_uuid = ? AND name = ?
+                   AND created_at = ? AND uri = ?""",
+                (*key, heir[0]),
+            )
+
+    def _copies(self, policy: str | None) -> dict[tuple[str, str, int], list[GroupMember]]:
+        """The live members' copies, by their group's (policy, name, taken_at)."""
+        cur = self._database.execute(
+            """SELECT g.policy, g.name, g.taken_at, c.uri, c.domain_uuid, c.domain_name,
+                      c.created_at
+               FROM group_copies c JOIN group_members g ON g.domain_uuid = c.domain_uuid
+                    AND g.name = c.name AND g.created_at = c.created_at
+               JOIN snapshots s ON s.domain_uuid = c.domain_uuid AND s.name = c.name
+                    AND s.created_at = c.created_at AND s.deleted_at IS NULL
+               WHERE g.policy = ? OR ?  -- one policy's groups, or (None) all
+               ORDER BY c.domain_name, c.uri""",
+            (policy, policy is None),
+        )
+        found: dict[tuple[str, str, int], list[GroupMember]] = {}
+        for r in cur.fetchall():
+            member = GroupMember(str(r[3]), str(r[4]), str(r[5]), int(r[6]))
+            found.setdefault((str(r[0]), str(r[1]), int(r[2])), []).append(member)
+        return found
+
+    def all(self, policy: str | None = None) -> list[GroupRow]:
+        # A group lives while one of its members' snapshot rows does.
+        cur = self._database.execute(
+            """SELECT g.policy, g.name, g.taken_at, g.partial, g.pause_ms, g.uri,
+                      g.domain_uuid, g.domain_name, g.created_at,
+                      s.id IS NULL OR s.deleted_at IS NOT NULL
+               FROM group_members g LEFT JOIN snapshots s ON s.domain_uuid = g.domain_uuid
+                    AND s.name = g.name AND s.created_at = g.created_at
+               WHERE g.policy = ? OR ?  -- one policy's groups, or (None) all
+               ORDER BY g.taken_at, g.policy, g.name, g.domain_name""",
+            (policy, policy is None),
+        )
+        found: dict[tuple[str, str, int], list[Sequence[Any]]] = {}
+        for r in cur.fetchall():
+            found.setdefault((r[0], r[1], r[2]), []).append(r)
+        copies = self._copies(policy)
+        groups = []
+        for (policy_, name, taken_at), found_rows in found.items():
+            rows = [r for r in found_rows if not r[9]]  # the members still live
+            if not rows:
+                continue
+            members = tuple(
+                GroupMember(str(r[5]), str(r[6]), str(r[7]), int(str(r[8]))) for r in rows
+            )
+            pause = rows[0][4]
+            groups.append(
+                GroupRow(
+                    policy_,
+                    name,
+                    taken_at,
+                    members,
+                    bool(rows[0][3]),
+                    int(str(pause)) if pause is not None else None,
+                    tuple(copies.get((policy_, name, taken_at), ())),
+                )
+            )
+        return groups
+
+    def of(self, domain_uuid: str, name: str, created_at: int) -> GroupRow | None:
+        return member_of(self.all(), domain_uuid, name, created_at)
+
+    def hold(self, row: HoldRow) -> None:
+        # Durable before the member is suspended: a restart after kill -9 resumes it.
+        with self._database.transaction():
+            self._database.execute(
+                """INSERT INTO group_holds (domain_uuid, uri, domain_name, policy, name, hold,
+                   since) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (domain_uuid) DO UPDATE SET uri = excluded.uri,
+                       domain_name = excluded.domain_name, policy = excluded.policy,
+                       name = excluded.name, hold = excluded.hold, since = excluded.since""",
+                (
+                    row.domain_uuid,
+                    row.uri,
+                    row.domain_name,
+                    row.policy,
+                    row.name,
+                    row.hold,
+                    row.since,
+                ),
+            )
+
+    def release(self, domain_uuid: str) -> None:
+        with self._database.transaction(fsync=False):
+            self._database.execute("DELETE FROM group_holds WHERE domain_uuid = ?", (domain_uuid,))
+
+    def held(self) -> list[HoldRow]:
+        cur = self._database.execute(
+            """SELECT policy, name, uri, domain_uuid, domain_name, hold, since
+               FROM group_holds ORDER BY since, domain_name"""
+        )
+        return [HoldRow(*r) for r in cur.fetchall()]
+
+
+def _row(cur: Cursor, values: Sequence[object]) -> SnapshotRow:
+    columns = cur.description or ()  # a SELECT always has one
+    data = dict(zip([c[0] for c in columns], values, strict=True))
+    return SnapshotRow(
+        uri=str(data["uri"]),
+        domain_uuid=str(data["domain_uuid"]),
+        domain_name=str(data["domain_name"]),
+        name=str(data["name"]),
+        created_at=int(str(data["created_at"])),
+        policy=None if data["policy"] is None else str(data["policy"]),
+        parent=None if data["parent"] is None else str(data["parent"]),
+        xml=str(data["xml"]),
+        files=tuple(json.loads(str(data["files"]))),
+        libvirt_metadata=bool(data["libvirt_metadata"]),
+        deleted_at=None if data["deleted_at"] is None else int(str(data["deleted_at"])),
+    )

@@ -1,0 +1,130 @@
+"""Fleet mode: the daemon with its catalog on the test bed's PostgreSQL server
+(scripts/postgres.sh, a database made for each test), against real libvirt."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from snapshotd.catalog.migrations import LATEST
+from snapshotd.config.settings import DatabaseSettings
+from tests.integration.cli import snapshotd
+from tests.integration.domains import DomainFactory
+from tests.integration.target import connect_line
+from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
+from tests.pgserver import fresh_database, server
+
+
+@pytest.fixture
+def database() -> Iterator[DatabaseSettings]:
+    with fresh_database(host_id="kvm-a") as settings:
+        yield settings
+
+
+def configure(daemon: Daemon, database: DatabaseSettings, password_file: str | None = None) -> Path:
+    config = daemon.root / "snapshotd.yaml"
+    config.write_text(
+        connect_line()
+        + "catalog:\n"
+        + f'  url: "{database.url}"\n'
+        + f"  password_file: {password_file or database.password_file}\n"
+        + f"  host_id: {database.host_id}\n"
+    )
+    config.chmod(0o644)
+    return config
+
+
+def rows(database: DatabaseSettings, sql: str, *args: object) -> list[tuple[object, ...]]:
+    with psycopg.connect(database.url, password=server().password, autocommit=True) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def test_the_daemon_keeps_its_catalog_in_postgresql(
+    domain_factory: DomainFactory, daemon: Daemon, database: DatabaseSettings
+) -> None:
+    dom = domain_factory(state="running")
+    config = configure(daemon, database)
+    write_policy(daemon, "often", policy(dom, every="2s", keep=2))
+    daemon.start()
+    daemon.wait_ready()
+
+    def pruned_twice() -> bool:
+        deleted = rows(
+            database,
+            "SELECT count(*) FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NOT NULL",
+            dom.uuid,
+        )
+        return int(str(deleted[0][0])) >= 2
+
+    daemon.wait_for(pruned_twice, 60, "two snapshots made and pruned, in PostgreSQL")
+    status = snapshotd(
+        "status", "--json", "--config", str(config), "--state-dir", str(daemon.state)
+    )
+    assert daemon.stop() == 0
+    live = {
+        str(r[0])
+        for r in rows(
+            database,
+            "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+            dom.uuid,
+        )
+    }
+    assert live == {name for _, name, _ in snapshots(dom)}  # the database agrees with libvirt
+    assert len(live) == 2
+    made = rows(
+        database,
+        "SELECT count(*) FROM operations WHERE domain_uuid = %s AND operation = 'create' "
+        "AND outcome = 'ok'",
+        dom.uuid,
+    )
+    assert int(str(made[0][0])) >= 4
+    assert not (daemon.state / "catalog.sqlite").exists()  # nothing kept beside it
+    assert status.code == 0, status.err
+    report = json.loads(status.out)
+    assert report["catalog"] == (f"{database.url} (PostgreSQL, shared; this host is 'kvm-a')")
+    (row,) = [d for d in report["domains"] if d["domain_uuid"] == dom.uuid]
+    assert row["policy"] == "often"
+
+
+def test_the_daemon_does_not_start_with_a_wrong_password(
+    daemon: Daemon, database: DatabaseSettings
+) -> None:
+    wrong = daemon.root / "db.password"
+    wrong.write_text("not-the-password-4711\n")
+    wrong.chmod(0o600)
+    configure(daemon, database, password_file=str(wrong))
+    started = time.monotonic()
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=30) == 1
+    assert time.monotonic() - started < 20
+    log = daemon.log.read_text()
+    assert f"the catalog database {database.url}: " in log
+    assert "password authentication failed" in log
+    assert "not-the-password-4711" not in log
+    assert server().password not in log
+    assert "Traceback" not in log
+    assert not any("READY=1" in m for m in daemon.drain())
+
+
+def test_the_daemon_does_not_start_on_a_shared_catalog_a_newer_snapshotd_wrote(
+    daemon: Daemon, database: DatabaseSettings
+) -> None:
+    configure(daemon, database)
+    checked = snapshotd("check", "--config", str(daemon.root / "snapshotd.yaml"), "--policy-dir",
+                        str(daemon.policies))  # fmt: skip
+    assert checked.code == 0, checked.err
+    assert "catalog: reachable, schema up to date" in checked.out
+    rows(database, "UPDATE meta SET value = %s RETURNING value", str(LATEST + 1))
+    daemon.start()
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=30) == 1
+    log = daemon.log.read_text()
+    assert f"newer than this snapshotd knows (up to {LATEST})" in log
+    assert database.url in log
+    assert rows(database, "SELECT value FROM meta") == [(str(LATEST + 1),)]
