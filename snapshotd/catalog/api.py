@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, Self
 
+from snapshotd.errors import SnapshotdError
+
 LOCK_WAIT = 120.0  # seconds an operation waits for another one on the same domain
 
 # Holds a domain's lock: (UUID, domain name, seconds to wait) -> the hold.
@@ -75,6 +77,7 @@ class Run:
     in_progress: str | None = None  # the snapshot being taken right now, if any
     in_progress_slot: int | None = None
     in_progress_since: int | None = None
+    host_id: str | None = None  # the host that started the last run ("": a lone host's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,30 @@ class AlreadyRecorded(Exception):
     """The catalog already has a row for this (domain UUID, name, creation time)."""
 
 
+class CatalogUnavailable(SnapshotdError):
+    """The catalog cannot be reached right now (a database server down or cut off):
+    what needed it may be tried again later."""
+
+
+class ClaimedElsewhere(SnapshotdError):
+    """Another host of a shared catalog has this (policy, domain, slot): it takes it."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One host of a shared catalog, as its daemon last reported itself."""
+
+    host_id: str
+    seen_at: int  # the daemon's last contact (epoch seconds)
+    pid: int | None
+    version: str | None
+    uris: tuple[str, ...]  # its connections, without secrets
+
+
 class RunLog(Protocol):
     """The runs: written before and after every scheduled snapshot.
 
@@ -152,12 +179,25 @@ class RunLog(Protocol):
         ...
 
     def unfinished(self) -> list[Run]:
-        """The runs with a snapshot in progress."""
+        """The runs with a snapshot in progress that this host started."""
         ...
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
         """Mark ``snapshot`` (for scheduled instant ``slot``) in progress since ``now``;
-        the stream's row is made from ``run`` if it has none (its last_* are kept)."""
+        the stream's row is made from ``run`` if it has none (its last_* are kept).
+
+        The slot is claimed for this host first, in the same transaction: ClaimedElsewhere,
+        and nothing written, when another host claimed this (policy, domain, slot) or
+        its run already served this slot or a later one.  A host claims a slot once; its
+        own retries of the slot go on."""
+        ...
+
+    def seen(self, host: HostRow) -> None:
+        """This host's daemon is alive: its row in the hosts of the catalog."""
+        ...
+
+    def hosts(self) -> list[HostRow]:
+        """Every host that ever reported to this catalog, by host id."""
         ...
 
     def finish(
@@ -224,6 +264,10 @@ class Catalog(Protocol):
     def location(self) -> str:
         """Where the catalog is, for messages (a file, a database, "memory")."""
         ...
+
+    # This host's id in the catalog: "" for a catalog that serves one host (SQLite in a
+    # state directory), the host id of snapshotd.yaml's catalog: for a shared one.
+    host_id: str
 
     @property
     def runs(self) -> RunLog:

@@ -8,15 +8,18 @@ this process (there is no other process to exclude).
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import replace
 
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     CatalogBase,
+    ClaimedElsewhere,
     GroupMember,
     GroupRow,
     HoldRow,
+    HostRow,
     Operation,
     Run,
     SnapshotRow,
@@ -26,11 +29,23 @@ from snapshotd.catalog.locks import ThreadLocks
 
 
 class MemoryRunLog:
-    """The runs, in a dict by (policy, domain UUID)."""
+    """The runs, in a dict by (policy, domain UUID); the slots claimed, the hosts."""
 
-    def __init__(self, guard: threading.Lock) -> None:
+    def __init__(self, guard: threading.Lock, host: str = "") -> None:
         self._guard = guard
+        self._host = host
         self._runs: dict[tuple[str, str], Run] = {}
+        self._claims: dict[tuple[str, str, int], str] = {}
+        self._hosts: dict[str, HostRow] = {}
+
+    def for_host(self, host: str) -> MemoryRunLog:
+        """The same runs, as another host of the catalog sees them."""
+        other = copy.copy(self)
+        other._host = host
+        return other
+
+    def _mine(self, run: Run) -> bool:
+        return run.host_id in (None, self._host)
 
     def get(self, policy: str, domain_uuid: str) -> Run | None:
         with self._guard:
@@ -41,14 +56,23 @@ class MemoryRunLog:
             return sorted(self._runs.values(), key=lambda r: (r.policy, r.domain_name))
 
     def unfinished(self) -> list[Run]:
-        return [r for r in self.all() if r.in_progress is not None]
+        return [r for r in self.all() if r.in_progress is not None and self._mine(r)]
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
         key = (run.policy, run.domain_uuid)
         with self._guard:
-            known = self._runs.get(key) or Run(
-                run.policy, run.domain_uuid, run.uri, run.domain_name
-            )
+            found = self._runs.get(key)
+            elsewhere = found is not None and not self._mine(found)
+            if elsewhere and found and found.last_slot is not None and found.last_slot >= slot:
+                raise _claimed(run, slot, str(found.host_id), "served it already")
+            holder = self._claims.setdefault((*key, slot), self._host)
+            if holder != self._host:
+                raise _claimed(run, slot, holder, "claimed it first")
+            if found is not None and found.last_slot is not None:
+                served = found.last_slot
+                for claim in [c for c in self._claims if c[:2] == key and c[2] < served]:
+                    del self._claims[claim]
+            known = found or Run(run.policy, run.domain_uuid, run.uri, run.domain_name)
             self._runs[key] = replace(
                 known,
                 uri=run.uri,
@@ -56,7 +80,16 @@ class MemoryRunLog:
                 in_progress=snapshot,
                 in_progress_slot=slot,
                 in_progress_since=now,
+                host_id=self._host,
             )
+
+    def seen(self, host: HostRow) -> None:
+        with self._guard:
+            self._hosts[host.host_id] = host
+
+    def hosts(self) -> list[HostRow]:
+        with self._guard:
+            return [self._hosts[h] for h in sorted(self._hosts)]
 
     def finish(
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
@@ -64,7 +97,7 @@ class MemoryRunLog:
         key = (policy, domain_uuid)
         with self._guard:
             run = self._runs.get(key)
-            if run is None:
+            if run is None or not self._mine(run):
                 return
             if slot is not None:
                 run = replace(run, last_slot=slot, last_success=now)
@@ -75,6 +108,14 @@ class MemoryRunLog:
             )
 
 
+def _claimed(run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
+    return ClaimedElsewhere(
+        f"{run.domain_name}: host {holder!r} {what} (policy {run.policy!r}, slot {slot}); "
+        "this host leaves it",
+        holder,
+    )
+
+
 class MemoryGroupLog:
     """Groups and holds in memory; a group lives while one of its members' rows does."""
 
@@ -82,7 +123,14 @@ class MemoryGroupLog:
         self._guard = guard
         self._rows = rows  # the catalog's own list
         self._groups: list[GroupRow] = []
-        self._holds: dict[str, HoldRow] = {}
+        self._holds: dict[str, tuple[str, HoldRow]] = {}  # by UUID: (host, hold)
+        self._host = ""
+
+    def for_host(self, host: str) -> MemoryGroupLog:
+        """The same groups and holds, as another host of the catalog sees them."""
+        other = copy.copy(self)
+        other._host = host
+        return other
 
     def record(self, group: GroupRow) -> None:
         with self._guard:
@@ -168,7 +216,7 @@ class MemoryGroupLog:
 
     def hold(self, row: HoldRow) -> None:
         with self._guard:
-            self._holds[row.domain_uuid] = row
+            self._holds[row.domain_uuid] = (self._host, row)
 
     def release(self, domain_uuid: str) -> None:
         with self._guard:
@@ -176,7 +224,8 @@ class MemoryGroupLog:
 
     def held(self) -> list[HoldRow]:
         with self._guard:
-            return sorted(self._holds.values(), key=lambda h: (h.since, h.domain_name))
+            mine = [row for host, row in self._holds.values() if host == self._host]
+            return sorted(mine, key=lambda h: (h.since, h.domain_name))
 
 
 class MemoryCatalog(CatalogBase):
@@ -189,6 +238,15 @@ class MemoryCatalog(CatalogBase):
         self._operations: list[Operation] = []  # oldest first
         self._runs = MemoryRunLog(self._guard)
         self._groups = MemoryGroupLog(self._guard, self._rows)
+        self.host_id = ""
+
+    def as_host(self, host: str) -> MemoryCatalog:
+        """The same catalog, as another host sharing it sees it (its runs and claims)."""
+        other = copy.copy(self)
+        other._runs = self._runs.for_host(host)
+        other._groups = self._groups.for_host(host)
+        other.host_id = host
+        return other
 
     @property
     def location(self) -> str:

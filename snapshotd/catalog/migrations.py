@@ -126,6 +126,29 @@ SQLITE: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "fleet: the host of each run and hold, the slots each host claimed, the hosts",
+        (
+            "ALTER TABLE runs ADD COLUMN host_id TEXT",  # NULL: a run of before version 4
+            "ALTER TABLE group_holds ADD COLUMN host_id TEXT",
+            """CREATE TABLE claims (
+                policy TEXT NOT NULL,
+                domain_uuid TEXT NOT NULL,
+                slot INTEGER NOT NULL,             -- the scheduled instant
+                host_id TEXT NOT NULL,             -- the host that takes it
+                claimed_at INTEGER NOT NULL,
+                PRIMARY KEY (policy, domain_uuid, slot)
+            )""",
+            """CREATE TABLE hosts (
+                host_id TEXT PRIMARY KEY,
+                seen_at INTEGER NOT NULL,          -- its daemon's last contact
+                pid INTEGER,
+                version TEXT,
+                uris TEXT NOT NULL DEFAULT '[]'    -- JSON list, without secrets
+            )""",
+        ),
+    ),
 )
 
 # PostgreSQL's (catalog/postgres.py): the same tables and numbers.  Instants are BIGINT
@@ -225,7 +248,31 @@ POSTGRES: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        SQLITE[3].what,
+        (
+            "ALTER TABLE runs ADD COLUMN host_id TEXT",  # NULL: a run of before version 4
+            "ALTER TABLE group_holds ADD COLUMN host_id TEXT",
+            """CREATE TABLE claims (
+                policy TEXT NOT NULL,
+                domain_uuid TEXT NOT NULL,
+                slot BIGINT NOT NULL,
+                host_id TEXT NOT NULL,
+                claimed_at BIGINT NOT NULL,
+                PRIMARY KEY (policy, domain_uuid, slot)
+            )""",
+            """CREATE TABLE hosts (
+                host_id TEXT PRIMARY KEY,
+                seen_at BIGINT NOT NULL,
+                pid INTEGER,
+                version TEXT,
+                uris TEXT NOT NULL DEFAULT '[]'
+            )""",
+        ),
+    ),
 )
+
 
 LATEST = SQLITE[-1].version
 

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 
 from snapshotd.catalog import migrations
-from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded
+from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, CatalogUnavailable
 from snapshotd.catalog.locks import ThreadLocks, check_uuid
 from snapshotd.catalog.sql import Cursor, SQLCatalog
 from snapshotd.config.settings import DatabaseSettings
@@ -47,7 +47,7 @@ _DOMAIN_LOCK_CLASS = 0x736E6171  # with hashtext(UUID): one domain
 _POLL = 0.1  # seconds between two tries of a domain lock
 
 
-class DatabaseError(SnapshotdError):
+class DatabaseError(CatalogUnavailable):
     """The database cannot be reached or refused snapshotd (the message says which)."""
 
 
@@ -91,9 +91,23 @@ class _Database:
 
     integrity_error: type[Exception] = psycopg.IntegrityError
 
-    def __init__(self, connection: psycopg.Connection[Any], where: str) -> None:
-        self.connection = connection
-        self._where = where
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self._settings = settings
+        self._where = sanitize_url(settings.url)
+        self.connection = connect(settings)
+        self._depth = 0  # transactions open on the connection
+
+    def _lost(self) -> bool:
+        return bool(self.connection.closed or self.connection.broken)
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        """The connection, made anew when the server closed the old one (a restart of the
+        database): outside a transaction nothing is lost by that, and the domain locks
+        its session held were lost with it anyway."""
+        if self._lost() and self._depth == 0:
+            self.connection.close()
+            self.connection = connect(self._settings)
+        return self.connection
 
     def is_duplicate(self, exc: Exception) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)
@@ -103,17 +117,28 @@ class _Database:
 
     def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor:
         try:
-            return self.connection.execute(sql.replace("?", "%s"), args)
+            return self._usable().execute(sql.replace("?", "%s"), args)
         except psycopg.OperationalError as exc:
+            if self._depth == 0 and self._lost():
+                # The server went away since the last statement: once more, anew.
+                try:
+                    return self._usable().execute(sql.replace("?", "%s"), args)
+                except psycopg.OperationalError as again:
+                    raise _unreachable(self._where, again) from again
             raise _unreachable(self._where, exc) from exc
 
     @contextlib.contextmanager
     def transaction(self, *, fsync: bool = True) -> Iterator[None]:
         try:
-            with self.connection.transaction():
-                if not fsync:
-                    self.connection.execute("SET LOCAL synchronous_commit TO off")
-                yield
+            connection = self._usable()
+            with connection.transaction():
+                self._depth += 1
+                try:
+                    if not fsync:
+                        connection.execute("SET LOCAL synchronous_commit TO off")
+                    yield
+                finally:
+                    self._depth -= 1
         except psycopg.OperationalError as exc:
             raise _unreachable(self._where, exc) from exc
 
@@ -162,12 +187,10 @@ class PostgresCatalog(SQLCatalog):
         open_catalog's sake: a psycopg connection may be handed between threads."""
         del shared
         where = sanitize_url(settings.url)
-        connection = connect(settings)
-        database = _Database(connection, where)
-        super().__init__(database, self._domain_lock, where)
+        database = _Database(settings)
+        super().__init__(database, self._domain_lock, where, host_id(settings))
         self._pg = database
         self._threads = ThreadLocks()
-        self.host_id = host_id(settings)
         try:
             self._migrate()
         except BaseException:

@@ -19,9 +19,11 @@ from typing import Any, Protocol
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     CatalogBase,
+    ClaimedElsewhere,
     GroupMember,
     GroupRow,
     HoldRow,
+    HostRow,
     LockHolder,
     Operation,
     Run,
@@ -68,12 +70,14 @@ class Database(Protocol):
 class SQLCatalog(CatalogBase):
     """Snapshot records and the operations log, with the runs and groups beside them."""
 
-    def __init__(self, database: Database, hold: LockHolder, location: str) -> None:
+    def __init__(self, database: Database, hold: LockHolder, location: str, host: str) -> None:
+        """``host``: this host's id in the catalog ("" for a catalog of one host)."""
         super().__init__(hold)
         self._database = database
         self._location = location
-        self._runs = SQLRunLog(database)
-        self._groups = SQLGroupLog(database)
+        self.host_id = host
+        self._runs = SQLRunLog(database, host)
+        self._groups = SQLGroupLog(database, host)
 
     @property
     def location(self) -> str:
@@ -214,67 +218,134 @@ class SQLCatalog(CatalogBase):
 
 
 class SQLRunLog:
-    """The ``runs`` table, through the catalog's own database."""
+    """The ``runs``, ``claims`` and ``hosts`` tables, for the catalog's host."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, host: str) -> None:
         self._database = database
+        self._host = host
 
     def get(self, policy: str, domain_uuid: str) -> Run | None:
         cur = self._database.execute(
-            "SELECT * FROM runs WHERE policy = ? AND domain_uuid = ?", (policy, domain_uuid)
+            """SELECT policy, domain_uuid, uri, domain_name, last_slot, last_success, last_error,
+                      last_error_at, in_progress, in_progress_slot, in_progress_since, host_id
+               FROM runs WHERE policy = ? AND domain_uuid = ?""",
+            (policy, domain_uuid),
         )
         found = cur.fetchone()
         return Run(*found) if found else None
 
     def all(self) -> list[Run]:
-        cur = self._database.execute("SELECT * FROM runs ORDER BY policy, domain_name")
+        cur = self._database.execute(
+            """SELECT policy, domain_uuid, uri, domain_name, last_slot, last_success, last_error,
+                      last_error_at, in_progress, in_progress_slot, in_progress_since, host_id
+               FROM runs ORDER BY policy, domain_name"""
+        )
         return [Run(*r) for r in cur.fetchall()]
 
     def unfinished(self) -> list[Run]:
-        return [r for r in self.all() if r.in_progress is not None]
+        return [
+            r for r in self.all() if r.in_progress is not None and r.host_id in (None, self._host)
+        ]
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
         # Right before libvirt: no fsync of its own (see the module docstring).
+        key = (run.policy, run.domain_uuid)
         with self._database.transaction(fsync=False):
+            found = self._database.execute(
+                "SELECT last_slot, host_id FROM runs WHERE policy = ? AND domain_uuid = ?", key
+            ).fetchone()
+            served, last_host = found if found is not None else (None, None)
+            if last_host not in (None, self._host) and served is not None and served >= slot:
+                raise _claimed(run, slot, str(last_host), "served it already")
+            self._database.execute(
+                """INSERT INTO claims (policy, domain_uuid, slot, host_id, claimed_at)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (*key, slot, self._host, now),
+            )
+            holder = self._database.execute(
+                "SELECT host_id FROM claims WHERE policy = ? AND domain_uuid = ? AND slot = ?",
+                (*key, slot),
+            ).fetchone()
+            if holder is not None and str(holder[0]) != self._host:
+                raise _claimed(run, slot, str(holder[0]), "claimed it first")
+            if served is not None:  # the claims of slots before it are settled by it
+                self._database.execute(
+                    "DELETE FROM claims WHERE policy = ? AND domain_uuid = ? AND slot < ?",
+                    (*key, served),
+                )
             self._database.execute(
                 """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
-                       in_progress_slot, in_progress_since) VALUES (?, ?, ?, ?, ?, ?, ?)
+                       in_progress_slot, in_progress_since, host_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
                        domain_name = excluded.domain_name, in_progress = excluded.in_progress,
                        in_progress_slot = excluded.in_progress_slot,
-                       in_progress_since = excluded.in_progress_since""",
-                (run.policy, run.domain_uuid, run.uri, run.domain_name, snapshot, slot, now),
+                       in_progress_since = excluded.in_progress_since,
+                       host_id = excluded.host_id""",
+                (*key, run.uri, run.domain_name, snapshot, slot, now, self._host),
             )
 
     def finish(
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int
     ) -> None:
         # No fsync of its own: if power loss takes it, the next start reconciles the run.
+        # Only this host's run (or one of before runs had a host): another host's run in
+        # progress is that host's to end.
+        mine = (policy, domain_uuid, self._host)
         with self._database.transaction(fsync=False):
             if slot is not None:
                 self._database.execute(
                     """UPDATE runs SET last_slot = ?, last_success = ? WHERE policy = ?
-                       AND domain_uuid = ?""",
-                    (slot, now, policy, domain_uuid),
+                       AND domain_uuid = ? AND (host_id IS NULL OR host_id = ?)""",
+                    (slot, now, *mine),
                 )
             if error is not None:
                 self._database.execute(
                     """UPDATE runs SET last_error = ?, last_error_at = ? WHERE policy = ?
-                       AND domain_uuid = ?""",
-                    (error, now, policy, domain_uuid),
+                       AND domain_uuid = ? AND (host_id IS NULL OR host_id = ?)""",
+                    (error, now, *mine),
                 )
             self._database.execute(
                 """UPDATE runs SET in_progress = NULL, in_progress_slot = NULL,
-                   in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?""",
-                (policy, domain_uuid),
+                   in_progress_since = NULL WHERE policy = ? AND domain_uuid = ?
+                   AND (host_id IS NULL OR host_id = ?)""",
+                mine,
             )
+
+    def seen(self, host: HostRow) -> None:
+        with self._database.transaction(fsync=False):
+            self._database.execute(
+                """INSERT INTO hosts (host_id, seen_at, pid, version, uris)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (host_id) DO UPDATE SET seen_at = excluded.seen_at,
+                       pid = excluded.pid, version = excluded.version, uris = excluded.uris""",
+                (host.host_id, host.seen_at, host.pid, host.version, json.dumps(list(host.uris))),
+            )
+
+    def hosts(self) -> list[HostRow]:
+        cur = self._database.execute(
+            "SELECT host_id, seen_at, pid, version, uris FROM hosts ORDER BY host_id"
+        )
+        return [
+            HostRow(str(r[0]), int(r[1]), r[2], r[3], tuple(json.loads(str(r[4]))))
+            for r in cur.fetchall()
+        ]
+
+
+def _claimed(run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
+    return ClaimedElsewhere(
+        f"{run.domain_name}: host {holder!r} {what} (policy {run.policy!r}, slot {slot}); "
+        "this host leaves it",
+        holder,
+    )
 
 
 class SQLGroupLog:
     """The ``group_members``, ``group_copies`` and ``group_holds`` tables."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, host: str) -> None:
         self._database = database
+        self._host = host
 
     def record(self, group: GroupRow) -> None:
         """All members or none (one transaction); AlreadyRecorded when a member's
@@ -442,10 +513,11 @@ class SQLGroupLog:
         with self._database.transaction():
             self._database.execute(
                 """INSERT INTO group_holds (domain_uuid, uri, domain_name, policy, name, hold,
-                   since) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   since, host_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (domain_uuid) DO UPDATE SET uri = excluded.uri,
                        domain_name = excluded.domain_name, policy = excluded.policy,
-                       name = excluded.name, hold = excluded.hold, since = excluded.since""",
+                       name = excluded.name, hold = excluded.hold, since = excluded.since,
+                       host_id = excluded.host_id""",
                 (
                     row.domain_uuid,
                     row.uri,
@@ -454,6 +526,7 @@ class SQLGroupLog:
                     row.name,
                     row.hold,
                     row.since,
+                    self._host,
                 ),
             )
 
@@ -464,7 +537,9 @@ class SQLGroupLog:
     def held(self) -> list[HoldRow]:
         cur = self._database.execute(
             """SELECT policy, name, uri, domain_uuid, domain_name, hold, since
-               FROM group_holds ORDER BY since, domain_name"""
+               FROM group_holds WHERE host_id IS NULL OR host_id = ?
+               ORDER BY since, domain_name""",
+            (self._host,),
         )
         return [HoldRow(*r) for r in cur.fetchall()]
 

@@ -133,11 +133,12 @@ class _Database:
 class SQLiteCatalog(SQLCatalog):
     """The catalog in ``state_dir``: its database, and the domain locks beside it."""
 
-    def __init__(self, state_dir: str, *, shared: bool = False) -> None:
+    def __init__(self, state_dir: str, *, shared: bool = False, host: str = "") -> None:
         """Open (creating if needed) the catalog in ``state_dir``.
 
         ``shared``: the connection may be handed from thread to thread (never used by
-        two at once), as the daemon's pool of connections does.
+        two at once), as the daemon's pool of connections does.  ``host``: the host id
+        its runs are recorded under ("": the one host this catalog serves).
         """
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ class SQLiteCatalog(SQLCatalog):
             migrations.pending(_recorded_version(path), migrations.SQLITE, where=str(path))
         self._path = str(path)
         database = _Database(self._path, shared=shared)
-        super().__init__(database, functools.partial(locks.file_lock, state_dir), self._path)
+        super().__init__(database, functools.partial(locks.file_lock, state_dir), self._path, host)
         self._sqlite = database
         # The daemon opens the catalog once per snapshot: the schema is written the
         # first time this process opens the file (and whenever it had to create it).

@@ -36,9 +36,10 @@ class DomainsListed:
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
     """How a job ended: ``transient`` failures are retried for the same slot, ``failed``
-    ones move on to the next slot; ``error`` is what went wrong."""
+    ones move on to the next slot, as does a slot another host of a shared catalog takes
+    (``elsewhere``); ``error`` is what went wrong (or, elsewhere, who took it)."""
 
-    kind: Literal["ok", "transient", "failed"]
+    kind: Literal["ok", "transient", "failed", "elsewhere"]
     error: str | None = None
 
 

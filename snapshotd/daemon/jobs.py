@@ -27,6 +27,7 @@ from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import log_event
 from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run, RunLog
+from snapshotd.catalog.api import CatalogUnavailable, ClaimedElsewhere
 from snapshotd.core.model import DomainInfo
 from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
@@ -73,6 +74,9 @@ class Worker:
         outcome: JobOutcome
         try:
             outcome = self._run(job)
+        except ClaimedElsewhere as exc:
+            log.info("%s", exc)  # the other host takes it: nothing went wrong
+            outcome = JobOutcome("elsewhere", str(exc))
         except SnapshotdError as exc:
             # libvirt failed it (maybe transient), or snapshotd refused it before libvirt.
             by_libvirt = isinstance(exc, LibvirtError)
@@ -85,7 +89,9 @@ class Worker:
                 operation="create",
                 uri=job.key.uri,
             )
-            transient = isinstance(exc, LibvirtError) and exc.transient
+            transient = (isinstance(exc, LibvirtError) and exc.transient) or isinstance(
+                exc, CatalogUnavailable
+            )
             outcome = JobOutcome("transient" if transient else "failed", str(exc))
         except Exception as exc:
             log.exception("%s: snapshot by %s crashed", job.domain.name, job.policy.name)

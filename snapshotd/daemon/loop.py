@@ -39,6 +39,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from snapshotd import __version__
 from snapshotd.adapters.configfiles import load_settings
 from snapshotd.adapters.logs import log_event, sanitize_uri
 from snapshotd.adapters.metrics import Metrics
@@ -46,6 +47,7 @@ from snapshotd.adapters.notify import Notifier
 from snapshotd.adapters.statefile import DaemonLock
 from snapshotd.adapters.statusfile import StatusWriter
 from snapshotd.catalog import Catalog, RunLog, open_catalog
+from snapshotd.catalog.api import CatalogUnavailable, HostRow
 from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Settings
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
@@ -74,6 +76,7 @@ from snapshotd.errors import SnapshotdError
 log = logging.getLogger("snapshotd")
 
 STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
+HEARTBEAT = 15.0  # seconds between two reports of this host to a shared catalog
 
 
 # (the policies, each URI's domain list) the keys were worked out from, and those keys
@@ -110,6 +113,9 @@ class Daemon:
         self.settings: Settings | None = None
         self.metrics = Metrics()
         self._catalogs = catalogs
+        self._catalog_lost: str | None = None  # why the catalog did not answer, if so
+        self._beat_at = -HEARTBEAT  # the last heartbeat in a shared catalog
+        self._host_id = ""
         self._stopping = False
         self._stop_at = 0.0
         self._reconciled: set[str] = set()
@@ -357,6 +363,9 @@ class Daemon:
             self.due[key] = due_times.retry(due, error, self.clock())
         elif outcome.kind == "failed" and policy is not None:
             self.due[key] = due_times.after_failure(policy, key, due, error, self.clock())
+        elif outcome.kind == "elsewhere" and policy is not None:
+            self.due[key] = due_times.after_elsewhere(policy, key, due, error or "", self.clock())
+            return  # not an error of this host's
         if error:
             self.status.last_error = error.splitlines()[0][:120]
 
@@ -454,6 +463,7 @@ class Daemon:
             lock.release()
             raise
         runs = catalog.runs
+        self._host_id = catalog.host_id
         self._unsettled = {Key(r.policy, r.uri, r.domain_uuid) for r in runs.unfinished()}
         try:
             self._loop(runs)
@@ -489,11 +499,41 @@ class Daemon:
             self._handle(event)
 
     def tick(self, runs: RunLog, now: float) -> None:
-        """One pass of the loop at wall time ``now``: overruns, due times, jobs, status."""
+        """One pass of the loop at wall time ``now``: overruns, due times, jobs, status.
+
+        A catalog that cannot be reached (a shared database down) holds up scheduling
+        until it answers again; the loop itself, its links and status go on."""
         self._check_overruns()
-        self._schedule(runs, now)
-        self._dispatch(runs, now)
+        try:
+            self._schedule(runs, now)
+            self._dispatch(runs, now)
+            self._heartbeat(runs, now)
+        except CatalogUnavailable as exc:
+            if self._catalog_lost is None:
+                log.warning("the catalog cannot be reached, scheduling waits for it: %s", exc)
+            self._catalog_lost = str(exc)
+            self.status.last_error = str(exc)[:120]
+        else:
+            if self._catalog_lost is not None:
+                log.info("the catalog answers again")
+                self._catalog_lost = None
         self._update_status(now)
+
+    def _heartbeat(self, runs: RunLog, now: float) -> None:
+        """A shared catalog's hosts table: this host's daemon is alive (every HEARTBEAT s)."""
+        settings = self.settings
+        if settings is None or settings.catalog is None or now < self._beat_at + HEARTBEAT:
+            return
+        runs.seen(
+            HostRow(
+                self._host_id,
+                int(now),
+                os.getpid(),
+                __version__,
+                tuple(sanitize_uri(u) for u in settings.connect),
+            )
+        )
+        self._beat_at = now
 
     def _lock(self) -> DaemonLock:
         """The state directory's lock, taken before anything else happens."""

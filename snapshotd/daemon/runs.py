@@ -179,6 +179,13 @@ def retry(due: Due, error: str | None, now: float) -> Due:
     return Due(now + backoff, due.slot, f"retry: {error}", due.retries + 1)
 
 
+def after_elsewhere(policy: Policy, key: AnyKey, due: Due, holder: str, now: float) -> Due:
+    """The next slot after one that another host of a shared catalog takes."""
+    slot = next_due(policy.schedule, max(due.slot, utc(now)))
+    delay = jitter_for(policy.schedule, key.seed, slot)
+    return Due((slot + delay).timestamp(), slot, f"after another host's slot: {holder}")
+
+
 def after_failure(policy: Policy, key: AnyKey, due: Due, error: str | None, now: float) -> Due:
     """The next slot after a permanent failure: it is not retried for the same slot."""
     slot = next_due(policy.schedule, max(due.slot, utc(now)))

@@ -7,16 +7,19 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from snapshotd.catalog.migrations import LATEST
 from snapshotd.config.settings import DatabaseSettings
+from tests.integration import target
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory
-from tests.integration.target import connect_line
+from tests.integration.target import connect_line, yaml_list
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
+from tests.integration.test_two_hosts import twin
 from tests.pgserver import fresh_database, server
 
 
@@ -128,3 +131,88 @@ def test_the_daemon_does_not_start_on_a_shared_catalog_a_newer_snapshotd_wrote(
     assert f"newer than this snapshotd knows (up to {LATEST})" in log
     assert database.url in log
     assert rows(database, "SELECT value FROM meta") == [(str(LATEST + 1),)]
+
+
+def host_config(daemon: Daemon, uri: str, database: DatabaseSettings, host_id: str) -> None:
+    """A daemon of the fleet: its one connection, the shared catalog, its host id."""
+    (daemon.root / "snapshotd.yaml").write_text(
+        f"connect: {yaml_list(uri)}\n"
+        + "catalog:\n"
+        + f'  url: "{database.url}"\n'
+        + f"  password_file: {database.password_file}\n"
+        + f"  host_id: {host_id}\n"
+    )
+    (daemon.root / "snapshotd.yaml").chmod(0o644)
+
+
+@pytest.mark.two_hosts
+def test_two_hosts_sharing_a_shut_off_domain_take_each_slot_once(
+    domain_factory: DomainFactory,
+    peer_conn: Any,
+    session_prefix: str,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """A shut-off domain defined on two hosts on shared storage, both daemons scheduling
+    it every 2 s at the same instants (no jitter): each slot is taken by one host, never
+    by both; when the host that won the slots stops, the other takes the next ones; the
+    catalog has every snapshot, and both libvirts together exactly those."""
+    dom = domain_factory(state="shutoff")
+    daemons = []
+    with twin(peer_conn, dom, session_prefix) as there:
+        try:
+            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
+                root = tmp_path / host
+                (root / "policies").mkdir(parents=True, mode=0o755)
+                d = Daemon(root)
+                daemons.append(d)
+                host_config(d, uri, database, host)
+                write_policy(d, "shared", policy(dom, every="2s", keep=1000))
+            for d in daemons:
+                d.start()
+            for d in daemons:
+                d.wait_ready()
+            started = time.time()
+            time.sleep(12)
+            # Whichever host won the slots so far goes down: the other takes over.
+            winner = 0 if snapshots(dom) else 1
+            codes = {winner: daemons[winner].stop()}
+            time.sleep(12)
+            codes[1 - winner] = daemons[1 - winner].stop()
+            stopped = time.time()
+        finally:
+            for d in daemons:
+                d.close()
+        assert codes == {0: 0, 1: 0}
+        here = {name: made for made, name, _ in snapshots(dom)}
+        peer = _created(there)
+    taken = sorted([*here.values(), *peer.values()])
+    slots = int((stopped - started) // 2) + 1
+    # One snapshot per slot: two hosts taking every slot would make about twice as many.
+    assert len(taken) <= slots + 1, (len(taken), slots)
+    assert len(taken) >= slots // 2, (len(taken), slots)
+    logs = "".join(d.log.read_text() for d in daemons)
+    assert here, "kvm-a took none:\n" + logs
+    assert peer, "kvm-b took none:\n" + logs
+    assert not set(here) & set(peer)
+    live = {
+        str(r[0])
+        for r in rows(
+            database,
+            "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+            dom.uuid,
+        )
+    }
+    assert live == set(here) | set(peer)
+    assert "claimed it first (policy 'shared'" in logs or "served it already" in logs
+
+
+def _created(dom: Any) -> dict[str, int]:
+    """The snapshots of ``dom`` (a libvirt domain) by name: their creationTime."""
+    from lxml import etree  # noqa: PLC0415 - only here
+
+    made = {}
+    for snap in dom.listAllSnapshots(0):
+        root = etree.fromstring(snap.getXMLDesc(0).encode())
+        made[snap.getName()] = int(root.findtext("creationTime") or 0)
+    return made

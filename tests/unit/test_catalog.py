@@ -26,9 +26,11 @@ from snapshotd.catalog import catalog_exists, open_catalog, sqlite
 from snapshotd.catalog.api import (
     AlreadyRecorded,
     Catalog,
+    ClaimedElsewhere,
     GroupMember,
     GroupRow,
     HoldRow,
+    HostRow,
     Operation,
     Run,
     SnapshotRow,
@@ -36,6 +38,7 @@ from snapshotd.catalog.api import (
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.catalog.migrations import LATEST
 from snapshotd.catalog.sqlite import DB_NAME, SQLiteCatalog
+from snapshotd.config.settings import DatabaseSettings
 from snapshotd.errors import SnapshotdError
 from tests.pgserver import fresh_database
 
@@ -196,14 +199,24 @@ def test_runs_start_finish_and_unfinished(catalog: Catalog) -> None:
     assert runs.all() == []
     runs.start(Run("p", UUID, URI, "web"), "p-1", 60, 61)
     runs.start(Run("a", OTHER, URI, "db"), "a-1", 60, 62)
+    here = catalog.host_id  # "" for a catalog of one host
     assert runs.get("p", UUID) == Run(
-        "p", UUID, URI, "web", in_progress="p-1", in_progress_slot=60, in_progress_since=61
+        "p",
+        UUID,
+        URI,
+        "web",
+        in_progress="p-1",
+        in_progress_slot=60,
+        in_progress_since=61,
+        host_id=here,
     )
     assert [(r.policy, r.domain_name) for r in runs.all()] == [("a", "db"), ("p", "web")]
     assert [r.in_progress for r in runs.unfinished()] == ["a-1", "p-1"]
 
     runs.finish("p", UUID, slot=60, error=None, now=70)
-    assert runs.get("p", UUID) == Run("p", UUID, URI, "web", last_slot=60, last_success=70)
+    assert runs.get("p", UUID) == Run(
+        "p", UUID, URI, "web", last_slot=60, last_success=70, host_id=here
+    )
     assert [r.policy for r in runs.unfinished()] == ["a"]
 
     # The next run, renamed domain: the last success stays until a new one replaces it.
@@ -218,6 +231,7 @@ def test_runs_start_finish_and_unfinished(catalog: Catalog) -> None:
         last_success=70,
         last_error="libvirt: disk full",
         last_error_at=130,
+        host_id=here,
     )
 
 
@@ -339,6 +353,79 @@ def test_holds_are_kept_until_released(catalog: Catalog) -> None:
     assert catalog.groups.held() == []
 
 
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
+def two_hosts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Catalog, Catalog]]:
+    """One catalog as two hosts sharing it see it: kvm-a's and kvm-b's."""
+    if request.param == "memory":
+        memory = MemoryCatalog().as_host("kvm-a")
+        yield memory, memory.as_host("kvm-b")
+    elif request.param == "postgres":
+        with fresh_database(host_id="kvm-a") as database:
+            other = DatabaseSettings(database.url, database.password_file, "kvm-b")
+            with open_catalog("", database=database) as a, open_catalog("", database=other) as b:
+                yield a, b
+    else:
+        state = str(tmp_path / "state")
+        with SQLiteCatalog(state, host="kvm-a") as a, SQLiteCatalog(state, host="kvm-b") as b:
+            yield a, b
+
+
+def test_a_slot_is_taken_once_by_the_host_that_claims_it_first(
+    two_hosts: tuple[Catalog, Catalog],
+) -> None:
+    a, b = two_hosts
+    a.runs.start(Run("p", UUID, URI, "web"), "p-1", 60, 61)
+    with pytest.raises(ClaimedElsewhere) as refused:
+        b.runs.start(Run("p", UUID, "qemu+ssh://b/system", "web"), "p-1b", 60, 62)
+    assert refused.value.holder == "kvm-a"
+    assert str(refused.value) == (
+        "web: host 'kvm-a' claimed it first (policy 'p', slot 60); this host leaves it"
+    )
+    # Nothing of b's was written: a's run goes on, and it is a's alone to end.
+    run = a.runs.get("p", UUID)
+    assert run is not None
+    assert (run.in_progress, run.uri, run.host_id) == ("p-1", URI, "kvm-a")
+    assert [r.in_progress for r in a.runs.unfinished()] == ["p-1"]
+    assert b.runs.unfinished() == []
+    b.runs.finish("p", UUID, slot=None, error="not mine", now=63)
+    assert a.runs.get("p", UUID) == run
+    a.runs.start(Run("p", UUID, URI, "web"), "p-1", 60, 64)  # its own retry goes on
+    a.runs.finish("p", UUID, slot=60, error=None, now=70)
+    # Served: the other host does not take that slot afterwards either ...
+    with pytest.raises(ClaimedElsewhere, match="'kvm-a' served it already"):
+        b.runs.start(Run("p", UUID, "qemu+ssh://b/system", "web"), "p-1b", 60, 71)
+    # ... but the next slot is anyone's: the domain moved to b, say.
+    b.runs.start(Run("p", UUID, "qemu+ssh://b/system", "web"), "p-2", 120, 121)
+    moved = b.runs.get("p", UUID)
+    assert moved is not None
+    assert (moved.host_id, moved.last_slot, moved.in_progress) == ("kvm-b", 60, "p-2")
+    assert a.runs.unfinished() == []
+    assert [r.in_progress for r in b.runs.unfinished()] == ["p-2"]
+    with pytest.raises(ClaimedElsewhere, match="'kvm-b' claimed it first"):
+        a.runs.start(Run("p", UUID, URI, "web"), "p-2a", 120, 122)
+
+
+def test_hosts_report_themselves(two_hosts: tuple[Catalog, Catalog]) -> None:
+    a, b = two_hosts
+    a.runs.seen(HostRow("kvm-a", 100, 11, "0.1.0", (URI,)))
+    b.runs.seen(HostRow("kvm-b", 101, 12, "0.1.0", ("qemu+ssh://b/system",)))
+    a.runs.seen(HostRow("kvm-a", 130, 11, "0.1.0", (URI,)))
+    assert b.runs.hosts() == [
+        HostRow("kvm-a", 130, 11, "0.1.0", (URI,)),
+        HostRow("kvm-b", 101, 12, "0.1.0", ("qemu+ssh://b/system",)),
+    ]
+
+
+def test_each_host_sees_only_the_holds_it_made(two_hosts: tuple[Catalog, Catalog]) -> None:
+    a, b = two_hosts
+    hold = HoldRow("shop", "shop-1", URI, UUID, "web", "suspend", 100)
+    a.groups.hold(hold)
+    assert a.groups.held() == [hold]
+    assert b.groups.held() == []  # b must never resume what a suspended
+    a.groups.release(UUID)
+    assert a.groups.held() == []
+
+
 def test_the_domain_lock_excludes_a_second_holder_until_released(catalog: Catalog) -> None:
     waited: list[str] = []
 
@@ -442,7 +529,12 @@ def test_an_older_catalog_without_group_copies_gets_the_table_when_opened(
         catalog.record_snapshot(row("g-1", 1000))
         catalog.groups.record(GroupRow("p", "g-1", 999, (GroupMember(URI, UUID, "web", 1000),)))
     with contextlib.closing(sqlite3.connect(state / DB_NAME)) as db:
+        # Back to version 2: without what versions 3 and 4 added.
         db.execute("DROP TABLE group_copies")
+        db.execute("DROP TABLE claims")
+        db.execute("DROP TABLE hosts")
+        db.execute("ALTER TABLE runs DROP COLUMN host_id")
+        db.execute("ALTER TABLE group_holds DROP COLUMN host_id")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         db.commit()
     sqlite._READY.clear()  # as a new process: the schema is looked at again

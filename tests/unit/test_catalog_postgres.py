@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from snapshotd.catalog import open_catalog
-from snapshotd.catalog.api import SnapshotRow
+from snapshotd.catalog.api import CatalogUnavailable, SnapshotRow
 from snapshotd.catalog.migrations import LATEST, POSTGRES, SQLITE, SchemaTooNew
 from snapshotd.catalog.postgres import DatabaseError, PostgresCatalog
 from snapshotd.config.settings import DatabaseSettings
@@ -214,15 +214,20 @@ def test_a_host_that_loses_its_connection_loses_its_locks(database: DatabaseSett
             pass
 
 
-def test_the_database_stopped_under_a_catalog_is_a_clear_error(
+def test_the_database_stopped_under_a_catalog_is_a_clear_error_then_reconnected(
     database: DatabaseSettings,
 ) -> None:
     srv = server()
     with open_catalog("", database=database) as catalog:
+        catalog.record_snapshot(
+            SnapshotRow("qemu:///system", UUID, "web", "s1", 1, "p", None, "<x/>", (), True)
+        )
         srv.stop()
         try:
-            with pytest.raises(DatabaseError) as lost:
+            with pytest.raises(CatalogUnavailable) as lost:
                 catalog.snapshots()
         finally:
             srv.start()
+        # The server is back: the next call connects anew, nothing was lost.
+        assert [r.name for r in catalog.snapshots()] == ["s1"]
     assert str(lost.value).startswith(f"the catalog database {database.url}: ")
