@@ -27,12 +27,12 @@ _snapshotd() {
     fi
     verb="${COMP_WORDS[i]}"
     case "$verb" in
-        check) opts='--config --connect --freshness --help --offline --policy-dir --state-dir -c -h' ;;
+        check) opts='--config --connect --fleet --freshness --help --offline --policy-dir --state-dir -c -h' ;;
         plan) opts='--at --config --connect --description --directory --disk --disk-only --disks --domain --help --json --live --memory --name --no-atomic --policy --policy-dir --quiesce --reuse-external --state-dir -c -d -h -p' ;;
         take) opts='--config --connect --description --directory --disk --disk-only --disks --domain --help --json --live --memory --name --no-atomic --policy --policy-dir --quiesce --reuse-external --state-dir -c -d -h -p' ;;
         prune) opts='--config --connect --domain --dry-run --help --json --policy --policy-dir --state-dir -c -d -h -p' ;;
         run) opts='--config --connect --help --policy-dir --state-dir --workers -c -h' ;;
-        status) opts='--config --help --json --policy-dir --state-dir -h' ;;
+        status) opts='--config --fleet --help --json --policy-dir --state-dir -h' ;;
         list) opts='--config --connect --domain --group --help --json --policy-dir --state-dir --tree -c -d -g -h' ;;
         export) opts='--config --connect --domain --help --out --policy-dir --secure --state-dir -c -d -h' ;;
         import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 
 from snapshotd.adapters.hypervisor import Hypervisor
-from snapshotd.catalog import catalog_exists, open_catalog
+from snapshotd.catalog import Catalog, catalog_exists, open_catalog
 from snapshotd.config.settings import DatabaseSettings, Settings
 from snapshotd.core import freshness
 from snapshotd.core.model import DomainInfo
@@ -20,14 +20,19 @@ Stream = tuple[str, str]  # (policy name, domain UUID)
 def newest_by_stream(state_dir: str, database: DatabaseSettings | None = None) -> dict[Stream, int]:
     """When each policy last made a snapshot of each domain (epoch seconds), from the
     catalog; nothing when there is no catalog yet."""
-    newest: dict[Stream, int] = {}
     if not catalog_exists(state_dir, database):
-        return newest
+        return {}
     with open_catalog(state_dir, database=database) as catalog:
-        for row in catalog.snapshots():
-            if row.policy is not None:
-                key = (row.policy, row.domain_uuid)
-                newest[key] = max(newest.get(key, 0), row.created_at)
+        return newest_in(catalog)
+
+
+def newest_in(catalog: Catalog) -> dict[Stream, int]:
+    """When each policy last made a snapshot of each domain, in ``catalog``."""
+    newest: dict[Stream, int] = {}
+    for row in catalog.snapshots():
+        if row.policy is not None:
+            key = (row.policy, row.domain_uuid)
+            newest[key] = max(newest.get(key, 0), row.created_at)
     return newest
 
 

@@ -6,7 +6,11 @@ served by prometheus-client's own HTTP server thread on the address given.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 from snapshotd.errors import RequestError
 
@@ -57,10 +61,34 @@ class Metrics:
             "snapshotd_connection_up", "1 when the libvirt connection is up.", ["uri"], registry=r
         )
 
-    def serve(self, address: str) -> None:
-        """Serve /metrics on HOST:PORT (an IPv6 host in brackets)."""
+    def serve(self, address: str, *, host_id: str | None = None) -> None:
+        """Serve /metrics on HOST:PORT (an IPv6 host in brackets); with ``host_id`` (a
+        host of a shared catalog) every sample has the label ``host`` too."""
         host, port = parse_address(address)
-        start_http_server(port, addr=host, registry=self.registry)
+        served = self.registry
+        if host_id:
+            served = CollectorRegistry()
+            served.register(_HostLabelled(self.registry, host_id))
+        start_http_server(port, addr=host, registry=served)
+
+
+class _HostLabelled:
+    """Every sample of ``registry`` with ``host="HOST_ID"`` added: the fleet's hosts
+    share metric names, and a query across them tells them apart by it."""
+
+    def __init__(self, registry: CollectorRegistry, host_id: str) -> None:
+        self._registry = registry
+        self._host_id = host_id
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [
+                Sample(s.name, {**s.labels, "host": self._host_id}, s.value, s.timestamp,
+                       s.exemplar)
+                for s in metric.samples
+            ]  # fmt: skip
+            yield labelled
 
 
 def parse_address(address: str) -> tuple[str, int]:

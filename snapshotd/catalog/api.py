@@ -123,6 +123,19 @@ class HoldRow:
     since: int
 
 
+@dataclass(frozen=True, slots=True)
+class Newest:
+    """A domain's newest live snapshot in the catalog, and the host that recorded it."""
+
+    domain_uuid: str
+    domain_name: str
+    policy: str | None
+    name: str
+    created_at: int
+    uri: str
+    host_id: str | None  # None: recorded before catalogs had hosts; "": a lone host's
+
+
 def member_of(
     groups: list[GroupRow], domain_uuid: str, name: str, created_at: int
 ) -> GroupRow | None:
@@ -329,6 +342,10 @@ class Catalog(Protocol):
         self, *, domain_uuid: str | None = None, policy: str | None = None
     ) -> list[SnapshotRow]:
         """Live rows, oldest first (by creation time, then by the order recorded)."""
+        ...
+
+    def newest(self) -> list[Newest]:
+        """Each domain's newest live snapshot, wherever it was taken, by domain name."""
         ...
 
     # --- operations --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from snapshotd.catalog.api import (
     GroupRow,
     HoldRow,
     HostRow,
+    Newest,
     Operation,
     Run,
     SnapshotRow,
@@ -235,6 +236,7 @@ class MemoryCatalog(CatalogBase):
         super().__init__(ThreadLocks().hold)
         self._guard = threading.Lock()
         self._rows: list[SnapshotRow] = []  # in the order recorded
+        self._recorded_by: list[str] = []  # the host that recorded each of them
         self._operations: list[Operation] = []  # oldest first
         self._runs = MemoryRunLog(self._guard)
         self._groups = MemoryGroupLog(self._guard, self._rows)
@@ -271,6 +273,21 @@ class MemoryCatalog(CatalogBase):
                     f"{row.domain_name!r} ({row.domain_uuid}) created at {row.created_at}"
                 )
             self._rows.append(replace(row, deleted_at=None))
+            self._recorded_by.append(self.host_id)
+
+    def newest(self) -> list[Newest]:
+        with self._guard:
+            best: dict[str, tuple[SnapshotRow, str]] = {}
+            for index, r in enumerate(self._rows):  # in the order recorded
+                if r.deleted_at is None:
+                    known = best.get(r.domain_uuid)
+                    if known is None or r.created_at >= known[0].created_at:
+                        best[r.domain_uuid] = (r, self._recorded_by[index])
+        found = [
+            Newest(r.domain_uuid, r.domain_name, r.policy, r.name, r.created_at, r.uri, host)
+            for r, host in best.values()
+        ]
+        return sorted(found, key=lambda n: (n.domain_name, n.domain_uuid))
 
     def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
         with self._guard:

@@ -128,9 +128,10 @@ SQLITE: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "fleet: the host of each run and hold, the slots each host claimed, the hosts",
+        "fleet: the host of each run, hold and snapshot, the slots each host claimed, the hosts",
         (
             "ALTER TABLE runs ADD COLUMN host_id TEXT",  # NULL: a run of before version 4
+            "ALTER TABLE snapshots ADD COLUMN host_id TEXT",  # the host that recorded it
             "ALTER TABLE group_holds ADD COLUMN host_id TEXT",
             """CREATE TABLE claims (
                 policy TEXT NOT NULL,
@@ -253,6 +254,7 @@ POSTGRES: tuple[Migration, ...] = (
         SQLITE[3].what,
         (
             "ALTER TABLE runs ADD COLUMN host_id TEXT",  # NULL: a run of before version 4
+            "ALTER TABLE snapshots ADD COLUMN host_id TEXT",  # the host that recorded it
             "ALTER TABLE group_holds ADD COLUMN host_id TEXT",
             """CREATE TABLE claims (
                 policy TEXT NOT NULL,

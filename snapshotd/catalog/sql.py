@@ -25,6 +25,7 @@ from snapshotd.catalog.api import (
     HoldRow,
     HostRow,
     LockHolder,
+    Newest,
     Operation,
     Run,
     SnapshotRow,
@@ -101,8 +102,8 @@ class SQLCatalog(CatalogBase):
             with self._database.transaction():
                 self._database.execute(
                     """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
-                           policy, parent, xml, files, libvirt_metadata)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                           policy, parent, xml, files, libvirt_metadata, host_id)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (
                         row.uri,
                         row.domain_uuid,
@@ -114,6 +115,7 @@ class SQLCatalog(CatalogBase):
                         row.xml,
                         json.dumps(list(row.files)),
                         int(row.libvirt_metadata),
+                        self.host_id,
                     ),
                 )
         except self._database.integrity_error as exc:
@@ -123,6 +125,22 @@ class SQLCatalog(CatalogBase):
                 f"the catalog already has snapshot {row.name!r} of domain {row.domain_name!r} "
                 f"({row.domain_uuid}) created at {row.created_at}"
             ) from exc
+
+    def newest(self) -> list[Newest]:
+        cur = self._database.execute(
+            """SELECT s.domain_uuid, s.domain_name, s.policy, s.name, s.created_at, s.uri,
+                      s.host_id
+               FROM snapshots s
+               WHERE s.deleted_at IS NULL AND s.id = (
+                   SELECT t.id FROM snapshots t
+                   WHERE t.domain_uuid = s.domain_uuid AND t.deleted_at IS NULL
+                   ORDER BY t.created_at DESC, t.id DESC LIMIT 1)
+               ORDER BY s.domain_name, s.domain_uuid"""
+        )
+        return [
+            Newest(str(r[0]), str(r[1]), r[2], str(r[3]), int(r[4]), str(r[5]), r[6])
+            for r in cur.fetchall()
+        ]
 
     def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:
         with self._database.transaction():

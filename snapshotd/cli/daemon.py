@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from snapshotd.actions import report
+from snapshotd.actions import fleet, report
 from snapshotd.cli import common, reports
 from snapshotd.cli.common import EXIT_NOT_RUNNING, EXIT_OK
 from snapshotd.config.settings import Overrides
@@ -14,6 +14,13 @@ from snapshotd.config.settings import Overrides
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.read_settings(args, policies=False)
+    if args.fleet:
+        fleet_data = fleet.collect(settings, int(common.now().timestamp()))
+        if args.json:
+            common.dump(fleet_data, out)
+        else:
+            reports.print_fleet(fleet_data, out)
+        return EXIT_OK
     data = report.collect(settings.state_dir, database=settings.catalog)
     if args.json:
         common.dump(data, out)

@@ -313,6 +313,12 @@ def _check(parser: argparse.ArgumentParser) -> None:
         "policy's monitor: limits? Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; one line "
         "with perfdata",
     )
+    _flag(
+        parser,
+        "--fleet",
+        "with --freshness: every monitored policy's domains on every host of the shared "
+        "catalog, not only this host's",
+    )
 
 
 @_verb("plan", "show what would be done (dry run)")
@@ -375,9 +381,12 @@ def _run(parser: argparse.ArgumentParser) -> None:
 def _status(parser: argparse.ArgumentParser) -> None:
     """Read the daemon's state directory: whether it is running, the policies in force and any
     load errors, and per domain and policy the last snapshot and its age, the next due time and
-    the last error. Exit status 0 when the daemon is running, 3 when it is not."""
+    the last error. Exit status 0 when the daemon is running, 3 when it is not. With --fleet
+    (a shared catalog): every host of the fleet and its last contact, and every domain's
+    newest snapshot wherever it was taken; exit 0."""
     _paths(parser)
     _json(parser)
+    _flag(parser, "--fleet", "the whole fleet, from the shared catalog (snapshotd.yaml catalog:)")
 
 
 @_verb("list", "list a domain's snapshots")

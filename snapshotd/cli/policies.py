@@ -9,7 +9,7 @@ import datetime as dt
 import sys
 from typing import TextIO
 
-from snapshotd.actions import freshness, planning, snapshot, sweep, taking
+from snapshotd.actions import fleet, freshness, planning, snapshot, sweep, taking
 from snapshotd.actions.grouprun import GroupOutcome
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import open_catalog
@@ -22,10 +22,10 @@ from snapshotd.errors import RequestError, SnapshotdError
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     settings = common.read_settings(args, policies=True)
+    if args.fleet and not args.freshness:
+        raise RequestError("--fleet goes with --freshness (or status --fleet)")
     if args.freshness:
-        code, line = freshness.assess(settings, common.uri(args, settings), common.now)
-        print(line, file=out)
-        return int(code)
+        return _freshness(args, settings, out)
     for error in settings.errors:
         print(str(error), file=sys.stderr)
     if settings.errors:
@@ -51,6 +51,16 @@ def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     reports.print_selections(planning.selections(settings.policies, domains), out)
     return EXIT_OK
+
+
+def _freshness(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """check --freshness: the Nagios plugin, for this host's domains or the fleet's."""
+    if args.fleet:
+        code, line = fleet.assess(settings, int(common.now().timestamp()))
+    else:
+        code, line = freshness.assess(settings, common.uri(args, settings), common.now)
+    print(line, file=out)
+    return int(code)
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:

@@ -352,3 +352,26 @@ def _status_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     for line in table:
         cells = [line[i].rjust(widths[i]) if i == 3 else line[i].ljust(widths[i]) for i in range(5)]
         print("  ".join([*cells, line[5]]), file=out)
+
+
+def print_fleet(data: dict[str, Any], out: TextIO) -> None:
+    """``status --fleet``: the hosts and their last contact, each domain's newest snapshot."""
+    print(f"catalog: {data['catalog']}", file=out)
+    print(f"hosts ({len(data['hosts'])}):", file=out)
+    for host in data["hosts"]:
+        silent = ", SILENT: no report for more than a minute" if host["silent"] else ""
+        print(
+            f"  {host['host_id']}: last contact {_utc(host['last_contact'])} "
+            f"({span(host['age'])} ago{silent}); pid {host['pid'] or '-'}, snapshotd "
+            f"{host['version'] or '-'}; {', '.join(host['connections']) or 'no connection'}",
+            file=out,
+        )
+    print(f"domains ({len(data['domains'])}):", file=out)
+    for d in data["domains"]:
+        where = d["host_id"] or "this host (before fleet mode)"
+        print(
+            f"  {d['domain']} ({d['domain_uuid']}): newest {d['snapshot']} at "
+            f"{_utc(d['created_at'])} ({span(d['age'])} ago) on {where}, policy "
+            f"{d['policy'] or '- (by hand)'}",
+            file=out,
+        )

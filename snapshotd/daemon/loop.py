@@ -414,7 +414,8 @@ class Daemon:
         workers = self._workers if self._workers is not None else self.settings.workers
         self.limit = max(1, workers)
         self._status_file = StatusWriter(self.settings.state_dir)
-        self._serve_metrics(self.settings.metrics_address)
+        shared = self.settings.catalog is not None
+        self._serve_metrics(self.settings.metrics_address, catalog.host_id if shared else None)
         for uri in self.settings.connect:
             self.links[uri] = Link(uri, self.events)
             self.links[uri].start()
@@ -424,11 +425,11 @@ class Daemon:
         watcher.start()
         return watcher, catalog
 
-    def _serve_metrics(self, address: str | None) -> None:
+    def _serve_metrics(self, address: str | None, host_id: str | None) -> None:
         if not address:
             return
         try:
-            self.metrics.serve(address)
+            self.metrics.serve(address, host_id=host_id)
             log.info("metrics on http://%s/metrics", address)
         except (OSError, SnapshotdError) as exc:
             # Snapshots matter more than metrics: go on, and say so everywhere.

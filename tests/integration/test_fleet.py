@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from snapshotd.catalog.migrations import LATEST
 from snapshotd.config.settings import DatabaseSettings
@@ -18,7 +19,15 @@ from tests.integration import target
 from tests.integration.cli import snapshotd
 from tests.integration.domains import DomainFactory
 from tests.integration.target import connect_line, yaml_list
-from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
+from tests.integration.test_daemon import (
+    Daemon,
+    free_port,
+    metric,
+    metrics_text,
+    policy,
+    snapshots,
+    write_policy,
+)
 from tests.integration.test_two_hosts import twin
 from tests.pgserver import fresh_database, server
 
@@ -29,10 +38,13 @@ def database() -> Iterator[DatabaseSettings]:
         yield settings
 
 
-def configure(daemon: Daemon, database: DatabaseSettings, password_file: str | None = None) -> Path:
+def configure(
+    daemon: Daemon, database: DatabaseSettings, password_file: str | None = None, extra: str = ""
+) -> Path:
     config = daemon.root / "snapshotd.yaml"
     config.write_text(
         connect_line()
+        + extra
         + "catalog:\n"
         + f'  url: "{database.url}"\n'
         + f"  password_file: {password_file or database.password_file}\n"
@@ -51,8 +63,10 @@ def test_the_daemon_keeps_its_catalog_in_postgresql(
     domain_factory: DomainFactory, daemon: Daemon, database: DatabaseSettings
 ) -> None:
     dom = domain_factory(state="running")
-    config = configure(daemon, database)
-    write_policy(daemon, "often", policy(dom, every="2s", keep=2))
+    port = free_port()
+    config = configure(daemon, database, extra=f'metrics_address: "127.0.0.1:{port}"\n')
+    monitored = "monitor:\n  warn: 1h\n  crit: 2h\n"
+    write_policy(daemon, "often", policy(dom, every="2s", keep=2, extra=monitored))
     daemon.start()
     daemon.wait_ready()
 
@@ -65,10 +79,28 @@ def test_the_daemon_keeps_its_catalog_in_postgresql(
         return int(str(deleted[0][0])) >= 2
 
     daemon.wait_for(pruned_twice, 60, "two snapshots made and pruned, in PostgreSQL")
-    status = snapshotd(
-        "status", "--json", "--config", str(config), "--state-dir", str(daemon.state)
+    args = ("--config", str(config), "--state-dir", str(daemon.state))
+    status = snapshotd("status", "--json", *args)
+    scraped = metrics_text(port)
+    fleet = snapshotd("status", "--fleet", "--json", *args)
+    fresh = snapshotd(
+        "check", "--freshness", "--fleet", *args, "--policy-dir", str(daemon.policies)
     )
     assert daemon.stop() == 0
+    # Every sample says which host of the fleet it is from.
+    samples = [s for family in text_string_to_metric_families(scraped) for s in family.samples]
+    assert samples
+    assert {s.labels.get("host") for s in samples} == {"kvm-a"}
+    assert metric(scraped, "snapshotd_snapshots_created_total", policy="often", host="kvm-a")
+    # The fleet: this host, alive, and the domain's newest snapshot, taken here.
+    assert fleet.code == 0, fleet.err
+    shown = json.loads(fleet.out)
+    (host,) = shown["hosts"]
+    assert (host["host_id"], host["silent"], host["connections"]) == ("kvm-a", False, [target.URI])
+    (newest,) = [d for d in shown["domains"] if d["domain_uuid"] == dom.uuid]
+    assert (newest["host_id"], newest["policy"]) == ("kvm-a", "often")
+    assert fresh.code == 0, fresh
+    assert fresh.out.startswith("SNAPSHOTD OK"), fresh.out
     live = {
         str(r[0])
         for r in rows(
@@ -204,6 +236,16 @@ def test_two_hosts_sharing_a_shut_off_domain_take_each_slot_once(
         )
     }
     assert live == set(here) | set(peer)
+    # Both hosts in one place, and the domain's newest snapshot from whichever took it.
+    config = tmp_path / "kvm-a" / "snapshotd.yaml"
+    fleet = snapshotd("status", "--fleet", "--json", "--config", str(config))
+    assert fleet.code == 0, fleet.err
+    shown = json.loads(fleet.out)
+    assert [h["host_id"] for h in shown["hosts"]] == ["kvm-a", "kvm-b"]
+    (newest,) = [d for d in shown["domains"] if d["domain_uuid"] == dom.uuid]
+    last = max([*here.items(), *peer.items()], key=lambda item: item[1])[0]
+    assert newest["snapshot"] == last
+    assert newest["host_id"] == ("kvm-a" if last in here else "kvm-b")
     assert "claimed it first (policy 'shared'" in logs or "served it already" in logs
 
 
