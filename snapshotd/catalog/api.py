@@ -339,9 +339,14 @@ class Catalog(Protocol):
         ...
 
     def snapshots(
-        self, *, domain_uuid: str | None = None, policy: str | None = None
+        self,
+        *,
+        domain_uuid: str | None = None,
+        policy: str | None = None,
+        deleted: bool = False,
     ) -> list[SnapshotRow]:
-        """Live rows, oldest first (by creation time, then by the order recorded)."""
+        """Live rows (with ``deleted``, the deleted ones too), oldest first (by creation
+        time, then by the order recorded)."""
         ...
 
     def newest(self) -> list[Newest]:

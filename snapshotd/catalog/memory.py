@@ -335,13 +335,17 @@ class MemoryCatalog(CatalogBase):
         return matching[-1] if matching else None
 
     def snapshots(
-        self, *, domain_uuid: str | None = None, policy: str | None = None
+        self,
+        *,
+        domain_uuid: str | None = None,
+        policy: str | None = None,
+        deleted: bool = False,
     ) -> list[SnapshotRow]:
         with self._guard:
             live = [
                 (r.created_at, index, r)
                 for index, r in enumerate(self._rows)
-                if r.deleted_at is None
+                if (r.deleted_at is None or deleted)
                 and (domain_uuid is None or r.domain_uuid == domain_uuid)
                 and (policy is None or r.policy == policy)
             ]

@@ -191,10 +191,14 @@ class SQLCatalog(CatalogBase):
         return _row(cur, found) if found else None
 
     def snapshots(
-        self, *, domain_uuid: str | None = None, policy: str | None = None
+        self,
+        *,
+        domain_uuid: str | None = None,
+        policy: str | None = None,
+        deleted: bool = False,
     ) -> list[SnapshotRow]:
-        query = "SELECT * FROM snapshots WHERE deleted_at IS NULL"
-        args: list[object] = []
+        query = "SELECT * FROM snapshots WHERE (deleted_at IS NULL OR ?)"
+        args: list[object] = [deleted]
         if domain_uuid is not None:
             query += " AND domain_uuid = ?"
             args.append(domain_uuid)

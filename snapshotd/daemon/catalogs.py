@@ -11,6 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from snapshotd.catalog import Catalog
@@ -39,6 +40,44 @@ class CatalogPlace:
 
     def open(self, factory: CatalogFactory, *, shared: bool = False) -> Catalog:
         return factory(self.state_dir, shared=shared, database=self.database)
+
+    @property
+    def journal(self) -> CatalogPlace:
+        """Where a fleet host records while its shared catalog cannot be reached: a
+        SQLite catalog of its own in the state directory (snapshotd.actions.journal)."""
+        return CatalogPlace(str(Path(self.state_dir) / JOURNAL))
+
+    def journal_exists(self) -> bool:
+        return (Path(self.state_dir) / JOURNAL / "catalog.sqlite").exists()
+
+
+JOURNAL = "offline"  # the journal's folder in the state directory
+
+
+class Journal:
+    """Who writes to the journal: offline jobs do, one at a time or many; the loop merges
+    it into the shared catalog only while none does (``idle``), and a job that would
+    write meanwhile waits for the merge."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._writers = 0
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._guard:
+            self._writers += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._writers -= 1
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[bool]:
+        """True while no job writes to the journal (and none starts until the end)."""
+        with self._guard:
+            yield self._writers == 0
 
 
 class CatalogPool:
@@ -70,6 +109,12 @@ class CatalogPool:
             raise
         with self._lock:
             self._idle.setdefault(place, []).append(catalog)
+
+    def discard(self, place: CatalogPlace) -> None:
+        """Close the idle connections to ``place`` (a journal about to be removed)."""
+        with self._lock:
+            for catalog in self._idle.pop(place, []):
+                catalog.close()
 
     def close(self) -> None:
         """Close every idle connection (at the daemon's exit)."""

@@ -37,9 +37,10 @@ class DomainsListed:
 class JobOutcome:
     """How a job ended: ``transient`` failures are retried for the same slot, ``failed``
     ones move on to the next slot, as does a slot another host of a shared catalog takes
-    (``elsewhere``); ``error`` is what went wrong (or, elsewhere, who took it)."""
+    (``elsewhere``) and, a success recorded in the journal while the shared catalog was
+    away (``journaled``); ``error`` is what went wrong (or, elsewhere, who took it)."""
 
-    kind: Literal["ok", "transient", "failed", "elsewhere"]
+    kind: Literal["ok", "transient", "failed", "elsewhere", "journaled"]
     error: str | None = None
 
 

@@ -17,6 +17,7 @@ its error counts.  The job ends by putting ``JobDone`` on the loop's queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -29,13 +30,22 @@ from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run, RunLog
 from snapshotd.catalog.api import CatalogUnavailable, ClaimedElsewhere
 from snapshotd.core.model import DomainInfo
-from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool
+from snapshotd.core.plan import ONLINE_STATES
+from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool, Journal
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.recovery import Recovery
 from snapshotd.daemon.runs import DomainRun, served, utc
 from snapshotd.errors import LibvirtError, SnapshotdError
 
 log = logging.getLogger("snapshotd")
+
+
+class _Unstarted(Exception):
+    """The catalog could not be reached before the run was started: nothing was done."""
+
+    def __init__(self, cause: CatalogUnavailable) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def log_skipped(domain: DomainInfo, policy: str, why: str) -> None:
@@ -55,6 +65,7 @@ class Worker:
         metrics: Metrics,
         place: Callable[[], CatalogPlace],
         clock: Callable[[], float],
+        journal: Journal | None = None,
     ) -> None:
         self._events = events
         self._pool = pool
@@ -62,6 +73,7 @@ class Worker:
         self._metrics = metrics
         self._place = place
         self._clock = clock
+        self._journal = journal or Journal()
 
     def start(self, job: DomainRun) -> None:
         """``run(job)`` on a new thread."""
@@ -99,18 +111,51 @@ class Worker:
         self._events.put(JobDone(job.key, job.due, outcome))
 
     def _run(self, job: DomainRun) -> JobOutcome:
-        """The run in the run log; raises what made it fail, after counting it."""
+        """The run in the run log; raises what made it fail, after counting it.
+
+        A shared catalog that cannot be reached before anything was done: a domain that
+        runs here is taken all the same and recorded in this host's journal; any other
+        is skipped, as another host may take it."""
         started = time.monotonic()
-        with self._pool.borrow(self._place()) as catalog:
-            runs = catalog.runs
-            now = utc(self._clock())
-            run = PolicyRun(job.policy, job.domain, now)
-            runs.start(
-                Run(job.policy.name, job.domain.uuid, job.key.uri, job.domain.name),
-                run.name,
-                int(job.due.slot.timestamp()),
-                int(now.timestamp()),
+        place = self._place()
+        try:
+            return self._run_at(job, place, started)
+        except _Unstarted as unstarted:
+            if place.database is None:
+                raise unstarted.cause from None
+            if job.domain.state not in ONLINE_STATES:
+                raise SnapshotdError(
+                    f"{job.domain.name}: {job.domain.state.value} and the shared catalog "
+                    "cannot be reached: skipped, since another host may take this slot "
+                    f"({unstarted.cause})"
+                ) from None
+            log_event(
+                log,
+                logging.WARNING,
+                f"{job.domain.name}: the shared catalog cannot be reached; taken all the "
+                "same (it runs here, no other host takes it) and recorded in this host's "
+                "journal until it answers",
+                **_fields(job),
             )
+            with self._journal.writing():
+                done = self._run_at(job, place.journal, started)
+            return JobOutcome("journaled") if done.kind == "ok" else done
+
+    def _run_at(self, job: DomainRun, place: CatalogPlace, started: float) -> JobOutcome:
+        with contextlib.ExitStack() as stack:
+            try:
+                catalog = stack.enter_context(self._pool.borrow(place))
+                runs = catalog.runs
+                now = utc(self._clock())
+                run = PolicyRun(job.policy, job.domain, now)
+                runs.start(
+                    Run(job.policy.name, job.domain.uuid, job.key.uri, job.domain.name),
+                    run.name,
+                    int(job.due.slot.timestamp()),
+                    int(now.timestamp()),
+                )
+            except CatalogUnavailable as exc:
+                raise _Unstarted(exc) from exc
             taken = run.take(job.hv, catalog)
             if taken.error is not None:
                 return self._failed(job, catalog, runs, run.name, taken.error)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from types import FrameType
 from typing import Any
 
 from snapshotd import __version__
+from snapshotd.actions import journal
 from snapshotd.adapters.configfiles import load_settings
 from snapshotd.adapters.logs import log_event, sanitize_uri
 from snapshotd.adapters.metrics import Metrics
@@ -52,7 +54,7 @@ from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Sett
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
 from snapshotd.daemon import runs as due_times
-from snapshotd.daemon.catalogs import CatalogFactory, CatalogPlace, CatalogPool
+from snapshotd.daemon.catalogs import CatalogFactory, CatalogPlace, CatalogPool, Journal
 from snapshotd.daemon.events import (
     DomainsListed,
     Event,
@@ -135,6 +137,7 @@ class Daemon:
             clock=self._now,
             operation_timeout=self._operation_timeout,
         )
+        self.journal = Journal()
         self.worker = Worker(
             events=self.events,
             pool=self._pool,
@@ -142,6 +145,7 @@ class Daemon:
             metrics=self.metrics,
             place=self._place,
             clock=self._now,
+            journal=self.journal,
         )
         self.group_worker = GroupWorker(
             events=self.events,
@@ -243,17 +247,25 @@ class Daemon:
     def _schedule(self, runs: RunLog, now: float) -> None:
         """Work out when each key is due, for keys that have no due time yet."""
         live: set[AnyKey] = set()
+        lost: CatalogUnavailable | None = None
         for key, policy, uuids in self._keys():
             live.add(key)
             if key in self.due or key in self.jobs:
                 continue  # already scheduled, or its run is in flight
             # A group resumes from the latest slot any member's run log served.
-            slots = [r.last_slot for u in uuids if (r := runs.get(policy.name, u)) is not None]
+            try:
+                found = [runs.get(policy.name, u) for u in uuids]
+            except CatalogUnavailable as exc:
+                lost = exc  # scheduled once the catalog answers; the others go on
+                continue
+            slots = [r.last_slot for r in found if r is not None]
             last_slot = max((s for s in slots if s is not None), default=None)
             self.due[key] = due_times.first_due(policy, key, last_slot, now)
         for key in list(self.due):
             if key not in live:
                 del self.due[key]
+        if lost is not None:
+            raise lost
 
     def _dispatch(self, runs: RunLog, now: float) -> None:
         """Hand each due key's run to a worker, while workers are free."""
@@ -364,8 +376,13 @@ class Daemon:
         elif outcome.kind == "failed" and policy is not None:
             self.due[key] = due_times.after_failure(policy, key, due, error, self.clock())
         elif outcome.kind == "elsewhere" and policy is not None:
-            self.due[key] = due_times.after_elsewhere(policy, key, due, error or "", self.clock())
+            why = f"after another host's slot: {error}"
+            self.due[key] = due_times.next_slot(policy, key, due, self.clock(), why)
             return  # not an error of this host's
+        elif outcome.kind == "journaled" and policy is not None:
+            # The run log that would say which slot it served cannot be read now.
+            why = "after a slot recorded in this host's journal"
+            self.due[key] = due_times.next_slot(policy, key, due, self.clock(), why)
         if error:
             self.status.last_error = error.splitlines()[0][:120]
 
@@ -502,23 +519,62 @@ class Daemon:
     def tick(self, runs: RunLog, now: float) -> None:
         """One pass of the loop at wall time ``now``: overruns, due times, jobs, status.
 
-        A catalog that cannot be reached (a shared database down) holds up scheduling
-        until it answers again; the loop itself, its links and status go on."""
+        A catalog that cannot be reached (a shared database down) holds up what needs
+        it (new keys' first due times) until it answers again; keys already due are
+        dispatched (their jobs decide: journal or skip), the links and status go on."""
         self._check_overruns()
-        try:
-            self._schedule(runs, now)
-            self._dispatch(runs, now)
-            self._heartbeat(runs, now)
-        except CatalogUnavailable as exc:
+        lost: CatalogUnavailable | None = None
+        for step in (self._schedule, self._dispatch):
+            try:
+                step(runs, now)
+            except CatalogUnavailable as exc:
+                lost = exc
+        if lost is None:
+            try:
+                self._heartbeat(runs, now)
+                self._merge_journal(now)
+            except CatalogUnavailable as exc:
+                lost = exc
+        if lost is not None:
             if self._catalog_lost is None:
-                log.warning("the catalog cannot be reached, scheduling waits for it: %s", exc)
-            self._catalog_lost = str(exc)
-            self.status.last_error = str(exc)[:120]
-        else:
-            if self._catalog_lost is not None:
-                log.info("the catalog answers again")
-                self._catalog_lost = None
+                log.warning(
+                    "the catalog cannot be reached: domains that run here are recorded in "
+                    "this host's journal, the others wait for it: %s",
+                    lost,
+                )
+            self._catalog_lost = str(lost)
+            self.status.last_error = str(lost)[:120]
+        elif self._catalog_lost is not None:
+            log.info("the catalog answers again")
+            self._catalog_lost = None
         self._update_status(now)
+
+    def _merge_journal(self, now: float) -> None:
+        """What this host recorded while the shared catalog was away, into it, once no
+        job writes to the journal; then the journal goes."""
+        if self.settings is None or self.settings.catalog is None:
+            return
+        place = CatalogPlace.of(self.settings)
+        if not place.journal_exists():
+            return
+        with self.journal.idle() as idle:
+            if not idle:
+                return
+            with self._pool.borrow(place) as shared, self._pool.borrow(place.journal) as local:
+                merged = journal.merge(local, shared, int(now))
+            self._pool.discard(place.journal)
+            shutil.rmtree(place.journal.state_dir)
+        log.info(
+            "the shared catalog has what this host recorded without it: %d snapshots "
+            "(%d of them deleted since), %d operations, %d streams' last slots%s",
+            merged.snapshots,
+            merged.deleted,
+            merged.operations,
+            merged.runs,
+            f"; {merged.unfinished} runs in progress left to the next start"
+            if merged.unfinished
+            else "",
+        )
 
     def _heartbeat(self, runs: RunLog, now: float) -> None:
         """A shared catalog's hosts table: this host's daemon is alive (every HEARTBEAT s)."""

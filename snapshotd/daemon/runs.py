@@ -179,11 +179,12 @@ def retry(due: Due, error: str | None, now: float) -> Due:
     return Due(now + backoff, due.slot, f"retry: {error}", due.retries + 1)
 
 
-def after_elsewhere(policy: Policy, key: AnyKey, due: Due, holder: str, now: float) -> Due:
-    """The next slot after one that another host of a shared catalog takes."""
+def next_slot(policy: Policy, key: AnyKey, due: Due, now: float, reason: str) -> Due:
+    """The next slot, without the run log: after one another host of a shared catalog
+    takes, or one this host served while the shared catalog was away (its journal)."""
     slot = next_due(policy.schedule, max(due.slot, utc(now)))
     delay = jitter_for(policy.schedule, key.seed, slot)
-    return Due((slot + delay).timestamp(), slot, f"after another host's slot: {holder}")
+    return Due((slot + delay).timestamp(), slot, reason)
 
 
 def after_failure(policy: Policy, key: AnyKey, due: Due, error: str | None, now: float) -> Due:

@@ -29,7 +29,7 @@ from tests.integration.test_daemon import (
     write_policy,
 )
 from tests.integration.test_two_hosts import twin
-from tests.pgserver import fresh_database, server
+from tests.pgserver import fresh_database, private_server, server
 
 
 @pytest.fixture
@@ -258,3 +258,62 @@ def _created(dom: Any) -> dict[str, int]:
         root = etree.fromstring(snap.getXMLDesc(0).encode())
         made[snap.getName()] = int(root.findtext("creationTime") or 0)
     return made
+
+
+def test_postgresql_stopped_and_started_under_the_daemon(
+    domain_factory: DomainFactory, daemon: Daemon
+) -> None:
+    """The shared catalog's server stops while the daemon runs: the running domain is still
+    taken every slot, recorded in the host's journal; the shut-off one (another host
+    might take it) is skipped and reported; when the server is back, the journal is
+    merged: the catalog has every snapshot libvirt has, once, and the journal is gone."""
+    running = domain_factory(state="running")
+    shutoff = domain_factory(state="shutoff")
+    with private_server() as srv, fresh_database(srv, host_id="kvm-a") as database:
+        configure(daemon, database)
+        write_policy(daemon, "run", policy(running, every="2s", keep=100))
+        write_policy(daemon, "off", policy(shutoff, every="2s", keep=100))
+        daemon.start()
+        daemon.wait_ready()
+
+        def catalog_names(dom: Any) -> set[str]:
+            return {
+                str(r[0])
+                for r in rows_on(srv, database, "SELECT name FROM snapshots WHERE "
+                                 "domain_uuid = %s AND deleted_at IS NULL", dom.uuid)
+            }  # fmt: skip
+
+        daemon.wait_for(lambda: len(catalog_names(running)) >= 2, 30, "two snapshots, shared")
+        srv.stop()
+        try:
+            before_off = len(snapshots(shutoff))
+            before_run = len(snapshots(running))
+            daemon.wait_for(
+                lambda: len(snapshots(running)) >= before_run + 3, 40, "three snapshots offline"
+            )
+            assert (daemon.state / "offline" / "catalog.sqlite").exists()
+            assert len(snapshots(shutoff)) == before_off  # skipped while the catalog is away
+        finally:
+            srv.start()
+        merged = "the shared catalog has what this host recorded without it"
+        daemon.wait_for(lambda: merged in daemon.log.read_text(), 40, "the journal merged")
+        assert daemon.stop() == 0
+        log = daemon.log.read_text()
+        assert "the catalog cannot be reached: domains that run here are recorded" in log
+        assert "recorded in this host's journal until it answers" in log
+        assert "shutoff and the shared catalog cannot be reached: skipped" in log
+        assert "the catalog answers again" in log
+        assert "Traceback" not in log
+        listed = [name for _, name, _ in snapshots(running)]
+        assert len(listed) == len(set(listed))
+        assert catalog_names(running) == set(listed)  # every one, once
+        assert catalog_names(shutoff) == {name for _, name, _ in snapshots(shutoff)}
+        assert not (daemon.state / "offline").exists()
+        (run,) = rows_on(srv, database, "SELECT host_id FROM runs WHERE domain_uuid = %s",
+                         running.uuid)  # fmt: skip
+        assert run == ("kvm-a",)
+
+
+def rows_on(srv: Any, database: DatabaseSettings, sql: str, *args: object) -> list[Any]:
+    with psycopg.connect(database.url, password=srv.password, autocommit=True) as db:
+        return db.execute(sql, args).fetchall()

@@ -100,6 +100,8 @@ def test_deleted_snapshots_are_no_longer_owned(catalog: Catalog) -> None:
     assert [r.name for r in catalog.snapshots(domain_uuid=UUID)] == ["p-2"]
     assert [r.name for r in catalog.snapshots(policy="p")] == ["p-2"]
     assert catalog.snapshots(policy="other") == []
+    everything = catalog.snapshots(domain_uuid=UUID, deleted=True)
+    assert [(r.name, r.deleted_at) for r in everything] == [("p-1", 5000), ("p-2", None)]
 
 
 def test_the_same_snapshot_is_never_recorded_twice_not_even_after_deletion(

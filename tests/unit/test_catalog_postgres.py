@@ -21,7 +21,7 @@ from snapshotd.catalog.migrations import LATEST, POSTGRES, SQLITE, SchemaTooNew
 from snapshotd.catalog.postgres import DatabaseError, PostgresCatalog
 from snapshotd.config.settings import DatabaseSettings
 from snapshotd.errors import SnapshotdError
-from tests.pgserver import admin_connection, fresh_database, server
+from tests.pgserver import admin_connection, fresh_database, private_server, server
 
 UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -214,11 +214,12 @@ def test_a_host_that_loses_its_connection_loses_its_locks(database: DatabaseSett
             pass
 
 
-def test_the_database_stopped_under_a_catalog_is_a_clear_error_then_reconnected(
-    database: DatabaseSettings,
-) -> None:
-    srv = server()
-    with open_catalog("", database=database) as catalog:
+def test_the_database_stopped_under_a_catalog_is_a_clear_error_then_reconnected() -> None:
+    with (
+        private_server() as srv,
+        fresh_database(srv) as database,
+        open_catalog("", database=database) as catalog,
+    ):
         catalog.record_snapshot(
             SnapshotRow("qemu:///system", UUID, "web", "s1", 1, "p", None, "<x/>", (), True)
         )
