@@ -154,12 +154,14 @@ class SQLCatalog(CatalogBase):
         if created_at is None:
             return None
         cur = self._database.execute(
-            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
+            """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent, xml,
+                      files, libvirt_metadata, deleted_at
+               FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
                AND deleted_at IS NULL""",
             (domain_uuid, name, created_at),
         )
         found = cur.fetchone()
-        return _row(cur, found) if found else None
+        return _row(found) if found else None
 
     def set_libvirt_metadata(
         self, domain_uuid: str, name: str, created_at: int, held: bool
@@ -183,12 +185,14 @@ class SQLCatalog(CatalogBase):
 
     def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
         cur = self._database.execute(
-            """SELECT * FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
+            """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent, xml,
+                      files, libvirt_metadata, deleted_at
+               FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
                ORDER BY created_at DESC, id DESC LIMIT 1""",
             (domain_uuid, name),
         )
         found = cur.fetchone()
-        return _row(cur, found) if found else None
+        return _row(found) if found else None
 
     def snapshots(
         self,
@@ -197,7 +201,9 @@ class SQLCatalog(CatalogBase):
         policy: str | None = None,
         deleted: bool = False,
     ) -> list[SnapshotRow]:
-        query = "SELECT * FROM snapshots WHERE (deleted_at IS NULL OR ?)"
+        query = """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent,
+                          xml, files, libvirt_metadata, deleted_at
+                   FROM snapshots WHERE (deleted_at IS NULL OR ?)"""
         args: list[object] = [deleted]
         if domain_uuid is not None:
             query += " AND domain_uuid = ?"
@@ -206,7 +212,7 @@ class SQLCatalog(CatalogBase):
             query += " AND policy = ?"
             args.append(policy)
         cur = self._database.execute(query + " ORDER BY created_at, id", args)
-        return [_row(cur, r) for r in cur.fetchall()]
+        return [_row(r) for r in cur.fetchall()]
 
     # --- operations ---------------------------------------------------------------------
 
@@ -372,9 +378,11 @@ class SQLGroupLog:
     def record(self, group: GroupRow) -> None:
         """All members or none (one transaction); AlreadyRecorded when a member's
         snapshot is in a group already."""
-        with self._database.transaction():
-            for m in group.members:
-                try:
+        # The refusal may come at the commit (PostgreSQL's pipeline sends the inserts
+        # without waiting for them): the member is looked up again to name it.
+        try:
+            with self._database.transaction():
+                for m in group.members:
                     self._database.execute(
                         """INSERT INTO group_members (policy, name, taken_at, partial,
                            pause_ms, uri, domain_uuid, domain_name, created_at)
@@ -384,10 +392,22 @@ class SQLGroupLog:
                             group.pause_ms, m.uri, m.domain_uuid, m.domain_name, m.created_at,
                         ),
                     )  # fmt: skip
-                except self._database.integrity_error as exc:
-                    raise AlreadyRecorded(
-                        f"snapshot {group.name!r} of {m.domain_name!r} is in a group already"
-                    ) from exc
+        except self._database.integrity_error as exc:
+            taken = [m.domain_name for m in group.members if self._in_a_group(group.name, m)]
+            raise AlreadyRecorded(
+                f"snapshot {group.name!r} of {', '.join(map(repr, taken)) or 'a member'} "
+                "is in a group already"
+            ) from exc
+
+    def _in_a_group(self, name: str, m: GroupMember) -> bool:
+        return (
+            self._database.execute(
+                """SELECT 1 FROM group_members WHERE domain_uuid = ? AND name = ?
+                   AND created_at = ?""",
+                (m.domain_uuid, name, m.created_at),
+            ).fetchone()
+            is not None
+        )
 
     def join(self, group: GroupRow) -> None:
         with self._database.transaction():  # an AlreadyRecorded rolls every member back
@@ -566,19 +586,19 @@ class SQLGroupLog:
         return [HoldRow(*r) for r in cur.fetchall()]
 
 
-def _row(cur: Cursor, values: Sequence[object]) -> SnapshotRow:
-    columns = cur.description or ()  # a SELECT always has one
-    data = dict(zip([c[0] for c in columns], values, strict=True))
+def _row(values: Sequence[Any]) -> SnapshotRow:
+    """A snapshot row from its columns, in the order the snapshot queries select them."""
+    uri, uuid, domain, name, created, policy, parent, xml, files, held, deleted = values
     return SnapshotRow(
-        uri=str(data["uri"]),
-        domain_uuid=str(data["domain_uuid"]),
-        domain_name=str(data["domain_name"]),
-        name=str(data["name"]),
-        created_at=int(str(data["created_at"])),
-        policy=None if data["policy"] is None else str(data["policy"]),
-        parent=None if data["parent"] is None else str(data["parent"]),
-        xml=str(data["xml"]),
-        files=tuple(json.loads(str(data["files"]))),
-        libvirt_metadata=bool(data["libvirt_metadata"]),
-        deleted_at=None if data["deleted_at"] is None else int(str(data["deleted_at"])),
+        uri=str(uri),
+        domain_uuid=str(uuid),
+        domain_name=str(domain),
+        name=str(name),
+        created_at=int(created),
+        policy=None if policy is None else str(policy),
+        parent=None if parent is None else str(parent),
+        xml=str(xml),
+        files=tuple(json.loads(files)),
+        libvirt_metadata=bool(held),
+        deleted_at=None if deleted is None else int(deleted),
     )
