@@ -22,7 +22,7 @@ _snapshotd() {
         esac
     done
     if [ "$i" -ge "$COMP_CWORD" ]; then
-        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate revert --config --connect --help --policy-dir --state-dir --version -c -h' -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate migrate revert --config --connect --help --policy-dir --state-dir --version -c -h' -- "$cur")
         return
     fi
     verb="${COMP_WORDS[i]}"
@@ -37,6 +37,7 @@ _snapshotd() {
         export) opts='--config --connect --domain --help --out --policy-dir --secure --state-dir -c -d -h' ;;
         import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;
         replicate) opts='--config --connect --domain --help --policy-dir --remove-source-metadata --state-dir --to -c -d -h' ;;
+        migrate) opts='--config --connect --domain --help --live --migrate-uri --persistent --policy-dir --state-dir --to --undefine-source --unsafe -c -d -h' ;;
         revert) opts='--config --connect --domain --group --help --paused --policy-dir --running --state-dir -c -d -g -h' ;;
         *) opts='' ;;
     esac

@@ -397,7 +397,7 @@ def replicate(
         xml = source.snapshot_xml(info.name, record.name, secure=True)
         src = f"{sanitize_uri(source.uri)}: {record.name}"
         items.append(Item(src, snapxml.parse_snapshot(xml, source=src), xml))
-    _check_machine_types(target, items)
+    check_machine_types(target, items)
     current = next((r.name for r in records if r.is_current), None)
     plan = check_import(target, there, items, current=current)
     defined = run_import(target, there, plan)
@@ -415,7 +415,7 @@ def replicate(
     return Replicated(defined, current, tuple(removed), shown)
 
 
-def _check_machine_types(target: HypervisorAPI, items: Sequence[Item]) -> None:
+def check_machine_types(target: HypervisorAPI, items: Sequence[Item]) -> None:
     """Refuse up front when a snapshot's domain names a machine type the target host's
     QEMU does not offer: libvirt would refuse the redefine half-way (a snapshot from a
     QEMU 10 host carries machine='pc-i440fx-10.0', unknown to an older QEMU)."""

@@ -14,7 +14,7 @@ anything libvirt refused or failed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from snapshotd.adapters.hypervisor import SnapshotRecord
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
@@ -87,6 +87,21 @@ class HypervisorAPI(Protocol):
     def revert_snapshot(
         self, domain: str, snapshot: str, *, running: bool = False, paused: bool = False
     ) -> None: ...
+
+    def migrate(
+        self,
+        domain: str,
+        target: Any,
+        *,
+        live: bool = False,
+        persistent: bool = False,
+        undefine_source: bool = False,
+        migrate_uri: str | None = None,
+        unsafe: bool = False,
+    ) -> None:
+        """Move the domain to ``target`` (a connection of the same kind); a domain that
+        does not run is migrated offline (defined there)."""
+        ...
 
     # Holding domains still: a consistency group (actions/grouprun.py).
     def suspend(self, domain: str) -> None: ...

@@ -148,6 +148,22 @@ def member_of(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class MoveRow:
+    """A ``snapshotd migrate`` under way: the domain's snapshot metadata, kept in the
+    catalog while no libvirt has it, and the step it got to."""
+
+    domain_uuid: str
+    domain_name: str
+    source_uri: str
+    target_uri: str
+    step: str  # exported | removed | migrating | migrated
+    snapshots: tuple[tuple[str, str], ...]  # (name, secure XML), parents first
+    current: str | None
+    since: int
+    host_id: str | None = None
+
+
 class AlreadyRecorded(Exception):
     """The catalog already has a row for this (domain UUID, name, creation time)."""
 
@@ -207,6 +223,19 @@ class RunLog(Protocol):
 
     def seen(self, host: HostRow) -> None:
         """This host's daemon is alive: its row in the hosts of the catalog."""
+        ...
+
+    def begin_move(self, move: MoveRow) -> None:
+        """Record a migration before its first step (durably): its metadata is kept here
+        while neither host's libvirt has it.  Replaces an older record of the domain."""
+        ...
+
+    def move_step(self, domain_uuid: str, step: str) -> None: ...
+
+    def end_move(self, domain_uuid: str) -> None: ...
+
+    def moves(self) -> list[MoveRow]:
+        """The migrations under way (a killed ``migrate`` leaves its record)."""
         ...
 
     def hosts(self) -> list[HostRow]:

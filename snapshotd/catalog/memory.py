@@ -20,6 +20,7 @@ from snapshotd.catalog.api import (
     GroupRow,
     HoldRow,
     HostRow,
+    MoveRow,
     Newest,
     Operation,
     Run,
@@ -38,6 +39,7 @@ class MemoryRunLog:
         self._runs: dict[tuple[str, str], Run] = {}
         self._claims: dict[tuple[str, str, int], str] = {}
         self._hosts: dict[str, HostRow] = {}
+        self._moves: dict[str, MoveRow] = {}
 
     def for_host(self, host: str) -> MemoryRunLog:
         """The same runs, as another host of the catalog sees them."""
@@ -87,6 +89,23 @@ class MemoryRunLog:
     def seen(self, host: HostRow) -> None:
         with self._guard:
             self._hosts[host.host_id] = host
+
+    def begin_move(self, move: MoveRow) -> None:
+        with self._guard:
+            self._moves[move.domain_uuid] = replace(move, host_id=self._host)
+
+    def move_step(self, domain_uuid: str, step: str) -> None:
+        with self._guard:
+            if domain_uuid in self._moves:
+                self._moves[domain_uuid] = replace(self._moves[domain_uuid], step=step)
+
+    def end_move(self, domain_uuid: str) -> None:
+        with self._guard:
+            self._moves.pop(domain_uuid, None)
+
+    def moves(self) -> list[MoveRow]:
+        with self._guard:
+            return sorted(self._moves.values(), key=lambda m: (m.since, m.domain_name))
 
     def hosts(self) -> list[HostRow]:
         with self._guard:

@@ -128,7 +128,7 @@ SQLITE: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "fleet: the host of each run, hold and snapshot, the slots each host claimed, the hosts",
+        "fleet: hosts of runs, holds and snapshots, slots claimed, hosts, migrations",
         (
             "ALTER TABLE runs ADD COLUMN host_id TEXT",  # NULL: a run of before version 4
             "ALTER TABLE snapshots ADD COLUMN host_id TEXT",  # the host that recorded it
@@ -147,6 +147,17 @@ SQLITE: tuple[Migration, ...] = (
                 pid INTEGER,
                 version TEXT,
                 uris TEXT NOT NULL DEFAULT '[]'    -- JSON list, without secrets
+            )""",
+            """CREATE TABLE moves (
+                domain_uuid TEXT PRIMARY KEY,      -- a `snapshotd migrate` under way
+                domain_name TEXT NOT NULL,
+                source_uri TEXT NOT NULL,
+                target_uri TEXT NOT NULL,
+                step TEXT NOT NULL,
+                snapshots TEXT NOT NULL,           -- JSON [[name, secure XML], ...]
+                current TEXT,
+                since INTEGER NOT NULL,
+                host_id TEXT
             )""",
         ),
     ),
@@ -270,6 +281,17 @@ POSTGRES: tuple[Migration, ...] = (
                 pid INTEGER,
                 version TEXT,
                 uris TEXT NOT NULL DEFAULT '[]'
+            )""",
+            """CREATE TABLE moves (
+                domain_uuid TEXT PRIMARY KEY,
+                domain_name TEXT NOT NULL,
+                source_uri TEXT NOT NULL,
+                target_uri TEXT NOT NULL,
+                step TEXT NOT NULL,
+                snapshots TEXT NOT NULL,
+                current TEXT,
+                since BIGINT NOT NULL,
+                host_id TEXT
             )""",
         ),
     ),

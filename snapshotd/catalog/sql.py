@@ -25,6 +25,7 @@ from snapshotd.catalog.api import (
     HoldRow,
     HostRow,
     LockHolder,
+    MoveRow,
     Newest,
     Operation,
     Run,
@@ -350,6 +351,36 @@ class SQLRunLog:
                 (host.host_id, host.seen_at, host.pid, host.version, json.dumps(list(host.uris))),
             )
 
+    def begin_move(self, move: MoveRow) -> None:
+        with self._database.transaction():  # the only copy of the metadata for a while
+            self._database.execute("DELETE FROM moves WHERE domain_uuid = ?", (move.domain_uuid,))
+            self._database.execute(
+                """INSERT INTO moves (domain_uuid, domain_name, source_uri, target_uri, step,
+                       snapshots, current, since, host_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    move.domain_uuid, move.domain_name, move.source_uri, move.target_uri,
+                    move.step, json.dumps([list(s) for s in move.snapshots]), move.current,
+                    move.since, self._host,
+                ),
+            )  # fmt: skip
+
+    def move_step(self, domain_uuid: str, step: str) -> None:
+        with self._database.transaction():
+            self._database.execute(
+                "UPDATE moves SET step = ? WHERE domain_uuid = ?", (step, domain_uuid)
+            )
+
+    def end_move(self, domain_uuid: str) -> None:
+        with self._database.transaction():
+            self._database.execute("DELETE FROM moves WHERE domain_uuid = ?", (domain_uuid,))
+
+    def moves(self) -> list[MoveRow]:
+        cur = self._database.execute(
+            """SELECT domain_uuid, domain_name, source_uri, target_uri, step, snapshots,
+                      current, since, host_id FROM moves ORDER BY since, domain_name"""
+        )
+        return [_move(r) for r in cur.fetchall()]
+
     def hosts(self) -> list[HostRow]:
         cur = self._database.execute(
             "SELECT host_id, seen_at, pid, version, uris FROM hosts ORDER BY host_id"
@@ -358,6 +389,13 @@ class SQLRunLog:
             HostRow(str(r[0]), int(r[1]), r[2], r[3], tuple(json.loads(str(r[4]))))
             for r in cur.fetchall()
         ]
+
+
+def _move(r: Sequence[Any]) -> MoveRow:
+    snapshots = tuple((str(n), str(x)) for n, x in json.loads(str(r[5])))
+    return MoveRow(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), snapshots, r[6], int(r[7]), r[8]
+    )
 
 
 def _claimed(run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:

@@ -30,6 +30,7 @@ VERBS: dict[str, Verb] = {
     "export": metadata.cmd_export,
     "import": metadata.cmd_import,
     "replicate": metadata.cmd_replicate,
+    "migrate": metadata.cmd_migrate,
     "revert": metadata.cmd_revert,
 }
 

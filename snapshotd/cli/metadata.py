@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TextIO
 
 from snapshotd.actions import grouprevert, importing, metadata
+from snapshotd.actions import migrate as migrating
 from snapshotd.actions import revert as reverting
 from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
@@ -114,6 +115,35 @@ def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
     )
     for line in grouped:
         print(f"group: {line}", file=out)
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    settings = common.settings(args, policies=False)
+    with (
+        Hypervisor.open(common.uri(args, settings)) as source,
+        Hypervisor.open(args.to) as target,
+        open_catalog(settings.state_dir, database=settings.catalog) as catalog,
+    ):
+        done = migrating.migrate(
+            source,
+            target,
+            args.domain,
+            catalog,
+            live=args.live,
+            persistent=args.persistent,
+            undefine_source=args.undefine_source,
+            migrate_uri=args.migrate_uri,
+            unsafe=args.unsafe,
+            now=lambda: int(common.now().timestamp()),
+        )
+    for step in done.steps:
+        print(f"  {step}", file=out)
+    print(
+        f"migrated {done.domain} to {done.target} with {len(done.redefined)} snapshots; "
+        f"current: {done.current or 'none'}",
+        file=out,
+    )
     return EXIT_OK
 
 

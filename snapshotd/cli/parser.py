@@ -456,6 +456,35 @@ def _replicate(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--remove-source-metadata")
 
 
+@_verb("migrate", "migrate a domain to another host, with its snapshot metadata")
+def _migrate(parser: argparse.ArgumentParser) -> None:
+    """libvirt refuses to migrate a domain with snapshot metadata: the metadata is kept in
+    the catalog, removed from the source (METADATA_ONLY), the domain migrated, and the
+    hierarchy redefined on --to (parents first, the current snapshot kept). A migration
+    that fails is rolled back (the metadata redefined on the source); one that was
+    interrupted is finished by the same command run again. A domain that is not running
+    is migrated offline (defined on --to). The snapshots' files must be on storage both
+    hosts reach."""
+    _connection(parser)
+    _domain(parser, required=True)
+    parser.add_argument("--to", metavar="URI", required=True, help="the destination connection")
+    _flag(parser, "--live", "migrate a running domain without stopping it (VIR_MIGRATE_LIVE)")
+    _flag(parser, "--persistent", "define the domain on the destination (PERSIST_DEST)")
+    _flag(parser, "--undefine-source", "undefine it on the source after (UNDEFINE_SOURCE)")
+    parser.add_argument(
+        "--migrate-uri",
+        metavar="URI",
+        help="where the destination's QEMU listens, as tcp://ADDRESS[:PORT] (default: "
+        "libvirt's choice, the destination host's name)",
+    )
+    _flag(
+        parser,
+        "--unsafe",
+        "the disks are on shared storage libvirt does not recognise as such (a bind mount, "
+        "a cluster file system it does not know): skip its cache-mode check (VIR_MIGRATE_UNSAFE)",
+    )
+
+
 @_verb("revert", "revert a domain to a snapshot")
 def _revert(parser: argparse.ArgumentParser) -> None:
     """If libvirt has no metadata for the snapshot (catalog-only, or lost with a transient

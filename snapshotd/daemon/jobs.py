@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from snapshotd.actions import adopt
 from snapshotd.actions.policyrun import Outcome, PolicyRun, RunResult
 from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import log_event
@@ -74,6 +75,7 @@ class Worker:
         self._place = place
         self._clock = clock
         self._journal = journal or Journal()
+        self._adopted: set[tuple[str, str]] = set()  # (URI, UUID) looked at already
 
     def start(self, job: DomainRun) -> None:
         """``run(job)`` on a new thread."""
@@ -156,6 +158,8 @@ class Worker:
                 )
             except CatalogUnavailable as exc:
                 raise _Unstarted(exc) from exc
+            if place.database is not None:
+                self._adopt(job, catalog)
             taken = run.take(job.hv, catalog)
             if taken.error is not None:
                 return self._failed(job, catalog, runs, run.name, taken.error)
@@ -175,6 +179,33 @@ class Worker:
             self._metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
             self._report(job, result)
             return OK
+
+    def _adopt(self, job: DomainRun, catalog: Catalog) -> None:
+        """The first run of a domain on a connection: what the shared catalog has of it
+        from another host is redefined here first (actions/adopt.py)."""
+        seen = (job.key.uri, job.domain.uuid)
+        if seen in self._adopted:
+            return
+        try:
+            redefined = adopt.adopt(job.hv, catalog, job.domain)
+        except SnapshotdError as exc:
+            log_event(
+                log,
+                logging.WARNING,
+                f"{job.domain.name}: the catalog's snapshots of it could not be redefined "
+                f"here: {exc}",
+                **_fields(job),
+            )
+            return  # tried again at its next run
+        self._adopted.add(seen)
+        if redefined:
+            log_event(
+                log,
+                logging.INFO,
+                f"{job.domain.name}: arrived from another host; redefined {len(redefined)} "
+                f"snapshots from the catalog: {', '.join(redefined)}",
+                **_fields(job),
+            )
 
     def _failed(
         self,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from snapshotd.catalog.migrations import LATEST
 from snapshotd.config.settings import DatabaseSettings
 from tests.integration import target
 from tests.integration.cli import snapshotd
-from tests.integration.domains import DomainFactory
+from tests.integration.domains import DomainFactory, remove_domain
 from tests.integration.target import connect_line, yaml_list
 from tests.integration.test_daemon import (
     Daemon,
@@ -317,3 +318,264 @@ def test_postgresql_stopped_and_started_under_the_daemon(
 def rows_on(srv: Any, database: DatabaseSettings, sql: str, *args: object) -> list[Any]:
     with psycopg.connect(database.url, password=srv.password, autocommit=True) as db:
         return db.execute(sql, args).fetchall()
+
+
+def _older_machine(dom: Any) -> None:
+    """Define the domain with a machine type both hosts' QEMUs offer (QEMU 7.2's)."""
+    import libvirt  # noqa: PLC0415 - only here
+
+    xml = dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    dom.dom.connect().defineXML(re.sub(r"machine='[^']*'", "machine='pc-i440fx-7.2'", xml))
+
+
+def _tree(dom: Any) -> tuple[dict[str, str | None], str | None]:
+    """A libvirt domain's snapshots: name -> parent name, and the current one."""
+    tree = {}
+    current = None
+    for snap in dom.listAllSnapshots(0):
+        try:
+            parent = snap.getParent(0).getName()
+        except Exception:  # noqa: BLE001 - a root has no parent
+            parent = None
+        tree[snap.getName()] = parent
+        if snap.isCurrent(0):
+            current = snap.getName()
+    return tree, current
+
+
+@pytest.mark.two_hosts
+def test_migrate_takes_the_snapshot_hierarchy_to_the_other_host(
+    domain_factory: DomainFactory,
+    peer_conn: Any,
+    session_prefix: str,
+    database: DatabaseSettings,
+    daemon: Daemon,
+) -> None:
+    """A shut-off domain with three snapshots, migrated offline to the other host: the
+    hierarchy (parents, current) is there afterwards, gone from the source, the catalog
+    keeps every snapshot, and each step is in the operations log."""
+    dom = domain_factory(state="shutoff")
+    _older_machine(dom)
+    config = configure(daemon, database)
+    args = ("--config", str(config), "--state-dir", str(daemon.state))
+    for name in ("s1", "s2", "s3"):
+        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    before = _tree(dom.dom)
+    assert before == ({"s1": None, "s2": "s1", "s3": "s2"}, "s3")
+    try:
+        moved = snapshotd(
+            "migrate", "--domain", dom.name, "--to", str(target.PEER_URI), "--persistent",
+            "--undefine-source", *args,
+        )  # fmt: skip
+        assert moved.code == 0, moved
+        assert f"migrated {dom.name} to {target.PEER_URI} with 3 snapshots; current: s3" in (
+            moved.out
+        )
+        there = peer_conn.lookupByUUIDString(dom.uuid)
+        assert _tree(there) == before
+        assert dom.name not in [d.name() for d in dom.dom.connect().listAllDomains(0)]
+        live = rows(
+            database,
+            "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+            dom.uuid,
+        )
+        assert sorted(str(r[0]) for r in live) == ["s1", "s2", "s3"]
+        steps = rows(
+            database,
+            "SELECT message FROM operations WHERE operation = 'migrate' AND domain_uuid = %s "
+            "ORDER BY id",
+            dom.uuid,
+        )
+        assert [str(s[0]).split(" ")[0] for s in steps] == [
+            "kept",
+            "removed",
+            "migrated",
+            "redefined",
+        ]
+        assert rows(database, "SELECT count(*) FROM moves") == [(0,)]
+    finally:
+        remove_domain(peer_conn, dom.name, session_prefix)
+
+
+@pytest.mark.two_hosts
+def test_a_migration_libvirt_refuses_is_rolled_back(
+    domain_factory: DomainFactory,
+    peer_conn: Any,
+    session_prefix: str,
+    database: DatabaseSettings,
+    daemon: Daemon,
+) -> None:
+    """The destination has another domain of the same name: libvirt refuses the migration
+    after the metadata left the source; it is redefined there, hierarchy and current as
+    they were, and the command says so (exit 1)."""
+    dom = domain_factory(state="shutoff")
+    _older_machine(dom)
+    config = configure(daemon, database)
+    args = ("--config", str(config), "--state-dir", str(daemon.state))
+    for name in ("s1", "s2"):
+        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    before = _tree(dom.dom)
+    import libvirt  # noqa: PLC0415 - only here
+
+    xml = dom.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml = re.sub(r"<uuid>[^<]*</uuid>", "", xml)  # another domain, the same name
+    xml = re.sub(r" machine='[^']*'", "", xml)
+    peer_conn.defineXML(xml)
+    try:
+        refused = snapshotd("migrate", "--domain", dom.name, "--to", str(target.PEER_URI), *args)
+        assert refused.code == 1, refused
+        assert "libvirt did not migrate it" in refused.err
+        assert f"its snapshot metadata is back on {target.URI}" in refused.err
+        assert _tree(dom.dom) == before
+        assert rows(database, "SELECT count(*) FROM moves") == [(0,)]
+    finally:
+        remove_domain(peer_conn, dom.name, session_prefix)
+
+
+@pytest.mark.two_hosts
+def test_a_domain_live_migrated_under_two_daemons_keeps_one_history(
+    peer_factory: DomainFactory,
+    peer_conn: Any,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one shared catalog, one per host, a policy every 3 s with keep 3: a
+    running domain live-migrated with `snapshotd migrate` from one host to the other.
+    Before, the first host takes it; after, the second, from the next slot on, with the
+    first host's snapshots redefined there and pruned by its retention; no slot is taken
+    twice; the metadata is on the destination only."""
+    dom = peer_factory(state="running")  # on this machine's libvirt (the peer)
+    hosts = {"kvm-a": str(target.PEER_URI), "kvm-b": target.URI}
+    daemons = {}
+    try:
+        for host, uri in hosts.items():
+            root = tmp_path / host
+            (root / "policies").mkdir(parents=True, mode=0o755)
+            d = Daemon(root)
+            daemons[host] = d
+            host_config(d, uri, database, host)
+            write_policy(d, "often", policy(dom, every="3s", keep=3))
+        for d in daemons.values():
+            d.start()
+        for d in daemons.values():
+            d.wait_ready()
+
+        def made_by(host: str) -> int:
+            found = rows(
+                database,
+                "SELECT count(*) FROM snapshots WHERE domain_uuid = %s AND host_id = %s",
+                dom.uuid,
+                host,
+            )
+            return int(str(found[0][0]))
+
+        daemons["kvm-a"].wait_for(lambda: made_by("kvm-a") >= 4, 40, "four snapshots on kvm-a")
+        config = tmp_path / "kvm-a" / "snapshotd.yaml"
+        moved = snapshotd(
+            "migrate", "--domain", dom.name, "--connect", hosts["kvm-a"], "--to",
+            hosts["kvm-b"], "--live", "--persistent", "--undefine-source", "--migrate-uri",
+            "tcp://10.213.7.2", "--unsafe", "--config", str(config),
+        )  # fmt: skip
+        assert moved.code == 0, moved
+        daemons["kvm-b"].wait_for(lambda: made_by("kvm-b") >= 3, 40, "three snapshots on kvm-b")
+        stopped = time.time()
+        codes = {h: d.stop() for h, d in daemons.items()}
+    finally:
+        for d in daemons.values():
+            d.close()
+    assert codes == {"kvm-a": 0, "kvm-b": 0}
+    there = peer_conn  # the source: the domain left it
+    assert dom.uuid not in [d.UUIDString() for d in there.listAllDomains(0)]
+    import libvirt  # noqa: PLC0415 - only here
+
+    dest = libvirt.open(target.URI)
+    try:
+        arrived = dest.lookupByUUIDString(dom.uuid)
+        on_dest = set(_created(arrived))
+    finally:
+        dest.close()
+    every = rows(
+        database,
+        "SELECT name, host_id, deleted_at IS NULL, created_at FROM snapshots "
+        "WHERE domain_uuid = %s ORDER BY created_at",
+        dom.uuid,
+    )
+    live = {str(r[0]) for r in every if r[2]}
+    assert live == on_dest  # the destination has the live history, all of it
+    assert len(live) == 3  # keep 3, across the move
+    pruned_of_a = [r for r in every if r[1] == "kvm-a" and not r[2]]
+    assert pruned_of_a  # kvm-b's retention pruned what kvm-a made
+    assert len({r[0] for r in every}) == len(every)
+    created = [int(str(r[3])) for r in every]
+    first = min(created)
+    slots = int((stopped - first) // 3) + 2
+    assert len(every) <= slots, (len(every), slots)
+    logs = {h: d.log.read_text() for h, d in daemons.items()}
+    assert "Traceback" not in logs["kvm-a"] + logs["kvm-b"]
+    for step in ("kept the metadata of", "removed their metadata from", "migrated to",
+                 "redefined"):  # fmt: skip
+        assert step in moved.out
+
+
+@pytest.mark.two_hosts
+def test_a_domain_that_arrives_by_virsh_migrate_is_adopted(
+    peer_factory: DomainFactory,
+    peer_conn: Any,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """A running domain moved by libvirt alone (its metadata removed by hand first, as
+    libvirt demands): the daemon on the destination sees it, redefines the catalog's
+    snapshots of it there, and goes on with its schedule and retention."""
+    import libvirt  # noqa: PLC0415 - only here
+
+    dom = peer_factory(state="running")
+    for host in ("kvm-a", "kvm-b"):
+        (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
+    first = Daemon(tmp_path / "kvm-a")
+    host_config(first, str(target.PEER_URI), database, "kvm-a")
+    write_policy(first, "often", policy(dom, every="3s", keep=3))
+    second = Daemon(tmp_path / "kvm-b")
+    host_config(second, target.URI, database, "kvm-b")
+    write_policy(second, "often", policy(dom, every="3s", keep=3))
+    try:
+        first.start()
+        first.wait_ready()
+        first.wait_for(lambda: len(snapshots(dom)) >= 2, 30, "two snapshots on kvm-a")
+        assert first.stop() == 0
+        made_here = {name for _, name, _ in snapshots(dom)}
+        for snap in dom.dom.listAllSnapshots(0):  # as an administrator does before virsh migrate
+            snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        second.start()
+        second.wait_ready()
+        dest = libvirt.open(target.URI)
+        try:
+            flags = (
+                libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+                | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_UNSAFE
+            )  # fmt: skip
+            params = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.213.7.2"}
+            dom.dom.migrate3(dest, params, flags)
+            arrived = dest.lookupByUUIDString(dom.uuid)
+
+            def adopted_and_going_on() -> bool:
+                names = set(_created(arrived))
+                return bool(made_here & names) and len(names - made_here) >= 2
+
+            second.wait_for(adopted_and_going_on, 40, "kvm-a's snapshots redefined, two new")
+            assert second.stop() == 0
+            names = set(_created(arrived))
+        finally:
+            dest.close()
+    finally:
+        first.close()
+        second.close()
+    log = second.log.read_text()
+    assert "arrived from another host; redefined" in log
+    live = rows(
+        database,
+        "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+        dom.uuid,
+    )
+    assert {str(r[0]) for r in live} == names
+    assert len(names) == 3  # retention on kvm-b counts kvm-a's snapshots too

@@ -535,6 +535,7 @@ def test_an_older_catalog_without_group_copies_gets_the_table_when_opened(
         db.execute("DROP TABLE group_copies")
         db.execute("DROP TABLE claims")
         db.execute("DROP TABLE hosts")
+        db.execute("DROP TABLE moves")
         db.execute("ALTER TABLE runs DROP COLUMN host_id")
         db.execute("ALTER TABLE snapshots DROP COLUMN host_id")
         db.execute("ALTER TABLE group_holds DROP COLUMN host_id")

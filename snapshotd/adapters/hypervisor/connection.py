@@ -26,6 +26,7 @@ from snapshotd.adapters.hypervisor.errors import (
     no_domain,
     no_snapshot,
 )
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.config.settings import DEFAULT_URI
 from snapshotd.core.domain import parse_domain
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
@@ -541,6 +542,43 @@ class Hypervisor:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY if metadata_only else 0
         with calling(f"delete snapshot {snapshot!r}", domain, no_snapshot(domain, snapshot)):
             snap.delete(flags)
+
+    def migrate(
+        self,
+        domain: str,
+        target: Hypervisor,
+        *,
+        live: bool = False,
+        persistent: bool = False,
+        undefine_source: bool = False,
+        migrate_uri: str | None = None,
+        unsafe: bool = False,
+    ) -> None:
+        """Migrate the domain to ``target`` (virDomainMigrate3, driven by this client:
+        no peer-to-peer connection between the libvirtds).  A domain that does not run
+        is migrated offline, which defines it there (OFFLINE needs PERSIST_DEST).
+        ``migrate_uri``: where the target's QEMU listens (tcp://ADDRESS), when the
+        target host's name is not the address the source should use."""
+        dom = self._lookup(domain)
+        with calling("look up the domain's state", domain, f"domain {domain!r} not found"):
+            active = bool(dom.isActive())
+        flags = 0
+        if live and active:
+            flags |= libvirt.VIR_MIGRATE_LIVE
+        if persistent or not active:
+            flags |= libvirt.VIR_MIGRATE_PERSIST_DEST
+        if not active:
+            flags |= libvirt.VIR_MIGRATE_OFFLINE
+        if undefine_source:
+            flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+        if unsafe:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+        params: dict[str, Any] = {}
+        if migrate_uri is not None and active:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
+        with calling(f"migrate to {sanitize_uri(target.uri)}", domain):
+            dom.migrate3(target._conn, params, flags)
+        self._handles.pop(dom.UUIDString().lower(), None)
 
     def _snapshot(self, domain: str, snapshot: str) -> Any:
         dom = self._lookup(domain)
