@@ -7,12 +7,12 @@
 #   bench/run.sh --quick             # smoke runs (--rounds N too) for every module
 #   bench/run.sh --json DIR          # also DIR/<module>.json from each module
 #
-# Modules: core_scale (3), overhead (1), fleet (2), groups (issue 13), and idle (4) when bench/idle.py is
+# Modules: core_scale (3), overhead (1), fleet (2), groups (issue 13), catalog (issue 14), and idle (4) when bench/idle.py is
 # there.  Results belong in docs/performance.md with the machine and its load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(overhead fleet core_scale groups)
+all=(overhead fleet core_scale groups catalog)
 [[ -f bench/idle.py ]] && all+=(idle)
 
 names=()
