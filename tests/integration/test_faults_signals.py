@@ -10,6 +10,7 @@ snapshot being taken, and that snapshot's memory file already exists on disk.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from snapshotd.daemon.loop import STOP_GRACE
 from snapshotd.daemon.loop import Daemon as DaemonLoop
 from tests.integration.conftest import URI
 from tests.integration.domains import DomainFactory, ScratchDomain
+from tests.integration.target import qemu_pid
 from tests.integration.test_daemon import Daemon, policy, snapshots, write_policy
 from tests.integration.test_progress import noisy_domain
 
@@ -185,19 +187,26 @@ def test_fault_16_sighup_during_a_snapshot_reloads_after_it(
     daemon.start()
     daemon.wait_ready()
     name, slot = _in_flight(daemon, "hup", dom, snaps)
-
-    target.write_text(policy(dom, every="2s", extra=extra + "new", keep=10, states=states))
-    assert daemon.proc is not None
-    daemon.proc.send_signal(signal.SIGHUP)
-    daemon.wait_for(
-        lambda: _lifecycle(daemon.messages) == ["READY=1", "RELOADING=1", "READY=1"],
-        10,
-        "RELOADING=1 then READY=1",
-    )
-    # The reload came while that snapshot was still being taken.
-    run = _run(daemon, "hup", dom.uuid)
-    assert run is not None
-    assert run[0] == name
+    # Set-up, not a check: the domain's QEMU stopped holds the memory save where it is,
+    # so the reload surely comes while the snapshot is being taken (on a busy machine
+    # the save could end before the reload otherwise).
+    qemu = qemu_pid(dom.name)
+    os.kill(qemu, signal.SIGSTOP)
+    try:
+        target.write_text(policy(dom, every="2s", extra=extra + "new", keep=10, states=states))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(
+            lambda: _lifecycle(daemon.messages) == ["READY=1", "RELOADING=1", "READY=1"],
+            10,
+            "RELOADING=1 then READY=1",
+        )
+        # The reload came while that snapshot was still being taken.
+        run = _run(daemon, "hup", dom.uuid)
+        assert run is not None
+        assert run[0] == name
+    finally:
+        os.kill(qemu, signal.SIGCONT)
     daemon.wait_for(lambda: f"created {name} " in daemon.log.read_text(), 30, f"{name} made")
     assert _description(dom, name) == "old"
     run = _run(daemon, "hup", dom.uuid)
