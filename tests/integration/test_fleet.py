@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from snapshotd.catalog.migrations import LATEST
 from snapshotd.config.settings import DatabaseSettings
 from tests.integration import target
-from tests.integration.cli import snapshotd
+from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DomainFactory, remove_domain
 from tests.integration.target import connect_line, yaml_list
 from tests.integration.test_daemon import (
@@ -29,7 +33,7 @@ from tests.integration.test_daemon import (
     snapshots,
     write_policy,
 )
-from tests.integration.test_two_hosts import twin
+from tests.integration.test_two_hosts import link, twin
 from tests.pgserver import fresh_database, private_server, server
 
 
@@ -579,3 +583,142 @@ def test_a_domain_that_arrives_by_virsh_migrate_is_adopted(
     )
     assert {str(r[0]) for r in live} == names
     assert len(names) == 3  # retention on kvm-b counts kvm-a's snapshots too
+
+
+@pytest.mark.two_hosts
+def test_a_migrate_killed_half_way_is_settled_by_the_next(
+    peer_factory: DomainFactory,
+    peer_conn: Any,
+    database: DatabaseSettings,
+    daemon: Daemon,
+) -> None:
+    """kill -9 of `snapshotd migrate` while libvirt migrates (its source QEMU stopped, so
+    the migration cannot end first): the domain's metadata is on neither host, only in
+    the catalog's record.  The same command run again puts it back where the domain is,
+    then migrates it: every snapshot arrives, none is lost, the record is gone."""
+    dom = peer_factory(state="running")  # on this machine's libvirt (the peer)
+    config = daemon.root / "snapshotd.yaml"
+    config.write_text(
+        f"connect: {yaml_list(str(target.PEER_URI))}\n"
+        f'catalog:\n  url: "{database.url}"\n  password_file: {database.password_file}\n'
+        "  host_id: kvm-a\n"
+    )
+    config.chmod(0o644)
+    args = ("--config", str(config), "--state-dir", str(daemon.state))
+    for name in ("s1", "s2"):
+        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    before = _tree(dom.dom)
+    command = [
+        sys.executable, "-m", "snapshotd", "migrate", "--domain", dom.name, "--to", target.URI,
+        "--live", "--persistent", "--undefine-source", "--unsafe", "--migrate-uri",
+        "tcp://10.213.7.2", *args,
+    ]  # fmt: skip
+    qemu = int(Path(f"/run/libvirt/qemu/{dom.name}.pid").read_text())
+    os.kill(qemu, signal.SIGSTOP)
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        started = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while rows(database, "SELECT step FROM moves") != [("migrating",)]:
+                assert time.monotonic() < deadline, "migrate never got to the migration"
+                time.sleep(0.1)
+            time.sleep(1)  # inside libvirt's migration call
+            started.kill()  # by its pid: kill -9
+            started.wait(timeout=30)
+        finally:
+            if started.poll() is None:
+                started.kill()
+    finally:
+        os.kill(qemu, signal.SIGCONT)
+    assert [
+        (str(r[0]), str(r[1])) for r in rows(database, "SELECT domain_name, step FROM moves")
+    ] == [(dom.name, "migrating")]
+    assert _tree(dom.dom) == ({}, None)  # removed from the source, not yet anywhere else
+    # libvirt ends the migration job its client left (it stays here); then again.
+    deadline = time.monotonic() + 60
+    while dom.dom.jobInfo()[0] != 0:  # VIR_DOMAIN_JOB_NONE
+        assert time.monotonic() < deadline, "libvirt kept the migration job"
+        time.sleep(0.5)
+    again = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "rolled back an interrupted migration: 2 snapshots redefined on" in again.stdout
+    assert "redefined 2 snapshots on" in again.stdout
+    import libvirt  # noqa: PLC0415 - only here
+
+    dest = libvirt.open(target.URI)
+    try:
+        assert _tree(dest.lookupByUUIDString(dom.uuid)) == before
+    finally:
+        dest.close()
+    assert dom.uuid not in [d.UUIDString() for d in peer_conn.listAllDomains(0)]
+    assert rows(database, "SELECT count(*) FROM moves") == [(0,)]
+    live = rows(
+        database, "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+        dom.uuid,
+    )  # fmt: skip
+    assert sorted(str(r[0]) for r in live) == ["s1", "s2"]
+
+
+@pytest.mark.two_hosts
+@pytest.mark.disruptive  # the cut reaches every test of the tested host
+def test_the_link_to_one_host_cut_the_other_takes_the_shared_domain(
+    domain_factory: DomainFactory,
+    peer_conn: Any,
+    session_prefix: str,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """Two daemons sharing a shut-off domain; the network to the tested host is cut for
+    a while: the other host takes the slots meanwhile (after the cut host's claims of
+    the slots it could no longer serve), no slot twice, and both go on after."""
+    dom = domain_factory(state="shutoff")
+    daemons = []
+    with twin(peer_conn, dom, session_prefix) as there:
+        try:
+            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
+                root = tmp_path / host
+                (root / "policies").mkdir(parents=True, mode=0o755)
+                d = Daemon(root)
+                daemons.append(d)
+                host_config(d, uri, database, host)
+                body = policy(dom, every="2s", keep=1000)
+                if host == "kvm-b":  # later in each slot: the tested host claims first
+                    body = body.replace("  catch_up: true\n", "  catch_up: true\n  jitter: 1s\n")
+                write_policy(d, "shared", body)
+            for d in daemons:
+                d.start()
+            for d in daemons:
+                d.wait_ready()
+            started = time.time()
+            time.sleep(8)
+            before_cut = (len(snapshots(dom)), len(_created(there)))
+            link("down")
+            try:
+                time.sleep(25)  # the cut host's keepalive gives up within 15 s
+                after_cut = len(_created(there))
+            finally:
+                link("up")
+            time.sleep(6)
+            codes = [d.stop() for d in daemons]
+            stopped = time.time()
+        finally:
+            for d in daemons:
+                d.close()
+        here = {name: made for made, name, _ in snapshots(dom)}
+        peer = _created(there)
+    assert codes == [0, 0]
+    assert before_cut[0] >= 2  # the tested host took the slots before the cut
+    assert after_cut >= before_cut[1] + 4  # the other host took them during the cut
+    taken = len(here) + len(peer)
+    slots = int((stopped - started) // 2) + 1
+    assert taken <= slots + 1, (taken, slots)
+    assert not set(here) & set(peer)
+    live = rows(
+        database, "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+        dom.uuid,
+    )  # fmt: skip
+    assert {str(r[0]) for r in live} == set(here) | set(peer)
