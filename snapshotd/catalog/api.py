@@ -180,6 +180,15 @@ class ClaimedElsewhere(SnapshotdError):
         super().__init__(message)
         self.holder = holder
 
+    @classmethod
+    def of(cls, run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
+        """The refusal of ``run``'s ``slot``: ``holder`` ``what`` (claimed it first, ...)."""
+        return cls(
+            f"{run.domain_name}: host {holder!r} {what} (policy {run.policy!r}, slot {slot}); "
+            "this host leaves it",
+            holder,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HostRow:

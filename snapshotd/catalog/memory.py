@@ -67,10 +67,10 @@ class MemoryRunLog:
             found = self._runs.get(key)
             elsewhere = found is not None and not self._mine(found)
             if elsewhere and found and found.last_slot is not None and found.last_slot >= slot:
-                raise _claimed(run, slot, str(found.host_id), "served it already")
+                raise ClaimedElsewhere.of(run, slot, str(found.host_id), "served it already")
             holder = self._claims.setdefault((*key, slot), self._host)
             if holder != self._host:
-                raise _claimed(run, slot, holder, "claimed it first")
+                raise ClaimedElsewhere.of(run, slot, holder, "claimed it first")
             if found is not None and found.last_slot is not None:
                 served = found.last_slot
                 for claim in [c for c in self._claims if c[:2] == key and c[2] < served]:
@@ -126,14 +126,6 @@ class MemoryRunLog:
             self._runs[key] = replace(
                 run, in_progress=None, in_progress_slot=None, in_progress_since=None
             )
-
-
-def _claimed(run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
-    return ClaimedElsewhere(
-        f"{run.domain_name}: host {holder!r} {what} (policy {run.policy!r}, slot {slot}); "
-        "this host leaves it",
-        holder,
-    )
 
 
 class MemoryGroupLog:

@@ -35,7 +35,7 @@ import psycopg
 from snapshotd.catalog import migrations
 from snapshotd.catalog.api import LOCK_WAIT, AlreadyRecorded, CatalogUnavailable
 from snapshotd.catalog.locks import ThreadLocks, check_uuid
-from snapshotd.catalog.sql import Cursor, SQLCatalog
+from snapshotd.catalog.sql import Cursor, SQLCatalog, apply_migrations
 from snapshotd.config.settings import DatabaseSettings
 from snapshotd.config.values import sanitize_url
 from snapshotd.errors import SnapshotdError
@@ -205,15 +205,7 @@ class PostgresCatalog(SQLCatalog):
             self._pg.execute("SELECT pg_advisory_xact_lock(?, ?)", _MIGRATION_LOCK)
             current = self._recorded_version()
             todo = migrations.pending(current, migrations.POSTGRES, where=self.location)
-            for migration in todo:
-                for statement in migration.statements:
-                    self._pg.execute(statement)
-            if todo:
-                self._pg.execute(
-                    """INSERT INTO meta (key, value) VALUES ('schema_version', ?)
-                       ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
-                    (str(todo[-1].version),),
-                )
+            apply_migrations(self._pg, todo)
 
     def _recorded_version(self) -> int:
         found = self._pg.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()

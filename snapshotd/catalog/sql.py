@@ -32,6 +32,7 @@ from snapshotd.catalog.api import (
     SnapshotRow,
     member_of,
 )
+from snapshotd.catalog.migrations import Migration
 
 
 class Cursor(Protocol):
@@ -67,6 +68,20 @@ class Database(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def apply_migrations(database: Database, todo: Sequence[Migration]) -> None:
+    """Run ``todo``'s statements and record the version reached, inside the caller's
+    transaction (which also read the version it starts from)."""
+    for migration in todo:
+        for statement in migration.statements:
+            database.execute(statement)
+    if todo:
+        database.execute(
+            """INSERT INTO meta (key, value) VALUES ('schema_version', ?)
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
+            (str(todo[-1].version),),
+        )
 
 
 class SQLCatalog(CatalogBase):
@@ -285,7 +300,7 @@ class SQLRunLog:
             ).fetchone()
             served, last_host = found if found is not None else (None, None)
             if last_host not in (None, self._host) and served is not None and served >= slot:
-                raise _claimed(run, slot, str(last_host), "served it already")
+                raise ClaimedElsewhere.of(run, slot, str(last_host), "served it already")
             self._database.execute(
                 """INSERT INTO claims (policy, domain_uuid, slot, host_id, claimed_at)
                    VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
@@ -296,7 +311,7 @@ class SQLRunLog:
                 (*key, slot),
             ).fetchone()
             if holder is not None and str(holder[0]) != self._host:
-                raise _claimed(run, slot, str(holder[0]), "claimed it first")
+                raise ClaimedElsewhere.of(run, slot, str(holder[0]), "claimed it first")
             if served is not None:  # the claims of slots before it are settled by it
                 self._database.execute(
                     "DELETE FROM claims WHERE policy = ? AND domain_uuid = ? AND slot < ?",
@@ -395,14 +410,6 @@ def _move(r: Sequence[Any]) -> MoveRow:
     snapshots = tuple((str(n), str(x)) for n, x in json.loads(str(r[5])))
     return MoveRow(
         str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), snapshots, r[6], int(r[7]), r[8]
-    )
-
-
-def _claimed(run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
-    return ClaimedElsewhere(
-        f"{run.domain_name}: host {holder!r} {what} (policy {run.policy!r}, slot {slot}); "
-        "this host leaves it",
-        holder,
     )
 
 

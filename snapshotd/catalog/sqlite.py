@@ -40,7 +40,7 @@ from pathlib import Path
 
 from snapshotd.catalog import locks, migrations
 from snapshotd.catalog.api import AlreadyRecorded
-from snapshotd.catalog.sql import SQLCatalog
+from snapshotd.catalog.sql import SQLCatalog, apply_migrations
 
 DB_NAME = "catalog.sqlite"
 
@@ -177,15 +177,7 @@ class SQLiteCatalog(SQLCatalog):
                 ).fetchone()
                 current = int(row[0]) if row is not None else 0
             todo = migrations.pending(current, migrations.SQLITE, where=self._path)
-            for migration in todo:
-                for statement in migration.statements:
-                    self._sqlite.execute(statement)
-            if todo:
-                self._sqlite.execute(
-                    """INSERT INTO meta (key, value) VALUES ('schema_version', ?)
-                       ON CONFLICT (key) DO UPDATE SET value = excluded.value""",
-                    (str(todo[-1].version),),
-                )
+            apply_migrations(self._sqlite, todo)
 
     @property
     def schema_version(self) -> int:

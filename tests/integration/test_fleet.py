@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,35 @@ def host_config(daemon: Daemon, uri: str, database: DatabaseSettings, host_id: s
     (daemon.root / "snapshotd.yaml").chmod(0o644)
 
 
+def start_fleet(
+    tmp_path: Path,
+    database: DatabaseSettings,
+    hosts: dict[str, str],
+    name: str,
+    body: Callable[[str], str],
+) -> dict[str, Daemon]:
+    """A started, ready daemon per host (host id -> its connection), each with the
+    shared catalog and the policy ``name`` (``body(host)``); the caller closes them (all
+    are closed here when one fails to start)."""
+    daemons: dict[str, Daemon] = {}
+    try:
+        for host, uri in hosts.items():
+            root = tmp_path / host
+            (root / "policies").mkdir(parents=True, mode=0o755)
+            daemons[host] = Daemon(root)
+            host_config(daemons[host], uri, database, host)
+            write_policy(daemons[host], name, body(host))
+        for d in daemons.values():
+            d.start()
+        for d in daemons.values():
+            d.wait_ready()
+    except BaseException:
+        for d in daemons.values():
+            d.close()  # by its pid
+        raise
+    return daemons
+
+
 @pytest.mark.two_hosts
 def test_two_hosts_sharing_a_shut_off_domain_take_each_slot_once(
     domain_factory: DomainFactory,
@@ -195,20 +224,14 @@ def test_two_hosts_sharing_a_shut_off_domain_take_each_slot_once(
     by both; when the host that won the slots stops, the other takes the next ones; the
     catalog has every snapshot, and both libvirts together exactly those."""
     dom = domain_factory(state="shutoff")
-    daemons = []
+    daemons: list[Daemon] = []
     with twin(peer_conn, dom, session_prefix) as there:
         try:
-            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
-                root = tmp_path / host
-                (root / "policies").mkdir(parents=True, mode=0o755)
-                d = Daemon(root)
-                daemons.append(d)
-                host_config(d, uri, database, host)
-                write_policy(d, "shared", policy(dom, every="2s", keep=1000))
-            for d in daemons:
-                d.start()
-            for d in daemons:
-                d.wait_ready()
+            hosts = {"kvm-a": target.URI, "kvm-b": str(target.PEER_URI)}
+            body = policy(dom, every="2s", keep=1000)
+            daemons = list(
+                start_fleet(tmp_path, database, hosts, "shared", lambda _: body).values()
+            )
             started = time.time()
             time.sleep(12)
             # Whichever host won the slots so far goes down: the other takes over.
@@ -450,19 +473,10 @@ def test_a_domain_live_migrated_under_two_daemons_keeps_one_history(
     twice; the metadata is on the destination only."""
     dom = peer_factory(state="running")  # on this machine's libvirt (the peer)
     hosts = {"kvm-a": str(target.PEER_URI), "kvm-b": target.URI}
-    daemons = {}
+    daemons: dict[str, Daemon] = {}
     try:
-        for host, uri in hosts.items():
-            root = tmp_path / host
-            (root / "policies").mkdir(parents=True, mode=0o755)
-            d = Daemon(root)
-            daemons[host] = d
-            host_config(d, uri, database, host)
-            write_policy(d, "often", policy(dom, every="3s", keep=3))
-        for d in daemons.values():
-            d.start()
-        for d in daemons.values():
-            d.wait_ready()
+        body = policy(dom, every="3s", keep=3)
+        daemons = start_fleet(tmp_path, database, hosts, "often", lambda _: body)
 
         def made_by(host: str) -> int:
             found = rows(
@@ -676,23 +690,17 @@ def test_the_link_to_one_host_cut_the_other_takes_the_shared_domain(
     a while: the other host takes the slots meanwhile (after the cut host's claims of
     the slots it could no longer serve), no slot twice, and both go on after."""
     dom = domain_factory(state="shutoff")
-    daemons = []
+    daemons: list[Daemon] = []
     with twin(peer_conn, dom, session_prefix) as there:
         try:
-            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
-                root = tmp_path / host
-                (root / "policies").mkdir(parents=True, mode=0o755)
-                d = Daemon(root)
-                daemons.append(d)
-                host_config(d, uri, database, host)
-                body = policy(dom, every="2s", keep=1000)
-                if host == "kvm-b":  # later in each slot: the tested host claims first
-                    body = body.replace("  catch_up: true\n", "  catch_up: true\n  jitter: 1s\n")
-                write_policy(d, "shared", body)
-            for d in daemons:
-                d.start()
-            for d in daemons:
-                d.wait_ready()
+            body = policy(dom, every="2s", keep=1000)
+            later = body.replace("  catch_up: true\n", "  catch_up: true\n  jitter: 1s\n")
+            hosts = {"kvm-a": target.URI, "kvm-b": str(target.PEER_URI)}
+            # kvm-b later in each slot: the tested host claims first.
+            bodies = {"kvm-a": body, "kvm-b": later}
+            daemons = list(
+                start_fleet(tmp_path, database, hosts, "shared", bodies.__getitem__).values()
+            )
             started = time.time()
             time.sleep(8)
             before_cut = (len(snapshots(dom)), len(_created(there)))
