@@ -21,6 +21,7 @@ from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
 from snapshotd.adapters.logs import sanitize_uri
+from snapshotd.daemon.loop import STOP_GRACE
 from tests.integration.cli import REPO, snapshotd
 from tests.integration.domains import DomainFactory, ScratchDomain
 from tests.integration.target import URI, connect_line, qemu_pid
@@ -92,7 +93,10 @@ class Daemon:
     def wait_ready(self) -> None:
         self.wait_for(lambda: any("READY=1" in m for m in self.messages), 30, "READY=1")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_GRACE + 30) -> int:
+        """Signal the daemon and wait for its exit code: longer than the grace a
+        SIGTERM gives the snapshots in flight (STOP_GRACE), so a daemon that waits for a
+        slow one is not taken for a hung one."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
