@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from snapshotd.actions.freshness import Stream, newest_in
+from snapshotd.actions.freshness import Stream, check, newest_in
 from snapshotd.catalog import describe, open_catalog
 from snapshotd.catalog.api import HostRow, Newest, Run
 from snapshotd.config.settings import Settings
@@ -17,7 +17,7 @@ from snapshotd.core.policy import Policy
 from snapshotd.errors import RequestError, SnapshotdError
 
 # A host whose daemon has not reported for this long is shown as silent (it reports
-# every 15 s: snapshotd.daemon.loop.HEARTBEAT).
+# every 15 s: snapshotd.daemon.fleetduty.HEARTBEAT).
 SILENT_AFTER = 60
 
 
@@ -85,15 +85,7 @@ def checks(
         if monitor is None:
             continue
         made = newest.get((run.policy, run.domain_uuid))
-        found.append(
-            freshness.Check(
-                policy=run.policy,
-                domain=run.domain_name,
-                age=None if made is None else max(0, now - made),
-                warn=None if monitor.warn is None else int(monitor.warn.total_seconds()),
-                crit=None if monitor.crit is None else int(monitor.crit.total_seconds()),
-            )
-        )
+        found.append(check(run.policy, monitor, run.domain_name, made, now))
     return found
 
 

@@ -11,7 +11,7 @@ from snapshotd.catalog import Catalog, catalog_exists, open_catalog
 from snapshotd.config.settings import DatabaseSettings, Settings
 from snapshotd.core import freshness
 from snapshotd.core.model import DomainInfo
-from snapshotd.core.policy import Policy
+from snapshotd.core.policy import Monitor, Policy
 from snapshotd.errors import SnapshotdError
 
 Stream = tuple[str, str]  # (policy name, domain UUID)
@@ -47,21 +47,25 @@ def checks(
     for policy in policies:
         if policy.monitor is None:
             continue
-        warn, crit = policy.monitor.warn, policy.monitor.crit
         for domain in domains:
             if not policy.selector.matches(domain) or policy.selector.skip_reason(domain):
                 continue
             made = newest.get((policy.name, domain.uuid))
-            found.append(
-                freshness.Check(
-                    policy=policy.name,
-                    domain=domain.name,
-                    age=None if made is None else max(0, now - made),
-                    warn=None if warn is None else int(warn.total_seconds()),
-                    crit=None if crit is None else int(crit.total_seconds()),
-                )
-            )
+            found.append(check(policy.name, policy.monitor, domain.name, made, now))
     return found
+
+
+def check(
+    policy: str, monitor: Monitor, domain: str, made: int | None, now: int
+) -> freshness.Check:
+    """One stream's check: its newest snapshot made at ``made`` (None: none yet)."""
+    return freshness.Check(
+        policy=policy,
+        domain=domain,
+        age=None if made is None else max(0, now - made),
+        warn=None if monitor.warn is None else int(monitor.warn.total_seconds()),
+        crit=None if monitor.crit is None else int(monitor.crit.total_seconds()),
+    )
 
 
 def assess(

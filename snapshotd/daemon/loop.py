@@ -33,15 +33,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from snapshotd import __version__
-from snapshotd.actions import journal
 from snapshotd.adapters.configfiles import load_settings
 from snapshotd.adapters.logs import log_event, sanitize_uri
 from snapshotd.adapters.metrics import Metrics
@@ -49,7 +46,7 @@ from snapshotd.adapters.notify import Notifier
 from snapshotd.adapters.statefile import DaemonLock
 from snapshotd.adapters.statusfile import StatusWriter
 from snapshotd.catalog import Catalog, RunLog, open_catalog
-from snapshotd.catalog.api import CatalogUnavailable, HostRow
+from snapshotd.catalog.api import CatalogUnavailable
 from snapshotd.config.settings import DEFAULT_OPERATION_TIMEOUT, Overrides, Settings
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.policy import Policy
@@ -67,6 +64,7 @@ from snapshotd.daemon.events import (
     Stop,
     Wake,
 )
+from snapshotd.daemon.fleetduty import FleetDuty
 from snapshotd.daemon.groupjobs import GroupWorker
 from snapshotd.daemon.jobs import Worker, log_skipped
 from snapshotd.daemon.link import Link
@@ -78,7 +76,6 @@ from snapshotd.errors import SnapshotdError
 log = logging.getLogger("snapshotd")
 
 STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
-HEARTBEAT = 15.0  # seconds between two reports of this host to a shared catalog
 
 
 # (the policies, each URI's domain list) the keys were worked out from, and those keys
@@ -116,8 +113,6 @@ class Daemon:
         self.metrics = Metrics()
         self._catalogs = catalogs
         self._catalog_lost: str | None = None  # why the catalog did not answer, if so
-        self._beat_at = -HEARTBEAT  # the last heartbeat in a shared catalog
-        self._host_id = ""
         self._stopping = False
         self._stop_at = 0.0
         self._reconciled: set[str] = set()
@@ -138,6 +133,7 @@ class Daemon:
             operation_timeout=self._operation_timeout,
         )
         self.journal = Journal()
+        self.fleet = FleetDuty(self._pool, self.journal)
         self.worker = Worker(
             events=self.events,
             pool=self._pool,
@@ -481,7 +477,7 @@ class Daemon:
             lock.release()
             raise
         runs = catalog.runs
-        self._host_id = catalog.host_id
+        self.fleet.host_id = catalog.host_id
         self._unsettled = {Key(r.policy, r.uri, r.domain_uuid) for r in runs.unfinished()}
         try:
             self._loop(runs)
@@ -531,8 +527,7 @@ class Daemon:
                 lost = exc
         if lost is None:
             try:
-                self._heartbeat(runs, now)
-                self._merge_journal(now)
+                self.fleet.tick(self.settings, runs, now)
             except CatalogUnavailable as exc:
                 lost = exc
         if lost is not None:
@@ -548,49 +543,6 @@ class Daemon:
             log.info("the catalog answers again")
             self._catalog_lost = None
         self._update_status(now)
-
-    def _merge_journal(self, now: float) -> None:
-        """What this host recorded while the shared catalog was away, into it, once no
-        job writes to the journal; then the journal goes."""
-        if self.settings is None or self.settings.catalog is None:
-            return
-        place = CatalogPlace.of(self.settings)
-        if not place.journal_exists():
-            return
-        with self.journal.idle() as idle:
-            if not idle:
-                return
-            with self._pool.borrow(place) as shared, self._pool.borrow(place.journal) as local:
-                merged = journal.merge(local, shared, int(now))
-            self._pool.discard(place.journal)
-            shutil.rmtree(place.journal.state_dir)
-        log.info(
-            "the shared catalog has what this host recorded without it: %d snapshots "
-            "(%d of them deleted since), %d operations, %d streams' last slots%s",
-            merged.snapshots,
-            merged.deleted,
-            merged.operations,
-            merged.runs,
-            f"; {merged.unfinished} runs in progress left to the next start"
-            if merged.unfinished
-            else "",
-        )
-
-    def _heartbeat(self, runs: RunLog, now: float) -> None:
-        """A shared catalog's hosts table: this host's daemon is alive (every HEARTBEAT s)."""
-        settings = self.settings
-        if settings is None or settings.catalog is None or now < self._beat_at + HEARTBEAT:
-            return
-        runs.seen(
-            HostRow(
-                self._host_id,
-                int(now),
-                os.getpid(),
-                __version__,
-                tuple(sanitize_uri(u) for u in settings.connect),
-            )
-        )
-        self._beat_at = now
 
     def _lock(self) -> DaemonLock:
         """The state directory's lock, taken before anything else happens."""

@@ -370,6 +370,21 @@ def _tree(dom: Any) -> tuple[dict[str, str | None], str | None]:
     return tree, current
 
 
+def _shut_off_with_snapshots(
+    domain_factory: DomainFactory, daemon: Daemon, database: DatabaseSettings, *names: str
+) -> tuple[Any, tuple[str, ...]]:
+    """A shut-off domain both hosts' QEMUs can run, with the snapshots ``names`` (each the
+    child of the one before) taken by `snapshotd take` into the shared catalog; and the
+    CLI's arguments for that catalog."""
+    dom = domain_factory(state="shutoff")
+    _older_machine(dom)
+    config = configure(daemon, database)
+    args = ("--config", str(config), "--state-dir", str(daemon.state))
+    for name in names:
+        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    return dom, args
+
+
 @pytest.mark.two_hosts
 def test_migrate_takes_the_snapshot_hierarchy_to_the_other_host(
     domain_factory: DomainFactory,
@@ -381,12 +396,7 @@ def test_migrate_takes_the_snapshot_hierarchy_to_the_other_host(
     """A shut-off domain with three snapshots, migrated offline to the other host: the
     hierarchy (parents, current) is there afterwards, gone from the source, the catalog
     keeps every snapshot, and each step is in the operations log."""
-    dom = domain_factory(state="shutoff")
-    _older_machine(dom)
-    config = configure(daemon, database)
-    args = ("--config", str(config), "--state-dir", str(daemon.state))
-    for name in ("s1", "s2", "s3"):
-        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    dom, args = _shut_off_with_snapshots(domain_factory, daemon, database, "s1", "s2", "s3")
     before = _tree(dom.dom)
     assert before == ({"s1": None, "s2": "s1", "s3": "s2"}, "s3")
     try:
@@ -435,12 +445,7 @@ def test_a_migration_libvirt_refuses_is_rolled_back(
     """The destination has another domain of the same name: libvirt refuses the migration
     after the metadata left the source; it is redefined there, hierarchy and current as
     they were, and the command says so (exit 1)."""
-    dom = domain_factory(state="shutoff")
-    _older_machine(dom)
-    config = configure(daemon, database)
-    args = ("--config", str(config), "--state-dir", str(daemon.state))
-    for name in ("s1", "s2"):
-        assert snapshotd("take", "--domain", dom.name, "--name", name, *args).code == 0
+    dom, args = _shut_off_with_snapshots(domain_factory, daemon, database, "s1", "s2")
     before = _tree(dom.dom)
     import libvirt  # noqa: PLC0415 - only here
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -17,7 +16,7 @@ from typing import Any, Self
 
 import libvirt
 
-from snapshotd.adapters.hypervisor import holding
+from snapshotd.adapters.hypervisor import holding, process
 from snapshotd.adapters.hypervisor.errors import (
     calling,
     convert,
@@ -62,42 +61,6 @@ _CLOSE_REASONS = {
 }
 
 
-# --- process-wide libvirt set-up ----------------------------------------------------------
-
-_setup_lock = threading.Lock()
-_event_loop: threading.Thread | None = None
-
-
-def _ignore_error(_ctx: object, _error: object) -> None:
-    """libvirt error callback: say nothing, the error is raised as an exception anyway."""
-
-
-def _run_event_loop() -> None:
-    while True:
-        # Returns -1 only on an internal error of the poll loop; carry on regardless,
-        # a stopped loop would silently kill every connection's keepalive.
-        libvirt.virEventRunDefaultImpl()
-
-
-def _process_setup() -> None:
-    """Once per process: quiet libvirt's stderr, register and run the default event loop."""
-    global _event_loop  # noqa: PLW0603 - one event loop per process is libvirt's model
-    with _setup_lock:
-        if _event_loop is not None:
-            return
-        libvirt.registerErrorHandler(_ignore_error, None)
-        if libvirt.virEventRegisterDefaultImpl() < 0:
-            raise LibvirtError(
-                "virEventRegisterDefaultImpl failed",
-                operation="start the libvirt event loop",
-                domain=None,
-                transient=False,
-            )
-        thread = threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True)
-        thread.start()
-        _event_loop = thread
-
-
 # --- results --------------------------------------------------------------------------------
 
 
@@ -128,7 +91,7 @@ class Hypervisor:
     @classmethod
     def open(cls, uri: str = DEFAULT_URI) -> Hypervisor:
         """Connect to libvirtd at ``uri`` with keepalive (5 s interval, 3 probes)."""
-        _process_setup()
+        process.setup()
         with calling(f"connect to {uri}", None):
             conn = libvirt.open(uri)
         hypervisor = cls(conn, uri)
