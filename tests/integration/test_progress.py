@@ -109,7 +109,7 @@ def test_an_external_memory_snapshot_shows_progress_on_a_terminal_only(
 def test_retention_merging_an_external_snapshot_shows_progress(
     domain_factory: DomainFactory, tmp_path: Path
 ) -> None:
-    dom = domain_factory([DiskSpec(size=2 << 30)], state="running")
+    dom = domain_factory([DiskSpec(size=4 << 30)], state="running")
     policies = tmp_path / "policies"
     policies.mkdir(mode=0o755)
     config = tmp_path / "snapshotd.yaml"
@@ -148,11 +148,22 @@ snapshot:
         )
 
     assert snapshotd("take", "--policy", "ext").returncode == 0
-    # Give the first snapshot's overlay 1.5 GiB of data, so that merging it takes a while.
+    # Give the first snapshot's overlay 3 GiB of data, so that merging it takes a while
+    # (1.5 GiB merged on the second host under the test command's load between two
+    # samples once, the first sample late as its connection goes over ssh).
     (overlay,) = (dom.directory / "snaps").glob("*.qcow2")
     dom.dom.destroy()
     subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1536M", str(overlay)],
+        [
+            "qemu-io",
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 0 1536M",  # one request of qemu-io is below 2 GiB
+            "-c",
+            "write -P 0xab 1536M 1536M",
+            str(overlay),
+        ],
         check=True,
         capture_output=True,
     )
