@@ -21,6 +21,9 @@
    SQLite's is the median, over the rounds, of postgres' own time less sqlite's (the rest
    of the job is the same code on the same domain).
    Each snapshot is removed again outside the timed region (metadata only).
+   The floor beside it: after each bare call, one ``SELECT 1`` and one durable one-row
+   INSERT on a connection of their own (the time of a round trip to the server right
+   after a libvirt call, as the job's catalog calls come, with the CPUs gone idle).
 
 2. 10,000 domains read from the catalog.  Both catalogs are filled with the same rows
    (10,000 domains, 24 snapshots each, loaded in bulk: COPY, one SQLite transaction; one
@@ -58,6 +61,7 @@ from bench.overhead import Probe, TimedHypervisor, _drop
 from snapshotd.adapters import logs
 from snapshotd.catalog import Catalog, open_catalog
 from snapshotd.catalog.api import Run, SnapshotRow
+from snapshotd.catalog.postgres import connect
 from snapshotd.config.settings import DatabaseSettings, Overrides
 from snapshotd.core.model import DiskInfo, DomainInfo, DomainState, Request, SnapshotRequest
 from snapshotd.core.plan import plan_snapshot
@@ -151,6 +155,9 @@ def per_snapshot(rounds: int, database: DatabaseSettings) -> dict[str, Any]:
         }
         conn = libvirt.open(URI)
         dom = conn.lookupByName(made.name)
+        probe = connect(database)
+        probe.execute("CREATE TABLE bench_probe (n integer)")
+        trips: dict[str, list[float]] = {"select": [], "durable": []}
         times: dict[str, list[float]] = {"bare": [], "sqlite": [], "postgres": []}
         own: dict[str, list[float]] = {"sqlite": [], "postgres": []}
         counter = 0
@@ -169,6 +176,15 @@ def per_snapshot(rounds: int, database: DatabaseSettings) -> dict[str, Any]:
                         start = time.perf_counter()
                         dom.snapshotCreateXML(xml, flags)
                         times["bare"].append(time.perf_counter() - start)
+                        # The floor: one round trip to the server right after a libvirt
+                        # call (as the job's catalog calls come), and one durable commit.
+                        for kind, statement in (
+                            ("select", "SELECT 1"),
+                            ("durable", "INSERT INTO bench_probe VALUES (1)"),
+                        ):
+                            start = time.perf_counter()
+                            probe.execute(statement)
+                            trips[kind].append(time.perf_counter() - start)
                     else:
                         seconds, outside, snap = sides[name].job()
                         times[name].append(seconds)
@@ -177,6 +193,7 @@ def per_snapshot(rounds: int, database: DatabaseSettings) -> dict[str, Any]:
         finally:
             for side in sides.values():
                 side.catalog.close()
+            probe.close()
             conn.close()
             hv.close()
     extra = [p - s for p, s in zip(own["postgres"], own["sqlite"], strict=True)]
@@ -187,6 +204,8 @@ def per_snapshot(rounds: int, database: DatabaseSettings) -> dict[str, Any]:
         "sqlite_own_s": spread(own["sqlite"]).as_dict(),
         "postgres_own_s": spread(own["postgres"]).as_dict(),
         "postgres_minus_sqlite_s": spread(extra).as_dict(),
+        "round_trip_s": spread(trips["select"]).as_dict(),
+        "durable_commit_s": spread(trips["durable"]).as_dict(),
     }
 
 
@@ -340,6 +359,8 @@ def main() -> int:
         "own, SQLite (ms)",
         "own, PostgreSQL (ms)",
         "PostgreSQL - SQLite (ms, q1..q3)",
+        "one round trip (ms)",
+        "one durable commit (ms)",
     ]
     cells = [
         ms(snap["bare_s"]),
@@ -348,6 +369,8 @@ def main() -> int:
         ms(snap["sqlite_own_s"]),
         ms(snap["postgres_own_s"]),
         f"{ms(extra)} ({ms(extra, 'q1')}..{ms(extra, 'q3')})",
+        ms(snap["round_trip_s"]),
+        ms(snap["durable_commit_s"]),
     ]
     print(table(headers, [cells]))
     print()

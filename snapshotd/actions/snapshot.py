@@ -88,18 +88,30 @@ class DomainAction:
         """Add a line to the catalog's operations log; ``started``: time.monotonic() when
         the operation began."""
         self.catalog.record_operation(
-            Operation(
-                at=epoch(self.now),
-                uri=self.hv.uri,
-                operation=operation,
-                outcome=outcome,
-                policy=self.policy,
-                domain_uuid=self.domain.uuid,
-                domain_name=self.domain.name,
-                snapshot=snapshot,
-                message=message,
-                duration_ms=int((time.monotonic() - started) * 1000),
-            )
+            self.line(operation, outcome, snapshot=snapshot, message=message, started=started)
+        )
+
+    def line(
+        self,
+        operation: str,
+        outcome: str,
+        *,
+        snapshot: str | None,
+        message: str | None,
+        started: float,
+    ) -> Operation:
+        """The operations log's line of this action (see log)."""
+        return Operation(
+            at=epoch(self.now),
+            uri=self.hv.uri,
+            operation=operation,
+            outcome=outcome,
+            policy=self.policy,
+            domain_uuid=self.domain.uuid,
+            domain_name=self.domain.name,
+            snapshot=snapshot,
+            message=message,
+            duration_ms=int((time.monotonic() - started) * 1000),
         )
 
 
@@ -292,9 +304,9 @@ def record(
             xml=stored,
             files=spec.new_files,
             libvirt_metadata=ready.before is None,
-        )
+        ),
+        action.line("create", "ok", snapshot=spec.name, message=None, started=started),
     )
-    action.log("create", "ok", snapshot=spec.name, message=None, started=started)
     return Created(ready.plan, info)
 
 

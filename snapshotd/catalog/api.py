@@ -347,8 +347,9 @@ class Catalog(Protocol):
 
     # --- snapshots ---------------------------------------------------------------------
 
-    def record_snapshot(self, row: SnapshotRow) -> None:
-        """Record a snapshot (durably); AlreadyRecorded if its row exists, even deleted."""
+    def record_snapshot(self, row: SnapshotRow, logged: Operation | None = None) -> None:
+        """Record a snapshot (durably); AlreadyRecorded if its row exists, even deleted.
+        ``logged``: the operations log's line of it, added in the same transaction."""
         ...
 
     def mark_deleted(self, domain_uuid: str, name: str, created_at: int, when: int) -> None:

@@ -275,7 +275,7 @@ class MemoryCatalog(CatalogBase):
 
     # --- snapshots -------------------------------------------------------------------
 
-    def record_snapshot(self, row: SnapshotRow) -> None:
+    def record_snapshot(self, row: SnapshotRow, logged: Operation | None = None) -> None:
         key = (row.domain_uuid, row.name, row.created_at)
         with self._guard:
             if any((r.domain_uuid, r.name, r.created_at) == key for r in self._rows):
@@ -285,6 +285,8 @@ class MemoryCatalog(CatalogBase):
                 )
             self._rows.append(replace(row, deleted_at=None))
             self._recorded_by.append(self.host_id)
+            if logged is not None:
+                self._operations.append(logged)
 
     def newest(self) -> list[Newest]:
         with self._guard:

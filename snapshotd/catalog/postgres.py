@@ -45,6 +45,7 @@ CONNECT_TIMEOUT = 10  # seconds to reach the database server
 _MIGRATION_LOCK = (0x736E6170, 0)  # 'snap': the schema
 _DOMAIN_LOCK_CLASS = 0x736E6171  # with hashtext(UUID): one domain
 _POLL = 0.1  # seconds between two tries of a domain lock
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class DatabaseError(CatalogUnavailable):
@@ -131,17 +132,26 @@ class _Database:
     def transaction(self, *, fsync: bool = True) -> Iterator[None]:
         try:
             connection = self._usable()
-            # Pipeline mode: BEGIN, the writes and COMMIT go out without waiting for
-            # each other's answers (a read in between waits for its own); a write
-            # transaction costs one or two round trips, not one per statement.
-            with connection.pipeline(), connection.transaction():
-                self._depth += 1
-                try:
+            self._depth += 1
+            try:
+                # Pipeline mode: BEGIN, the writes and COMMIT go out without waiting for
+                # each other's answers (a read in between waits for its own); a write
+                # transaction costs one round trip, or one more per read in it.  BEGIN and
+                # COMMIT are sent as statements: psycopg's transaction() costs more time
+                # than the round trip (bench/catalog.py).
+                with connection.pipeline():
+                    connection.execute("BEGIN")
                     if not fsync:
                         connection.execute("SET LOCAL synchronous_commit TO off")
                     yield
-                finally:
-                    self._depth -= 1
+                    connection.execute("COMMIT")
+            finally:
+                self._depth -= 1
+                if not self._lost() and connection.info.transaction_status != _IDLE:
+                    # The body raised, or a statement failed (its error comes at the
+                    # pipeline's end, COMMIT skipped): nothing of it is kept.
+                    with contextlib.suppress(psycopg.Error):
+                        connection.execute("ROLLBACK")
         except psycopg.OperationalError as exc:
             raise _unreachable(self._where, exc) from exc
 

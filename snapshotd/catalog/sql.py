@@ -110,7 +110,7 @@ class SQLCatalog(CatalogBase):
 
     # --- snapshots -------------------------------------------------------------------
 
-    def record_snapshot(self, row: SnapshotRow) -> None:
+    def record_snapshot(self, row: SnapshotRow, logged: Operation | None = None) -> None:
         try:
             with self._database.transaction():
                 self._database.execute(
@@ -131,6 +131,8 @@ class SQLCatalog(CatalogBase):
                         self.host_id,
                     ),
                 )
+                if logged is not None:
+                    self._log(logged)
         except self._database.integrity_error as exc:
             if not self._database.is_duplicate(exc):
                 raise
@@ -231,23 +233,26 @@ class SQLCatalog(CatalogBase):
 
     def record_operation(self, op: Operation) -> None:
         with self._database.transaction(fsync=False):  # a log line: see the module docstring
-            self._database.execute(
-                """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
-                       snapshot, outcome, message, duration_ms)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    op.at,
-                    op.uri,
-                    op.policy,
-                    op.domain_uuid,
-                    op.domain_name,
-                    op.operation,
-                    op.snapshot,
-                    op.outcome,
-                    op.message,
-                    op.duration_ms,
-                ),
-            )
+            self._log(op)
+
+    def _log(self, op: Operation) -> None:
+        self._database.execute(
+            """INSERT INTO operations (at, uri, policy, domain_uuid, domain_name, operation,
+                   snapshot, outcome, message, duration_ms)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                op.at,
+                op.uri,
+                op.policy,
+                op.domain_uuid,
+                op.domain_name,
+                op.operation,
+                op.snapshot,
+                op.outcome,
+                op.message,
+                op.duration_ms,
+            ),
+        )
 
     def operations(self, *, limit: int = 100) -> list[Operation]:
         cur = self._database.execute(
@@ -289,42 +294,50 @@ class SQLRunLog:
         ]
 
     def start(self, run: Run, snapshot: str, slot: int, now: int) -> None:
-        # Right before libvirt: no fsync of its own (see the module docstring).
+        # Right before libvirt: no fsync of its own (see the module docstring).  Every
+        # statement is conditional on the claim, and the claim's answer is read after the
+        # commit: on a database server the whole start is one round trip.
         key = (run.policy, run.domain_uuid)
+        mine = (*key, slot, self._host)
         with self._database.transaction(fsync=False):
-            found = self._database.execute(
-                "SELECT last_slot, host_id FROM runs WHERE policy = ? AND domain_uuid = ?", key
-            ).fetchone()
-            served, last_host = found if found is not None else (None, None)
-            if last_host not in (None, self._host) and served is not None and served >= slot:
-                raise ClaimedElsewhere.of(run, slot, str(last_host), "served it already")
-            self._database.execute(
+            claim = self._database.execute(
                 """INSERT INTO claims (policy, domain_uuid, slot, host_id, claimed_at)
-                   VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-                (*key, slot, self._host, now),
+                   SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM runs
+                       WHERE policy = ? AND domain_uuid = ? AND host_id <> ? AND last_slot >= ?)
+                   ON CONFLICT (policy, domain_uuid, slot) DO UPDATE SET host_id = claims.host_id
+                   RETURNING host_id""",
+                (*mine, now, *key, self._host, slot),
             )
-            holder = self._database.execute(
-                "SELECT host_id FROM claims WHERE policy = ? AND domain_uuid = ? AND slot = ?",
-                (*key, slot),
-            ).fetchone()
-            if holder is not None and str(holder[0]) != self._host:
-                raise ClaimedElsewhere.of(run, slot, str(holder[0]), "claimed it first")
-            if served is not None:  # the claims of slots before it are settled by it
-                self._database.execute(
-                    "DELETE FROM claims WHERE policy = ? AND domain_uuid = ? AND slot < ?",
-                    (*key, served),
-                )
+            # The claims of the slots before the last one served are settled by it.
+            self._database.execute(
+                """DELETE FROM claims WHERE policy = ? AND domain_uuid = ? AND slot <
+                       (SELECT last_slot FROM runs WHERE policy = ? AND domain_uuid = ?)
+                   AND EXISTS (SELECT 1 FROM claims
+                       WHERE policy = ? AND domain_uuid = ? AND slot = ? AND host_id = ?)""",
+                (*key, *key, *mine),
+            )
             self._database.execute(
                 """INSERT INTO runs (policy, domain_uuid, uri, domain_name, in_progress,
                        in_progress_slot, in_progress_since, host_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM claims
+                       WHERE policy = ? AND domain_uuid = ? AND slot = ? AND host_id = ?)
                    ON CONFLICT (policy, domain_uuid) DO UPDATE SET uri = excluded.uri,
                        domain_name = excluded.domain_name, in_progress = excluded.in_progress,
                        in_progress_slot = excluded.in_progress_slot,
                        in_progress_since = excluded.in_progress_since,
                        host_id = excluded.host_id""",
-                (*key, run.uri, run.domain_name, snapshot, slot, now, self._host),
+                (*key, run.uri, run.domain_name, snapshot, slot, now, self._host, *mine),
             )
+        holder = claim.fetchone()
+        if holder is None:  # another host served this slot (or a later one) already
+            found = self._database.execute(
+                "SELECT host_id FROM runs WHERE policy = ? AND domain_uuid = ?", key
+            ).fetchone()
+            raise ClaimedElsewhere.of(
+                run, slot, str(found[0] if found else "?"), "served it already"
+            )
+        if str(holder[0]) != self._host:
+            raise ClaimedElsewhere.of(run, slot, str(holder[0]), "claimed it first")
 
     def finish(
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int

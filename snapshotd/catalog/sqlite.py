@@ -37,10 +37,11 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from snapshotd.catalog import locks, migrations
 from snapshotd.catalog.api import AlreadyRecorded
-from snapshotd.catalog.sql import SQLCatalog, apply_migrations
+from snapshotd.catalog.sql import Cursor, SQLCatalog, apply_migrations
 
 DB_NAME = "catalog.sqlite"
 
@@ -80,6 +81,21 @@ def _recorded_version(path: Path) -> int:
         return int(row[0]) if row is not None else 0
 
 
+class _Rows:
+    """A statement's rows, read already (a Cursor)."""
+
+    def __init__(self, rows: list[Any], description: Sequence[Sequence[Any]] | None) -> None:
+        self._rows = rows
+        self.description = description
+
+    def fetchone(self) -> Sequence[Any] | None:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> Sequence[Sequence[Any]]:
+        rows, self._rows = self._rows, []
+        return rows
+
+
 class _Duplicate(AlreadyRecorded, sqlite3.IntegrityError):
     """The UNIQUE constraint on (domain_uuid, name, created_at) refused a row."""
 
@@ -104,8 +120,12 @@ class _Database:
     def duplicate(self, message: str) -> AlreadyRecorded:
         return _Duplicate(message)
 
-    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
-        return self.connection.execute(sql, args)
+    def execute(self, sql: str, args: Sequence[object] = ()) -> Cursor:
+        cursor = self.connection.execute(sql, args)
+        if "RETURNING" in sql:
+            # Its rows now: a RETURNING statement unread would hold the commit back.
+            return _Rows(cursor.fetchall(), cursor.description)
+        return cursor
 
     @contextlib.contextmanager
     def transaction(self, *, fsync: bool = True) -> Iterator[None]:
@@ -182,7 +202,7 @@ class SQLiteCatalog(SQLCatalog):
     @property
     def schema_version(self) -> int:
         row = self._sqlite.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0])
+        return int(row[0]) if row is not None else 0
 
 
 __all__ = ["DB_NAME", "SQLiteCatalog"]
