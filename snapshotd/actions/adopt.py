@@ -36,4 +36,4 @@ def adopt(hv: HypervisorAPI, catalog: Catalog, domain: DomainInfo) -> tuple[str,
         source = f"catalog: {row.name}"
         items.append(Item(source, snapxml.parse_snapshot(row.xml, source=source), row.xml))
     plan = metadata.check_import(hv, domain, items, current=None)
-    return metadata.run_import(hv, domain, plan)
+    return metadata.run_import(hv, domain, plan, catalog=catalog)

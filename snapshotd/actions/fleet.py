@@ -1,7 +1,7 @@
-"""The fleet in one place: the hosts of a shared catalog and every domain's newest
-snapshot wherever it was taken (``status --fleet``), and the freshness of every
-monitored stream of the fleet (``check --freshness --fleet``), from the catalog alone:
-no libvirt of another host is asked."""
+"""The fleet in one place: the hosts of a shared catalog, every domain's newest
+snapshot wherever it was taken and the migrations under way (``status --fleet``), and
+the freshness of every monitored stream of the fleet (``check --freshness --fleet``),
+from the catalog alone: no libvirt of another host is asked."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from snapshotd.actions.freshness import Stream, check, newest_in
+from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import describe, open_catalog
-from snapshotd.catalog.api import HostRow, Newest, Run
+from snapshotd.catalog.api import HostRow, MoveRow, Newest, Run
 from snapshotd.config.settings import Settings
 from snapshotd.core import freshness
 from snapshotd.core.policy import Policy
@@ -36,10 +37,26 @@ def collect(settings: Settings, now: int) -> dict[str, Any]:
         hosts = catalog.runs.hosts()
         newest = catalog.newest()
         runs = catalog.runs.all()
+        moves = catalog.runs.moves()
     return {
         "catalog": describe(settings.state_dir, settings.catalog),
         "hosts": [_host(h, now) for h in hosts],
         "domains": [_domain(n, runs, now) for n in newest],
+        "migrations": [_move(m, now) for m in moves],
+    }
+
+
+def _move(move: MoveRow, now: int) -> dict[str, Any]:
+    return {
+        "domain": move.domain_name,
+        "domain_uuid": move.domain_uuid,
+        "from": sanitize_uri(move.source_uri),
+        "to": sanitize_uri(move.target_uri),
+        "step": move.step,
+        "snapshots": [name for name, _xml in move.snapshots],
+        "since": move.since,
+        "age": max(0, now - move.since),
+        "host_id": move.host_id,
     }
 
 

@@ -8,12 +8,14 @@ both hosts reach), the domain migrated, the hierarchy redefined on the destinati
 refuses or fails is rolled back: the metadata is redefined on the source.  A
 ``migrate`` killed half-way leaves its record; running the same ``migrate`` again
 finishes it where the domain is (redefined on the destination if it got there, else
-back on the source) before anything else.
+back on the source) before anything else, and so does the daemon of the host that ran
+it when it starts (``settle_left``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, replace
 
 from snapshotd.actions import metadata
@@ -135,6 +137,40 @@ def migrate(
         catalog.runs.end_move(domain.uuid)
         run.step(domain, f"redefined {len(redefined)} snapshots on {sanitize_uri(target.uri)}")
     return Moved(domain.name, sanitize_uri(target.uri), redefined, current, tuple(run.steps))
+
+
+def settle_left(
+    source: HypervisorAPI,
+    opened: Callable[[str], AbstractContextManager[HypervisorAPI]],
+    catalog: Catalog,
+    *,
+    now: Callable[[], int],
+) -> list[str]:
+    """Finish or roll back the migrations from ``source`` that a ``migrate`` of this
+    host left when it was killed (``opened(uri)``: a connection to the destination);
+    what was done, one line per domain.  One whose domain lock is held is under way:
+    left to its ``migrate``."""
+    done = []
+    for move in catalog.runs.moves():
+        if move.source_uri != source.uri or move.host_id not in (None, catalog.host_id):
+            continue
+        with opened(move.target_uri) as target:
+            run = _Run(source, target, catalog, now, [])
+            try:
+                domain = source.domain(move.domain_uuid)
+            except NotFoundError:
+                domain = target.domain(move.domain_uuid)  # it got there, and left the source
+            with ExitStack() as held:
+                try:
+                    held.enter_context(catalog.domain_lock(domain.uuid, domain.name, wait=0))
+                except SnapshotdError:
+                    done.append(f"{domain.name}: a migrate of it is under way; left to it")
+                    continue
+                still = [m for m in catalog.runs.moves() if m.domain_uuid == domain.uuid]
+                if still:
+                    _settle(run, domain, still[0])
+                    done.append(f"{domain.name}: {run.steps[-1]}")
+    return done
 
 
 def _items(uri: str, snapshots: Sequence[tuple[str, str]]) -> list[Item]:

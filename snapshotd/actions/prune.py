@@ -1,5 +1,11 @@
 """One prune: libvirt's snapshots of a domain -> ownership from the catalog ->
-retention's verdicts -> libvirt deletes the ones no rule keeps, oldest first."""
+retention's verdicts -> libvirt deletes the ones no rule keeps, oldest first.
+
+In a fleet (a shared catalog) the verdicts come from the domain's whole history: the
+policy's snapshots that another host's libvirt holds (a shut-off domain defined on
+several hosts) are candidates too.  Each host deletes only what its own libvirt holds;
+the others' are left to them, and their daemons prune them by the same verdicts at
+their next slot of the domain (they take it, or find it claimed: daemon/jobs.py)."""
 
 from __future__ import annotations
 
@@ -34,10 +40,11 @@ log = logging.getLogger("snapshotd")
 class Owned:
     """One of a domain's snapshots as retention sees it."""
 
-    record: SnapshotRecord | None  # None: catalog-only (NO_METADATA), libvirt has nothing
+    record: SnapshotRecord | None  # None: catalog-only (NO_METADATA), or held elsewhere
     info: SnapshotInfo
     candidate: Candidate
     row: SnapshotRow | None = None  # the catalog's row, when the snapshot is ours
+    elsewhere: str | None = None  # the host whose libvirt holds it, when not this one
 
 
 @dataclass(slots=True)
@@ -48,6 +55,7 @@ class PruneReport:
     deleted: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, error)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why) despite retention
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (name, host) to delete
     dry_run: bool = False
 
     @property
@@ -58,8 +66,9 @@ class PruneReport:
 def snapshots_of(
     hv: HypervisorAPI, catalog: Catalog, policy: Policy, domain: DomainInfo
 ) -> list[Owned]:
-    """The domain's snapshots, each marked owned (by this policy) or not: libvirt's, and
-    the policy's catalog-only ones (NO_METADATA) that libvirt does not list."""
+    """The domain's snapshots, each marked owned (by this policy) or not: libvirt's, the
+    policy's catalog-only ones (NO_METADATA) that libvirt does not list, and those of
+    its that another host's libvirt holds (a shared catalog)."""
     result = []
     listed = set()
     for record in hv.list_snapshots(domain.name):
@@ -70,11 +79,17 @@ def snapshots_of(
         result.append(Owned(record, info, Candidate(record.name, created, owned), row))
         listed.add(record.name)
     for row in catalog.snapshots(domain_uuid=domain.uuid, policy=policy.name):
-        if row.libvirt_metadata or row.name in listed:
+        if row.name in listed:
             continue
+        elsewhere = row.held_by if row.held_by not in (None, "", catalog.host_id) else None
+        if row.libvirt_metadata and elsewhere is None:
+            continue  # gone from this libvirt by other hands: not snapshotd's to count
         info = snapxml.parse_snapshot(row.xml, source=f"catalog snapshot {row.name!r}")
         created = dt.datetime.fromtimestamp(row.created_at, dt.UTC)
-        result.append(Owned(None, info, Candidate(row.name, created, True), row))
+        candidate = Candidate(row.name, created, True)
+        result.append(
+            Owned(None, info, candidate, row, elsewhere if row.libvirt_metadata else None)
+        )
     return result
 
 
@@ -154,8 +169,21 @@ def prune(
         judge()
         return report
     with catalog.domain_lock(domain.uuid, domain.name):
-        _delete(DomainAction(hv, catalog, domain, policy.name, now), judge(), report)
+        owned = judge()
+        _hold_here(catalog, domain, owned)
+        _delete(DomainAction(hv, catalog, domain, policy.name, now), owned, report)
     return report
+
+
+def _hold_here(catalog: Catalog, domain: DomainInfo, owned: list[Owned]) -> None:
+    """The catalog's rows of the snapshots this libvirt lists name this host as their
+    holder (a migration by another host's `snapshotd migrate` left its own name)."""
+    for entry in owned:
+        row, created = entry.row, entry.info.creation_time
+        if entry.record is None or row is None or created is None:
+            continue
+        if row.held_by != catalog.host_id and catalog.host_id:
+            catalog.set_libvirt_metadata(domain.uuid, row.name, created, True)
 
 
 def prune_group(
@@ -207,6 +235,9 @@ def _delete(action: DomainAction, owned: list[Owned], report: PruneReport) -> No
     for name in doomed:
         started = time.monotonic()
         entry = by_name[name]
+        if entry.elsewhere is not None:
+            report.elsewhere.append((name, entry.elsewhere))
+            continue
         if entry.record is None and entry.row is not None:
             if chains is None:
                 try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, Self
 
 from snapshotd.errors import SnapshotdError
@@ -44,6 +44,9 @@ class SnapshotRow:
     files: tuple[str, ...]  # the files the snapshot created
     libvirt_metadata: bool  # False: NO_METADATA, only the catalog knows it
     deleted_at: int | None = None  # set when snapshotd deleted it
+    # The host whose libvirt holds its metadata, as the catalog recorded it (None: none
+    # does, or not known); where a row is, not what it is: not compared.
+    held_by: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,7 +283,8 @@ class MemoryCatalog(CatalogBase):
                     f"the catalog already has snapshot {row.name!r} of domain "
                     f"{row.domain_name!r} ({row.domain_uuid}) created at {row.created_at}"
                 )
-            self._rows.append(replace(row, deleted_at=None))
+            held_by = self.host_id if row.libvirt_metadata else None
+            self._rows.append(replace(row, deleted_at=None, held_by=held_by))
             self._recorded_by.append(self.host_id)
             if logged is not None:
                 self._operations.append(logged)
@@ -322,7 +323,8 @@ class MemoryCatalog(CatalogBase):
         with self._guard:
             for index, r in self._matching(domain_uuid, name, created_at):
                 if r.deleted_at is None:
-                    self._rows[index] = replace(r, libvirt_metadata=held)
+                    by = self.host_id if held else None
+                    self._rows[index] = replace(r, libvirt_metadata=held, held_by=by)
 
     def update_snapshot(
         self, domain_uuid: str, name: str, created_at: int, *, xml: str, files: tuple[str, ...]

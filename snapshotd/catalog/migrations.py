@@ -161,6 +161,14 @@ SQLITE: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        5,
+        "fleet: the host whose libvirt holds each snapshot's metadata",
+        (
+            "ALTER TABLE snapshots ADD COLUMN held_by TEXT",  # NULL: no libvirt holds it
+            "UPDATE snapshots SET held_by = host_id WHERE libvirt_metadata = 1",
+        ),
+    ),
 )
 
 # PostgreSQL's (catalog/postgres.py): the same tables and numbers.  Instants are BIGINT
@@ -293,6 +301,14 @@ POSTGRES: tuple[Migration, ...] = (
                 since BIGINT NOT NULL,
                 host_id TEXT
             )""",
+        ),
+    ),
+    Migration(
+        5,
+        SQLITE[4].what,
+        (
+            "ALTER TABLE snapshots ADD COLUMN held_by TEXT",
+            "UPDATE snapshots SET held_by = host_id WHERE libvirt_metadata = 1",
         ),
     ),
 )

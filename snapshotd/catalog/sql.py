@@ -115,8 +115,8 @@ class SQLCatalog(CatalogBase):
             with self._database.transaction():
                 self._database.execute(
                     """INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at,
-                           policy, parent, xml, files, libvirt_metadata, host_id)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                           policy, parent, xml, files, libvirt_metadata, host_id, held_by)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     (
                         row.uri,
                         row.domain_uuid,
@@ -129,6 +129,7 @@ class SQLCatalog(CatalogBase):
                         json.dumps(list(row.files)),
                         int(row.libvirt_metadata),
                         self.host_id,
+                        self.host_id if row.libvirt_metadata else None,
                     ),
                 )
                 if logged is not None:
@@ -170,7 +171,7 @@ class SQLCatalog(CatalogBase):
             return None
         cur = self._database.execute(
             """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent, xml,
-                      files, libvirt_metadata, deleted_at
+                      files, libvirt_metadata, deleted_at, held_by
                FROM snapshots WHERE domain_uuid = ? AND name = ? AND created_at = ?
                AND deleted_at IS NULL""",
             (domain_uuid, name, created_at),
@@ -183,9 +184,9 @@ class SQLCatalog(CatalogBase):
     ) -> None:
         with self._database.transaction():
             self._database.execute(
-                """UPDATE snapshots SET libvirt_metadata = ?
+                """UPDATE snapshots SET libvirt_metadata = ?, held_by = ?
                    WHERE domain_uuid = ? AND name = ? AND created_at = ? AND deleted_at IS NULL""",
-                (int(held), domain_uuid, name, created_at),
+                (int(held), self.host_id if held else None, domain_uuid, name, created_at),
             )
 
     def update_snapshot(
@@ -201,7 +202,7 @@ class SQLCatalog(CatalogBase):
     def find(self, domain_uuid: str, name: str) -> SnapshotRow | None:
         cur = self._database.execute(
             """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent, xml,
-                      files, libvirt_metadata, deleted_at
+                      files, libvirt_metadata, deleted_at, held_by
                FROM snapshots WHERE domain_uuid = ? AND name = ? AND deleted_at IS NULL
                ORDER BY created_at DESC, id DESC LIMIT 1""",
             (domain_uuid, name),
@@ -217,7 +218,7 @@ class SQLCatalog(CatalogBase):
         deleted: bool = False,
     ) -> list[SnapshotRow]:
         query = """SELECT uri, domain_uuid, domain_name, name, created_at, policy, parent,
-                          xml, files, libvirt_metadata, deleted_at
+                          xml, files, libvirt_metadata, deleted_at, held_by
                    FROM snapshots WHERE (deleted_at IS NULL OR ?)"""
         args: list[object] = [deleted]
         if domain_uuid is not None:
@@ -425,7 +426,7 @@ def _move(r: Sequence[Any]) -> MoveRow:
 
 def _row(values: Sequence[Any]) -> SnapshotRow:
     """A snapshot row from its columns, in the order the snapshot queries select them."""
-    uri, uuid, domain, name, created, policy, parent, xml, files, held, deleted = values
+    uri, uuid, domain, name, created, policy, parent, xml, files, held, deleted, by = values
     return SnapshotRow(
         uri=str(uri),
         domain_uuid=str(uuid),
@@ -438,4 +439,5 @@ def _row(values: Sequence[Any]) -> SnapshotRow:
         files=tuple(json.loads(files)),
         libvirt_metadata=bool(held),
         deleted_at=None if deleted is None else int(deleted),
+        held_by=None if by is None else str(by),
     )

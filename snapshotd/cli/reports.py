@@ -270,6 +270,7 @@ def prune_dict(report: PruneReport) -> dict[str, Any]:
         else report.deleted,
         "failed": [{"snapshot": n, "error": e} for n, e in report.failed],
         "kept_in_use": [{"snapshot": n, "reason": why} for n, why in report.kept],
+        "left_to": [{"snapshot": n, "host_id": host} for n, host in report.elsewhere],
         "kept": [
             {"snapshot": v.name, "reasons": list(v.reasons)} for v in report.verdicts if v.keep
         ],
@@ -287,6 +288,8 @@ def print_prune(report: PruneReport, out: TextIO) -> None:
         print(f"  could not delete {name}: {error}", file=out)
     for name, why in report.kept:
         print(f"  kept {name}: {why}", file=out)
+    for name, host in report.elsewhere:
+        print(f"  left {name} to {host}: its libvirt holds it, its daemon deletes it", file=out)
 
 
 # --- status -------------------------------------------------------------------------------
@@ -373,5 +376,15 @@ def print_fleet(data: dict[str, Any], out: TextIO) -> None:
             f"  {d['domain']} ({d['domain_uuid']}): newest {d['snapshot']} at "
             f"{_utc(d['created_at'])} ({span(d['age'])} ago) on {where}, policy "
             f"{d['policy'] or '- (by hand)'}",
+            file=out,
+        )
+    if data["migrations"]:
+        print(f"migrations under way ({len(data['migrations'])}):", file=out)
+    for m in data["migrations"]:
+        print(
+            f"  {m['domain']}: {m['from']} -> {m['to']}, step {m['step']} since "
+            f"{_utc(m['since'])} ({span(m['age'])} ago), {len(m['snapshots'])} snapshots' "
+            f"metadata in the catalog; by {m['host_id'] or '-'} (a killed migrate: run it "
+            "again, or start that host's daemon)",
             file=out,
         )

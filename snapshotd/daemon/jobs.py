@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from snapshotd.actions import adopt
+from snapshotd.actions import prune as pruning
 from snapshotd.actions.policyrun import Outcome, PolicyRun, RunResult
 from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import log_event
@@ -158,6 +159,9 @@ class Worker:
                 )
             except CatalogUnavailable as exc:
                 raise _Unstarted(exc) from exc
+            except ClaimedElsewhere:
+                self._prune_held_here(job, catalog)
+                raise
             if place.database is not None:
                 self._adopt(job, catalog)
             taken = run.take(job.hv, catalog)
@@ -179,6 +183,29 @@ class Worker:
             self._metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
             self._report(job, result)
             return OK
+
+    def _prune_held_here(self, job: DomainRun, catalog: Catalog) -> None:
+        """Another host took this slot: the policy's snapshots of the domain that this
+        host's libvirt holds are pruned by the verdicts of the domain's whole history
+        (actions/prune.py), since no other host can delete them."""
+        policy = job.policy
+        if policy.retention is None or policy.group is not None:
+            return
+        try:
+            rows = catalog.snapshots(domain_uuid=job.domain.uuid, policy=policy.name)
+            if not any(r.libvirt_metadata and r.held_by == catalog.host_id for r in rows):
+                return
+            report = pruning.prune(job.hv, catalog, policy, job.domain, utc(self._clock()))
+        except SnapshotdError as exc:
+            log_event(
+                log,
+                logging.WARNING,
+                f"{job.domain.name}: its snapshots held here were not pruned: {exc}",
+                **_fields(job),
+            )
+            return
+        self._metrics.pruned.labels(policy=policy.name).inc(len(report.deleted))
+        log_retention(job.domain.name, report, _fields(job))
 
     def _adopt(self, job: DomainRun, catalog: Catalog) -> None:
         """The first run of a domain on a connection: what the shared catalog has of it
@@ -267,6 +294,15 @@ def log_retention(domain: str, report: PruneReport, fields: dict[str, object]) -
             logging.INFO,
             f"{domain}: pruned {deleted}",
             snapshot=deleted,
+            operation="delete",
+            **fields,
+        )
+    for name, host in report.elsewhere:
+        log_event(
+            log,
+            logging.INFO,
+            f"{domain}: left {name} to {host}: its libvirt holds it, its daemon deletes it",
+            snapshot=name,
             operation="delete",
             **fields,
         )

@@ -12,16 +12,21 @@ away may or may not have been made.  Either way libvirt is asked once it answers
 
 So a slot never gets two snapshots, and nothing is deleted.  Until a connection's
 unfinished runs are settled (``Settled``), the loop dispatches none of their keys.
+Before them, what a killed process held is let go: the members of a group it paused or
+froze, and the migrations from this connection a killed ``snapshotd migrate`` of this
+host left half-way (finished or rolled back, actions/migrate.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from snapshotd.actions import snapshot, strays
+from snapshotd.actions import migrate, snapshot, strays
+from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import Catalog, Run, RunLog
 from snapshotd.catalog.api import HoldRow
@@ -76,6 +81,7 @@ class Recovery:
                 # The groups a killed process was holding members of: never decided.
                 interrupted = {(h.policy, h.name) for h in catalog.groups.held()}
                 self.release_holds(uri, hv, catalog)  # before anything else
+                self.settle_moves(uri, hv, catalog)
                 runs = catalog.runs
                 for run in runs.unfinished():
                     if run.uri != uri or run.in_progress is None:
@@ -89,6 +95,22 @@ class Recovery:
             log.exception("%s: reconciling unfinished runs failed", uri)
         finally:
             self._events.put(Settled(uri))
+
+    def settle_moves(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
+        """Finish or roll back the migrations from ``uri`` that a killed ``snapshotd
+        migrate`` of this host left: the snapshots' metadata goes where the domain is."""
+        try:
+            done = migrate.settle_left(hv, _opened, catalog, now=lambda: int(self._clock()))
+        except SnapshotdError as exc:
+            log.warning(
+                "%s: an interrupted migration was not settled: %s; run the same "
+                "snapshotd migrate again to settle it",
+                sanitize_uri(uri),
+                exc,
+            )
+            return
+        for line in done:
+            log.info("%s", line)
 
     def release_holds(self, uri: str, hv: LinkedHypervisor, catalog: Catalog) -> None:
         """Resume (or thaw) each member of ``uri`` a group run held still when its
@@ -283,3 +305,13 @@ def _release(hv: LinkedHypervisor, row: HoldRow) -> str:
         hv.resume(row.domain_uuid)
         return "resumed"
     return "found not paused"
+
+
+@contextlib.contextmanager
+def _opened(uri: str) -> Iterator[Hypervisor]:
+    """A connection of its own to a migration's destination, for as long as it takes."""
+    hv = Hypervisor.open(uri)
+    try:
+        yield hv
+    finally:
+        hv.close()

@@ -277,6 +277,81 @@ def test_two_hosts_sharing_a_shut_off_domain_take_each_slot_once(
     assert "claimed it first (policy 'shared'" in logs or "served it already" in logs
 
 
+@pytest.mark.two_hosts
+def test_retention_of_a_shared_domain_counts_every_host_s_snapshots(
+    domain_factory: DomainFactory,
+    peer_conn: Any,
+    session_prefix: str,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """A shut-off domain both hosts define, keep_last 3, a slot every 2 s: kvm-a alone
+    keeps three; then kvm-b alone keeps three of its own and leaves kvm-a's (its libvirt
+    holds them) to kvm-a; kvm-a back, it deletes its three by the domain's whole history
+    though kvm-b takes the slots.  Per host, each would have kept three of its own."""
+    dom = domain_factory(state="shutoff")
+    with twin(peer_conn, dom, session_prefix) as there:
+        daemons: dict[str, Daemon] = {}
+        try:
+            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
+                (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
+                daemons[host] = Daemon(tmp_path / host)
+                host_config(daemons[host], uri, database, host)
+                write_policy(daemons[host], "shared", policy(dom, every="2s", keep=3))
+            a, b = daemons["kvm-a"], daemons["kvm-b"]
+
+            def pruned() -> int:
+                (found,) = rows(
+                    database,
+                    "SELECT count(*) FROM snapshots WHERE domain_uuid = %s"
+                    " AND deleted_at IS NOT NULL",
+                    dom.uuid,
+                )
+                return int(str(found[0]))
+
+            a.start()
+            a.wait_ready()
+            a.wait_for(lambda: pruned() >= 1 and len(snapshots(dom)) == 3, 40, "kvm-a: 3 kept")
+            assert a.stop() == 0
+            first = {name for _, name, _ in snapshots(dom)}
+            b.start()
+            b.wait_ready()
+            b.wait_for(lambda: pruned() >= 2 and len(_created(there)) == 3, 40, "kvm-b: 3 kept")
+            assert {name for _, name, _ in snapshots(dom)} == first  # kvm-a's, for kvm-a
+            left = [f"left {name} to kvm-a: its libvirt holds it" for name in sorted(first)]
+            assert all(line in b.log.read_text() for line in left), b.log.read_text()
+            a.start()
+            a.wait_ready()
+            a.wait_for(lambda: not first & set(_created(dom.dom)), 30, "kvm-a: its 3 pruned")
+            codes = [a.stop(), b.stop()]
+        finally:
+            for d in daemons.values():
+                d.close()
+        assert codes == [0, 0]
+        here, peer = _created(dom.dom), _created(there)
+    assert not set(here) & set(peer)
+    # The fleet keeps three, and one more at most: the loser of the last slot prunes by
+    # the history before the winner's snapshot.
+    assert 3 <= len(here) + len(peer) <= 4, (here, peer)
+    live = rows(
+        database,
+        "SELECT name, held_by FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NULL",
+        dom.uuid,
+    )
+    assert dict(live) == {
+        **dict.fromkeys(here, "kvm-a"),
+        **dict.fromkeys(peer, "kvm-b"),
+    }
+    assert first <= {
+        str(r[0])
+        for r in rows(
+            database,
+            "SELECT name FROM snapshots WHERE domain_uuid = %s AND deleted_at IS NOT NULL",
+            dom.uuid,
+        )
+    }
+
+
 def _created(dom: Any) -> dict[str, int]:
     """The snapshots of ``dom`` (a libvirt domain) by name: their creationTime. One the
     daemon's retention deletes between the listing and the reading is left out."""
@@ -613,16 +688,19 @@ def test_a_domain_that_arrives_by_virsh_migrate_is_adopted(
 
 
 @pytest.mark.two_hosts
+@pytest.mark.parametrize("settled_by", ["migrate", "daemon"])
 def test_a_migrate_killed_half_way_is_settled_by_the_next(
     peer_factory: DomainFactory,
     peer_conn: Any,
     database: DatabaseSettings,
     daemon: Daemon,
+    settled_by: str,
 ) -> None:
     """kill -9 of `snapshotd migrate` while libvirt migrates (its source QEMU stopped, so
     the migration cannot end first): the domain's metadata is on neither host, only in
     the catalog's record.  The same command run again puts it back where the domain is,
-    then migrates it: every snapshot arrives, none is lost, the record is gone."""
+    then migrates it: every snapshot arrives, none is lost, the record is gone.  Or the
+    host's daemon, starting, puts it back where the domain is (here: the source)."""
     dom = peer_factory(state="running")  # on this machine's libvirt (the peer)
     config = daemon.root / "snapshotd.yaml"
     config.write_text(
@@ -664,11 +742,34 @@ def test_a_migrate_killed_half_way_is_settled_by_the_next(
         (str(r[0]), str(r[1])) for r in rows(database, "SELECT domain_name, step FROM moves")
     ] == [(dom.name, "migrating")]
     assert _tree(dom.dom) == ({}, None)  # removed from the source, not yet anywhere else
+    shown = snapshotd("status", "--fleet", "--json", *args)
+    assert shown.code == 0, shown.err
+    (move,) = json.loads(shown.out)["migrations"]
+    assert (move["domain"], move["step"], move["snapshots"], move["host_id"]) == (
+        dom.name,
+        "migrating",
+        ["s1", "s2"],
+        "kvm-a",
+    )
+    text = snapshotd("status", "--fleet", *args).out
+    assert f"  {dom.name}: {target.PEER_URI} -> " in text, text
     # libvirt ends the migration job its client left (it stays here); then again.
     deadline = time.monotonic() + 60
     while dom.dom.jobInfo()[0] != 0:  # VIR_DOMAIN_JOB_NONE
         assert time.monotonic() < deadline, "libvirt kept the migration job"
         time.sleep(0.5)
+    if settled_by == "daemon":
+        daemon.start()
+        daemon.wait_ready()
+        daemon.wait_for(
+            lambda: rows(database, "SELECT count(*) FROM moves") == [(0,)], 30, "settled"
+        )
+        assert daemon.stop() == 0
+        assert f"{dom.name}: rolled back an interrupted migration: 2 snapshots redefined on" in (
+            daemon.log.read_text()
+        )
+        assert _tree(dom.dom) == before  # on the source again, where the domain is
+        return
     again = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                            capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
     assert again.returncode == 0, again.stderr

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -407,6 +408,27 @@ def test_a_slot_is_taken_once_by_the_host_that_claims_it_first(
         a.runs.start(Run("p", UUID, URI, "web"), "p-2a", 120, 122)
 
 
+def test_a_row_names_the_host_whose_libvirt_holds_the_snapshot(
+    two_hosts: tuple[Catalog, Catalog],
+) -> None:
+    """held_by: the recording host when its libvirt keeps the metadata, nobody for a
+    catalog-only snapshot, nobody while the metadata is out of libvirt (a migration),
+    and the host that redefined it afterwards."""
+    a, b = two_hosts
+    a.record_snapshot(row("held", 100))
+    a.record_snapshot(replace(row("only-here", 200), libvirt_metadata=False))
+
+    def holders() -> dict[str, str | None]:
+        return {r.name: r.held_by for r in b.snapshots(domain_uuid=UUID)}
+
+    assert holders() == {"held": "kvm-a", "only-here": None}
+    a.set_libvirt_metadata(UUID, "held", 100, False)
+    assert holders() == {"held": None, "only-here": None}
+    b.set_libvirt_metadata(UUID, "held", 100, True)
+    assert holders() == {"held": "kvm-b", "only-here": None}
+    assert a.owner(UUID, "held", 100) == row("held", 100)  # where it is: not compared
+
+
 def test_hosts_report_themselves(two_hosts: tuple[Catalog, Catalog]) -> None:
     a, b = two_hosts
     a.runs.seen(HostRow("kvm-a", 100, 11, "0.1.0", (URI,)))
@@ -531,7 +553,8 @@ def test_an_older_catalog_without_group_copies_gets_the_table_when_opened(
         catalog.record_snapshot(row("g-1", 1000))
         catalog.groups.record(GroupRow("p", "g-1", 999, (GroupMember(URI, UUID, "web", 1000),)))
     with contextlib.closing(sqlite3.connect(state / DB_NAME)) as db:
-        # Back to version 2: without what versions 3 and 4 added.
+        # Back to version 2: without what versions 3, 4 and 5 added.
+        db.execute("ALTER TABLE snapshots DROP COLUMN held_by")
         db.execute("DROP TABLE group_copies")
         db.execute("DROP TABLE claims")
         db.execute("DROP TABLE hosts")

@@ -178,3 +178,21 @@ def test_two_opening_an_old_catalog_at_once_migrate_it_once(tmp_path: Path) -> N
     assert errors == []
     with SQLiteCatalog(str(tmp_path / "state")) as catalog:
         assert catalog.find(UUID, "nightly-1") is not None
+
+
+def test_version_5_names_the_holder_of_what_libvirt_held(tmp_path: Path) -> None:
+    """A version 4 catalog of a fleet host: its rows that libvirt held are held by the
+    host that recorded them; a catalog-only one is held by none."""
+    path = old_catalog(tmp_path / "state", 4, 4)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE snapshots SET host_id = 'kvm-a'")
+        db.execute(
+            "INSERT INTO snapshots (uri, domain_uuid, domain_name, name, created_at, policy,"
+            " xml, libvirt_metadata, host_id) VALUES ('qemu:///system', ?, 'db', 'only-here',"
+            " 200, 'nightly', '<domainsnapshot/>', 0, 'kvm-a')",
+            (UUID,),
+        )
+        db.commit()
+    with SQLiteCatalog(str(tmp_path / "state"), host="kvm-a") as catalog:
+        held = {r.name: r.held_by for r in catalog.snapshots(domain_uuid=UUID)}
+    assert held == {"nightly-1": "kvm-a", "only-here": None}

@@ -472,6 +472,7 @@ def test_a_prune_report_is_shown_as_prune_always_showed_it() -> None:
         "would_delete": ["old"],
         "failed": [],
         "kept_in_use": [{"snapshot": "x", "reason": "in use"}],
+        "left_to": [],
         "kept": [{"snapshot": "new", "reasons": ["keep_last"]}],
     }
     done = PruneReport("hourly", "web1", verdicts=verdicts_, deleted=[], failed=[("old", "e")])

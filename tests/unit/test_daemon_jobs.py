@@ -16,6 +16,7 @@ import libvirt
 import pytest
 
 from snapshotd.catalog import Catalog
+from snapshotd.catalog.api import Run, SnapshotRow
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.config.settings import Overrides, Settings
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState, Request
@@ -355,3 +356,44 @@ def test_the_loop_dispatches_a_due_run_to_a_worker_thread(rig: Rig) -> None:
     # Served: the next pass schedules the next slot, an hour on.
     daemon.tick(runs, now)
     assert daemon.due[key].slot == rig.clock.now() + dt.timedelta(hours=1)
+
+
+def test_a_slot_another_host_took_prunes_what_this_host_holds(rig: Rig, records: Records) -> None:
+    """In a fleet, kvm-b took this slot of a domain both hosts define (and made the
+    newest snapshot): kvm-a's job leaves the slot to it, and prunes the snapshots its
+    own libvirt holds by the domain's whole history (keep_last 1: both of its)."""
+    rig.catalog = MemoryCatalog().as_host("kvm-a")
+    domain = rig.domain()
+    chosen = rig.policy(domain, retention=Retention(keep_last=2))
+    mine = []
+    for _ in range(2):
+        assert rig.run(chosen, domain).outcome.kind == "ok"
+        mine.append(rig.catalog.find(domain.uuid, rig.catalog.operations()[0].snapshot or ""))
+        rig.clock.advance(3600)
+    chosen = replace(chosen, retention=Retention(keep_last=1))
+    other = rig.catalog.as_host("kvm-b")
+    slot = int(rig.clock.timestamp())
+    other.runs.start(Run("hourly", domain.uuid, "qemu+ssh://b/system", "web"), "b-1", slot, slot)
+    theirs = SnapshotRow(
+        uri="qemu+ssh://b/system",
+        domain_uuid=domain.uuid,
+        domain_name="web",
+        name="hourly-on-b",
+        created_at=slot,
+        policy="hourly",
+        parent=None,
+        xml="<domainsnapshot><name>hourly-on-b</name></domainsnapshot>",
+        files=(),
+        libvirt_metadata=True,
+    )
+    other.record_snapshot(theirs)
+    event = rig.run(chosen, domain)
+    assert event.outcome.kind == "elsewhere"
+    assert rig.hv.list_snapshots(domain.uuid) == []
+    names = [row.name for row in mine if row is not None]
+    assert len(names) == 2
+    assert [r.name for r in rig.catalog.snapshots(domain_uuid=domain.uuid)] == ["hourly-on-b"]
+    assert [line for line in records.lines() if ": pruned " in line] == [
+        f"web: pruned {name}" for name in names
+    ]
+    assert rig.metric("snapshotd_snapshots_pruned_total", policy="hourly") == 2
