@@ -176,12 +176,23 @@ class CatalogUnavailable(SnapshotdError):
     what needed it may be tried again later."""
 
 
+GROUP_CLAIM = "group"  # the domain column of a group slot's claim (never a UUID)
+
+
 class ClaimedElsewhere(SnapshotdError):
     """Another host of a shared catalog has this (policy, domain, slot): it takes it."""
 
     def __init__(self, message: str, holder: str) -> None:
         super().__init__(message)
         self.holder = holder
+
+    @classmethod
+    def group(cls, policy: str, slot: int, holder: str) -> ClaimedElsewhere:
+        """The refusal of a group policy's ``slot``: ``holder`` claimed it first."""
+        return cls(
+            f"group {policy}: host {holder!r} claimed it first (slot {slot}); this host leaves it",
+            holder,
+        )
 
     @classmethod
     def of(cls, run: Run, slot: int, holder: str, what: str) -> ClaimedElsewhere:
@@ -231,6 +242,12 @@ class RunLog(Protocol):
         and nothing written, when another host claimed this (policy, domain, slot) or
         its run already served this slot or a later one.  A host claims a slot once; its
         own retries of the slot go on."""
+        ...
+
+    def claim_group(self, policy: str, slot: int, now: int) -> None:
+        """Claim a group policy's ``slot`` for this host, before its members' runs start:
+        ClaimedElsewhere when another host of the catalog claimed it first (it runs the
+        whole group; each host that has the policy sees the same members)."""
         ...
 
     def seen(self, host: HostRow) -> None:

@@ -13,6 +13,7 @@ import threading
 from dataclasses import replace
 
 from snapshotd.catalog.api import (
+    GROUP_CLAIM,
     AlreadyRecorded,
     CatalogBase,
     ClaimedElsewhere,
@@ -85,6 +86,12 @@ class MemoryRunLog:
                 in_progress_since=now,
                 host_id=self._host,
             )
+
+    def claim_group(self, policy: str, slot: int, now: int) -> None:
+        with self._guard:
+            holder = self._claims.setdefault((policy, GROUP_CLAIM, slot), self._host)
+        if holder != self._host:
+            raise ClaimedElsewhere.group(policy, slot, holder)
 
     def seen(self, host: HostRow) -> None:
         with self._guard:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from snapshotd.catalog import sqlgroups
 from snapshotd.catalog.api import (
+    GROUP_CLAIM,
     AlreadyRecorded,
     CatalogBase,
     ClaimedElsewhere,
@@ -339,6 +340,25 @@ class SQLRunLog:
             )
         if str(holder[0]) != self._host:
             raise ClaimedElsewhere.of(run, slot, str(holder[0]), "claimed it first")
+
+    def claim_group(self, policy: str, slot: int, now: int) -> None:
+        with self._database.transaction(fsync=False):
+            claim = self._database.execute(
+                """INSERT INTO claims (policy, domain_uuid, slot, host_id, claimed_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (policy, domain_uuid, slot) DO UPDATE SET host_id = claims.host_id
+                   RETURNING host_id""",
+                (policy, GROUP_CLAIM, slot, self._host, now),
+            )
+            # The group's claims of the slots before this one are settled by it.
+            self._database.execute(
+                "DELETE FROM claims WHERE policy = ? AND domain_uuid = ? AND slot < ?",
+                (policy, GROUP_CLAIM, slot),
+            )
+        found = claim.fetchone()
+        holder = str(found[0]) if found is not None else self._host
+        if holder != self._host:
+            raise ClaimedElsewhere.group(policy, slot, holder)
 
     def finish(
         self, policy: str, domain_uuid: str, *, slot: int | None, error: str | None, now: int

@@ -5,6 +5,10 @@ group policy.  Around it, as daemon/jobs.py does for one domain: each member's r
 (in progress under the group's snapshot name, finished with the slot when the group
 was made, whole or partial), the metrics (created, failed, the pause window) and the
 journal lines; then each member's retention, which keeps or deletes groups as units.
+
+In a fleet every host with the policy file sees the group (its connections reach every
+member's libvirt); the group's slot is claimed first, so one host runs the whole group
+and the others leave the slot ("elsewhere"), before any member is touched.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from snapshotd.actions.grouprun import GroupOutcome, GroupResult, GroupRun
 from snapshotd.adapters.logs import log_event
 from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run
+from snapshotd.catalog.api import CatalogUnavailable, ClaimedElsewhere
 from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool
 from snapshotd.daemon.events import OK, EventQueue, JobDone, JobOutcome
 from snapshotd.daemon.jobs import log_retention
@@ -68,14 +73,9 @@ class GroupWorker:
         with self._pool.borrow(self._place()) as catalog:
             now = utc(self._clock())
             run = GroupRun(policy, list(job.members), now)
-            slot = int(job.due.slot.timestamp())
-            for hv, domain in job.members:
-                catalog.runs.start(
-                    Run(policy.name, domain.uuid, hv.uri, domain.name),
-                    run.name,
-                    slot,
-                    int(now.timestamp()),
-                )
+            started = self._start(job, catalog, run.name, int(now.timestamp()))
+            if started is not None:
+                return started
             result = run.execute(catalog)
             late = self._release_late(job, catalog, result)
             self._finish(job, catalog, result, late)
@@ -84,6 +84,36 @@ class GroupWorker:
                 return JobOutcome("failed", str(result.error))
             self._retain(job, catalog, result)
         return OK
+
+    def _start(self, job: GroupJobRun, catalog: Catalog, name: str, now: int) -> JobOutcome | None:
+        """The group's slot claimed, each member's run marked in progress; the outcome
+        instead when the group is not this host's to run now (nothing is left marked)."""
+        policy = job.policy
+        slot = int(job.due.slot.timestamp())
+        started: list[str] = []
+        try:
+            catalog.runs.claim_group(policy.name, slot, now)
+            for hv, domain in job.members:
+                catalog.runs.start(
+                    Run(policy.name, domain.uuid, hv.uri, domain.name), name, slot, now
+                )
+                started.append(domain.uuid)
+        except ClaimedElsewhere as exc:
+            log.info("%s", exc)  # the other host runs the group: nothing went wrong
+            for uuid in started:
+                catalog.runs.finish(policy.name, uuid, slot=None, error=None, now=now)
+            return JobOutcome("elsewhere", str(exc))
+        except CatalogUnavailable as exc:
+            log_event(
+                log,
+                logging.ERROR,
+                f"group {policy.name}: not taken, the shared catalog cannot be reached "
+                f"(another host may take it): {exc}",
+                policy=policy.name,
+                operation="create",
+            )
+            return JobOutcome("transient", str(exc))
+        return None
 
     def _release_late(
         self, job: GroupJobRun, catalog: Catalog, result: GroupResult

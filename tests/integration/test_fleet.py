@@ -352,6 +352,66 @@ def test_retention_of_a_shared_domain_counts_every_host_s_snapshots(
     }
 
 
+@pytest.mark.two_hosts
+def test_two_hosts_with_one_group_policy_take_each_group_slot_once(
+    domain_factory: DomainFactory,
+    peer_factory: DomainFactory,
+    database: DatabaseSettings,
+    tmp_path: Path,
+) -> None:
+    """A group of two shut-off domains, one on each host; both hosts' daemons have the
+    group policy and reach both libvirts, every 2 s at the same instants: each slot's
+    group is made once, by one host, with both members; the other host leaves it."""
+    here, there = domain_factory(state="shutoff"), peer_factory(state="shutoff")
+    uris = [target.URI, str(target.PEER_URI)]
+    body = (
+        "name: pair\n"
+        f'domains: {{include: ["{here.name}", "{there.name}"], states: [shutoff]}}\n'
+        "group: {max_pause: 10s}\n"
+        "schedule: {every: 2s}\n"
+        'snapshot: {name: "{policy}-{time:%Y%m%dT%H%M%S%fZ}"}\n'
+    )
+    daemons: dict[str, Daemon] = {}
+    try:
+        for host in ("kvm-a", "kvm-b"):
+            (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
+            daemons[host] = Daemon(tmp_path / host)
+            host_config(daemons[host], uris[0], database, host)
+            config = daemons[host].root / "snapshotd.yaml"
+            config.write_text(config.read_text().replace(
+                f"connect: {yaml_list(uris[0])}", f"connect: {yaml_list(*uris)}"
+            ))  # fmt: skip
+            write_policy(daemons[host], "pair", body)
+        for d in daemons.values():
+            d.start()
+        for d in daemons.values():
+            d.wait_ready()
+        started = time.time()
+        time.sleep(12)
+        codes = [d.stop() for d in daemons.values()]
+        stopped = time.time()
+    finally:
+        for d in daemons.values():
+            d.close()
+    assert codes == [0, 0]
+    logs = "".join(d.log.read_text() for d in daemons.values())
+    assert "crashed" not in logs, logs
+    groups: dict[str, set[str]] = {}
+    for name, member in rows(
+        database, "SELECT name, domain_name FROM group_members WHERE policy = 'pair'"
+    ):
+        groups.setdefault(str(name), set()).add(str(member))
+    assert groups, logs
+    assert all(members == {here.name, there.name} for members in groups.values()), groups
+    # One group per slot: two hosts running every slot would make about twice as many.
+    slots = int((stopped - started) // 2) + 1
+    assert len(groups) <= slots + 1, (len(groups), slots)
+    assert re.search(r"group pair: host 'kvm-.' claimed it first \(slot \d+\)", logs), logs
+    for dom in (here, there):
+        names = {s.getName() for s in dom.dom.listAllSnapshots(0)}
+        assert names == set(groups), (dom.name, names, groups)
+
+
 def _created(dom: Any) -> dict[str, int]:
     """The snapshots of ``dom`` (a libvirt domain) by name: their creationTime. One the
     daemon's retention deletes between the listing and the reading is left out."""

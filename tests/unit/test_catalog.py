@@ -429,6 +429,22 @@ def test_a_row_names_the_host_whose_libvirt_holds_the_snapshot(
     assert a.owner(UUID, "held", 100) == row("held", 100)  # where it is: not compared
 
 
+def test_a_group_slot_is_claimed_once(two_hosts: tuple[Catalog, Catalog]) -> None:
+    a, b = two_hosts
+    a.runs.claim_group("shop", 60, 61)
+    a.runs.claim_group("shop", 60, 62)  # its own retry goes on
+    with pytest.raises(ClaimedElsewhere) as refused:
+        b.runs.claim_group("shop", 60, 63)
+    assert str(refused.value) == (
+        "group shop: host 'kvm-a' claimed it first (slot 60); this host leaves it"
+    )
+    b.runs.claim_group("shop", 120, 121)  # the next slot is anyone's
+    b.runs.claim_group("other", 60, 64)  # and so is another policy's
+    with pytest.raises(ClaimedElsewhere, match="'kvm-b' claimed it first"):
+        a.runs.claim_group("shop", 120, 122)
+    assert a.runs.all() == []  # a claim is no run
+
+
 def test_hosts_report_themselves(two_hosts: tuple[Catalog, Catalog]) -> None:
     a, b = two_hosts
     a.runs.seen(HostRow("kvm-a", 100, 11, "0.1.0", (URI,)))
