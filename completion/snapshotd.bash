@@ -22,7 +22,7 @@ _snapshotd() {
         esac
     done
     if [ "$i" -ge "$COMP_CWORD" ]; then
-        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status list export import replicate migrate revert --config --connect --help --policy-dir --state-dir --version -c -h' -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W 'check plan take prune run status schema list export import replicate migrate revert --config --connect --help --policy-dir --state-dir --version -c -h' -- "$cur")
         return
     fi
     verb="${COMP_WORDS[i]}"
@@ -33,6 +33,7 @@ _snapshotd() {
         prune) opts='--config --connect --domain --dry-run --help --json --policy --policy-dir --state-dir -c -d -h -p' ;;
         run) opts='--config --connect --help --policy-dir --state-dir --workers -c -h' ;;
         status) opts='--config --fleet --help --json --policy-dir --state-dir -h' ;;
+        schema) opts='--config --help --json -h' ;;
         list) opts='--config --connect --domain --group --help --json --policy-dir --state-dir --tree -c -d -g -h' ;;
         export) opts='--config --connect --domain --help --out --policy-dir --secure --state-dir -c -d -h' ;;
         import) opts='--config --connect --current --domain --dry-run --from-catalog --help --policy-dir --snapshot --state-dir -c -d -h' ;;

@@ -389,6 +389,17 @@ def _status(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--fleet", "the whole fleet, from the shared catalog (snapshotd.yaml catalog:)")
 
 
+@_verb("schema", "the options of policy files or snapshotd.yaml, as JSON Schema for editors")
+def _schema(parser: argparse.ArgumentParser) -> None:
+    """Every option of a policy file (with --config: of snapshotd.yaml) with its type and
+    default; with --json, the JSON Schema of the file, for an editor's YAML language server
+    (yaml-language-server): each option's description, type, default and example, from the
+    same data as snapshotd check and the reference. What needs several options or the host
+    (cron with every, a time zone) is left to snapshotd check."""
+    _json(parser)
+    _flag(parser, "--config", "snapshotd.yaml's options, not a policy file's")
+
+
 @_verb("list", "list a domain's snapshots")
 def _list(parser: argparse.ArgumentParser) -> None:
     """libvirt's snapshots of the domain, and the catalog-only ones (metadata: catalog) that

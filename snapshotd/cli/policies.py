@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import sys
 from typing import TextIO
 
@@ -15,6 +16,8 @@ from snapshotd.adapters.hypervisor import Hypervisor
 from snapshotd.catalog import open_catalog
 from snapshotd.cli import common, output, progress, reports
 from snapshotd.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from snapshotd.config import jsonschema
+from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA
 from snapshotd.config.settings import Settings
 from snapshotd.core.policy import Policy
 from snapshotd.errors import RequestError, SnapshotdError
@@ -185,3 +188,13 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
         for r in done:
             reports.print_prune(r, out)
     return EXIT_FAILURE if any(r.failed for r in done) else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO) -> int:
+    """``snapshotd schema [--config] [--json]``: needs no file, no libvirt."""
+    if args.json:
+        made = jsonschema.config_schema() if args.config else jsonschema.policy_schema()
+        print(json.dumps(made, indent=2), file=out)
+        return EXIT_OK
+    reports.print_options(CONFIG_SCHEMA if args.config else POLICY_SCHEMA, out)
+    return EXIT_OK

@@ -14,6 +14,7 @@ from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import sanitize_uri
 from snapshotd.catalog import describe as describe_catalog
 from snapshotd.cli import output
+from snapshotd.config.schema import Kind, Option
 from snapshotd.config.settings import Settings
 from snapshotd.core.retention import describe
 from snapshotd.core.schedule import span, utc_text
@@ -388,3 +389,16 @@ def print_fleet(data: dict[str, Any], out: TextIO) -> None:
             "again, or start that host's daemon)",
             file=out,
         )
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+def print_options(schema: Sequence[Option], out: TextIO) -> None:
+    """``schema`` without --json: one line per option, its type and default."""
+    for option in schema:
+        if option.kind is Kind.SECTION:
+            print(f"{option.path}:", file=out)
+            continue
+        shown = option.default or ("required" if option.required else option.default_note)
+        print(f"  {option.path}: {option.type_text}; default {shown or 'none'}", file=out)
