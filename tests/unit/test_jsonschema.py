@@ -27,8 +27,9 @@ CORPUS = REPO / "tests" / "policies" / "invalid"
 # break rules that take more than one value or the host (check's work), or YAML features
 # snapshotd refuses (anchors, tags, merge keys, duplicate keys).
 SHAPE = re.compile(
-    r"unknown option|expected (?:a |an |true or false)|is not one of|invalid duration|must be 0 or more|"
-    r"must be at most|is required and missing|the file must be a mapping|the file is empty|"
+    r"unknown option|expected (?:a |an |true or false)|is not one of|invalid duration|"
+    r"must be 0 or more|must be at most|is required and missing|the file must be a mapping|"
+    r"the file is empty|"
     r"are never snapshotted|nested more than"
 )
 
