@@ -44,6 +44,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from snapshotd.actions import guard
 from snapshotd.actions.policyrun import PolicyHooks
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.actions.snapshot import (
@@ -175,6 +176,14 @@ class GroupRun:
         try:
             for member in plan.members:
                 hv = hv_of[member.domain.uuid]
+                problem, _unmeasured = guard.check(
+                    hv, self.policy.guard, member.domain, member.plan.spec
+                )
+                if problem is not None:
+                    raise RequestError(
+                        f"group {self.policy.name!r}: {member.domain.name}: skipped by the "
+                        f"policy's guard: {problem}; no member was touched"
+                    )
                 refuse_taken_name(hv, catalog, member.domain, plan.name)
                 action = self._action(hv, catalog, member.domain)
                 still_as_planned(action, plan.name)

@@ -5,7 +5,9 @@
 ``run.execute(hv, catalog, clock=...)`` then does the whole run and returns one
 ``RunResult``, never raising for a snapshot that was skipped, refused or failed:
 
-1. the selector's skip_reason (the domain's state) -> SKIPPED, no hook runs;
+1. the selector's skip_reason (the domain's state) -> SKIPPED, no hook runs; the
+   policy's guard (free space, backing chains: actions/guard.py) -> GUARDED, no hook
+   runs, the reason says what to do;
 2. the ``before`` hooks; one failed and ``before_failure: skip`` -> the ``on_failure``
    hooks, FAILED with HookSkipped;
 3. one plan of the policy's request, and the snapshot created from it; with
@@ -40,6 +42,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
+from snapshotd.actions import guard
 from snapshotd.actions import prune as pruning
 from snapshotd.actions.ports import HypervisorAPI
 from snapshotd.actions.prune import PruneReport
@@ -55,7 +58,8 @@ from snapshotd.errors import LibvirtError, SnapshotdError
 
 class Outcome(enum.Enum):
     CREATED = "created"
-    SKIPPED = "skipped"
+    SKIPPED = "skipped"  # the domain's state is not one the policy takes
+    GUARDED = "guarded"  # the policy's guard skipped it (too little space, too long a chain)
     FAILED = "failed"
 
 
@@ -73,7 +77,7 @@ class RunResult:
     outcome: Outcome
     created: Created | None = None  # the snapshot made (its plan and libvirt's info)
     note: str | None = None  # e.g. quiesce: try fell back
-    reason: str | None = None  # why skipped (the selector's skip_reason)
+    reason: str | None = None  # why skipped (the selector's skip_reason, or the guard's)
     error: SnapshotdError | None = None  # why it failed: refused, libvirt, HookSkipped
     pruned: PruneReport | None = None  # retention after a created snapshot; None: not run
 
@@ -113,6 +117,9 @@ class PolicyRun:
         skip = self.policy.selector.skip_reason(self.domain)
         if skip is not None:
             return self._result(Outcome.SKIPPED, reason=skip)
+        guarded, unmeasured = self._guard(hv)
+        if guarded is not None:
+            return self._result(Outcome.GUARDED, reason=guarded)
         around = PolicyHooks(self.policy, self.domain, self.name)
         problem = around.before()
         if problem is not None:
@@ -125,7 +132,19 @@ class PolicyRun:
             around.on_failure("failed", str(exc))
             return self._result(Outcome.FAILED, error=exc)
         around.after()
-        return self._result(Outcome.CREATED, created=made, note=note)
+        notes = "; ".join(n for n in (note, unmeasured) if n) or None
+        return self._result(Outcome.CREATED, created=made, note=notes)
+
+    def _guard(self, hv: HypervisorAPI) -> tuple[str | None, str | None]:
+        """The guard's verdict on the plan of this run's request (a request that cannot
+        be planned goes on, to be refused with the planner's own error)."""
+        if not self.policy.guard.active:
+            return None, None
+        try:
+            plan = plan_snapshot(self.domain, self._request)
+        except SnapshotdError:
+            return None, None
+        return guard.check(hv, self.policy.guard, self.domain, plan.spec)
 
     def retain(
         self,

@@ -52,6 +52,11 @@ class HypervisorAPI(Protocol):
         """The host's capabilities XML."""
         ...
 
+    def pool_space(self, path: str) -> tuple[str, int, int] | None:
+        """(storage pool, free bytes, capacity) of the active pool holding ``path``, or
+        None when no pool does."""
+        ...
+
     def list_snapshots(self, domain: str) -> list[SnapshotRecord]:
         """The domain's snapshots, parents before children."""
         ...

@@ -242,3 +242,14 @@ def write_private(path: Path, text: str, *, fsync: bool = True) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def free_space(path: str) -> tuple[str, int, int]:
+    """(the directory measured, free bytes, size) of the file system ``path`` is or
+    will be on: statvfs of its deepest existing directory, as root sees it (the
+    blocks kept for root count as free: snapshotd and QEMU write as root)."""
+    where = Path(absolute(path))
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    found = os.statvfs(where)
+    return str(where), found.f_bfree * found.f_frsize, found.f_blocks * found.f_frsize

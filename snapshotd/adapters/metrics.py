@@ -28,6 +28,12 @@ class Metrics:
             ["policy"],
             registry=r,
         )
+        self.skipped = Counter(
+            "snapshotd_snapshots_skipped",
+            "Snapshots a policy's guard skipped, by the guard (min_free, max_chain).",
+            ["policy", "guard"],
+            registry=r,
+        )
         self.pruned = Counter(
             "snapshotd_snapshots_pruned", "Snapshots deleted by retention.", ["policy"], registry=r
         )

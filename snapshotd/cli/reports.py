@@ -161,6 +161,8 @@ def take_result(result: RunResult) -> dict[str, Any]:
     shown: dict[str, Any] = {"domain": result.domain.name, "policy": result.policy}
     if result.outcome is Outcome.SKIPPED:
         shown.update(outcome="skipped", reason=result.reason)
+    elif result.outcome is Outcome.GUARDED:
+        shown.update(outcome="guarded", reason=result.reason)
     elif result.outcome is Outcome.FAILED or result.created is None:  # created: never None
         shown.update(outcome="failed", error=str(result.error))
     else:
@@ -175,15 +177,19 @@ def take_result(result: RunResult) -> dict[str, Any]:
 
 
 def take_failed(result: RunResult) -> bool:
-    """The run failed, or retention could not delete a snapshot it should have."""
+    """The run failed, the policy's guard skipped it (the admin has to act), or retention
+    could not delete a snapshot it should have."""
     pruned = result.pruned
-    return result.outcome is Outcome.FAILED or (pruned is not None and bool(pruned.failed))
+    failed = result.outcome in (Outcome.FAILED, Outcome.GUARDED)
+    return failed or (pruned is not None and bool(pruned.failed))
 
 
 def print_take_result(result: dict[str, Any], out: TextIO) -> None:
     head = f"{result['domain']} (policy {result['policy']}): "
     if result["outcome"] == "skipped":
         print(head + f"skipped: {result['reason']}", file=out)
+    elif result["outcome"] == "guarded":
+        print(head + f"skipped by the policy's guard: {result['reason']}", file=out)
     elif result["outcome"] == "failed":
         print(head + f"failed: {result['error']}", file=out)
     else:

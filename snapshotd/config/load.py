@@ -17,8 +17,9 @@ from snapshotd.config.reader import Failed, Reader
 from snapshotd.config.schema import CONFIG_SCHEMA, POLICY_SCHEMA, Option
 from snapshotd.config.settings import DatabaseSettings, Settings
 from snapshotd.config.yamlreader import LocatedError, describe, is_null
-from snapshotd.core import naming, schedule
+from snapshotd.core import guard, naming, schedule
 from snapshotd.core.group import Consistency, Fallback, GroupSettings, OnMemberFailure
+from snapshotd.core.guard import Guard
 from snapshotd.core.model import DomainState, Request
 from snapshotd.core.policy import (
     BeforeFailure,
@@ -77,6 +78,7 @@ def parse_policy(text: str, filename: str) -> Policy | list[LocatedError]:
 
 
 def _build_policy(r: Reader, name: str, filename: str, retention: Retention | None) -> Policy:
+    min_free = r.opt_text("guard.min_free")
     return Policy(
         name=name,
         source=filename,
@@ -112,6 +114,10 @@ def _build_policy(r: Reader, name: str, filename: str, retention: Retention | No
             on_failure=r.command_lists("hooks.on_failure"),
             timeout=r.duration("hooks.timeout"),
             before_failure=BeforeFailure(r.text("hooks.before_failure")),
+        ),
+        guard=Guard(
+            min_free=guard.parse_space(min_free) if min_free is not None else None,
+            max_chain=r.count("guard.max_chain"),
         ),
         monitor=Monitor(r.opt_duration("monitor.warn"), r.opt_duration("monitor.crit"))
         if r.given("monitor")

@@ -389,6 +389,38 @@ POLICY_SCHEMA: tuple[Option, ...] = (
         choices=_values(BeforeFailure),
     ),
     Option(
+        "guard",
+        Kind.SECTION,
+        "Checks before each snapshot: one that would leave too little free space where "
+        "its files grow, or make a disk's external backing chain too long, is skipped "
+        "before libvirt is called, recorded with the reason (status, the journal, the "
+        "operations log, the metric snapshotd_snapshots_skipped_total) and taken at the "
+        "next slot the guard allows. Retention never deletes anything to make room.",
+        default_note="none: nothing is checked",
+    ),
+    Option(
+        "guard.min_free",
+        Kind.STRING,
+        "The free space that must be left on each file system a snapshot's files grow "
+        "on (an external snapshot's overlays and memory file; an internal snapshot's "
+        "qcow2 images): a percentage of the file system (`10%`) or a size with a binary "
+        "unit K, M, G or T (`20G`). Measured with statvfs on this host, and through "
+        "libvirt's storage pools for a remote connection (a directory no pool holds is "
+        "not checked there, and the run says so).",
+        example="10%",
+        default_note="none: free space is not checked",
+    ),
+    Option(
+        "guard.max_chain",
+        Kind.COUNT,
+        "The longest backing chain a disk may get from an external snapshot (the disk's "
+        "image, its backing files and the new overlay): libvirt before 12.0 cannot start "
+        "a domain whose chain is longer than about 25 images. `0`: no cap. A disk of "
+        "a remote connection is measured from libvirt's domain XML (`<backingStore>`).",
+        default="0",
+        example="20",
+    ),
+    Option(
         "monitor",
         Kind.SECTION,
         "Freshness limits for `snapshotd check --freshness` (a Nagios-style check): how old "

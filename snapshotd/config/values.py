@@ -16,7 +16,7 @@ from typing import Any
 
 from snapshotd.config.schema import DESCRIPTION_MAX, MIN_EVERY, POLICY_NAME_MAX
 from snapshotd.config.yamlreader import show
-from snapshotd.core import naming, schedule
+from snapshotd.core import guard, naming, schedule
 from snapshotd.core.policy import NAME_FIELDS
 from snapshotd.errors import RequestError
 
@@ -226,6 +226,20 @@ def check_metrics_address(address: str) -> str | None:
 
 
 # A check takes the option's value as the reader made it: a str, a timedelta, a tuple, ...
+def _check_space(text: str) -> str | None:
+    try:
+        guard.parse_space(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_max_chain(count: int) -> str | None:
+    if count == 1:
+        return "1 would refuse every external snapshot (a disk and its overlay are 2); 0 is no cap"
+    return None
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "name": check_policy_name,
     "domains.include": _refuse_empty(
@@ -238,6 +252,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "snapshot.name": _check_name_template,
     "snapshot.description": _check_description,
     "snapshot.directory": _check_directory,
+    "guard.min_free": _check_space,
+    "guard.max_chain": _check_max_chain,
     "policy_dir": _check_plain_directory,
     "state_dir": _check_plain_directory,
     "connect": _refuse_empty("lists no connection; snapshotd needs at least one (qemu:///system)"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from snapshotd.core import naming
 from snapshotd.core.group import GroupSettings
+from snapshotd.core.guard import Guard
 from snapshotd.core.model import DomainInfo, DomainState, Request, SnapshotRequest
 from snapshotd.core.retention import Retention
 from snapshotd.core.schedule import Schedule
@@ -121,6 +122,7 @@ class Policy:
     hooks: Hooks = field(default_factory=Hooks)
     monitor: Monitor | None = None  # None: not monitored
     group: GroupSettings | None = None  # None: each domain on its own
+    guard: Guard = field(default_factory=Guard)  # the default guards nothing
 
     def snapshot_name(self, domain: str, when: dt.datetime) -> str:
         """The snapshot name for a run at ``when`` (rendered in UTC)."""

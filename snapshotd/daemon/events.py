@@ -37,10 +37,11 @@ class DomainsListed:
 class JobOutcome:
     """How a job ended: ``transient`` failures are retried for the same slot, ``failed``
     ones move on to the next slot, as does a slot another host of a shared catalog takes
-    (``elsewhere``) and, a success recorded in the journal while the shared catalog was
-    away (``journaled``); ``error`` is what went wrong (or, elsewhere, who took it)."""
+    (``elsewhere``), a success recorded in the journal while the shared catalog was
+    away (``journaled``) and a snapshot the policy's guard skipped (``guarded``);
+    ``error`` is what went wrong (or, elsewhere, who took it)."""
 
-    kind: Literal["ok", "transient", "failed", "elsewhere", "journaled"]
+    kind: Literal["ok", "transient", "failed", "elsewhere", "journaled", "guarded"]
     error: str | None = None
 
 

@@ -30,7 +30,7 @@ from snapshotd.actions.prune import PruneReport
 from snapshotd.adapters.logs import log_event
 from snapshotd.adapters.metrics import Metrics
 from snapshotd.catalog import Catalog, Run, RunLog
-from snapshotd.catalog.api import CatalogUnavailable, ClaimedElsewhere
+from snapshotd.catalog.api import CatalogUnavailable, ClaimedElsewhere, Operation
 from snapshotd.core.model import DomainInfo
 from snapshotd.core.plan import ONLINE_STATES
 from snapshotd.daemon.catalogs import CatalogPlace, CatalogPool, Journal
@@ -167,6 +167,8 @@ class Worker:
             taken = run.take(job.hv, catalog)
             if taken.error is not None:
                 return self._failed(job, catalog, runs, run.name, taken.error)
+            if taken.outcome is Outcome.GUARDED:
+                return self._guarded(job, catalog, runs, run.name, taken.reason or "")
             if taken.outcome is Outcome.SKIPPED:  # its state changed since the dispatch
                 log_skipped(job.domain, job.policy.name, taken.reason or "")
                 runs.finish(
@@ -183,6 +185,30 @@ class Worker:
             self._metrics.duration.labels(operation="prune").observe(time.monotonic() - pruning)
             self._report(job, result)
             return OK
+
+    def _guarded(
+        self, job: DomainRun, catalog: Catalog, runs: RunLog, name: str, reason: str
+    ) -> JobOutcome:
+        """The policy's guard skipped the snapshot: said, logged, counted and kept as the
+        run's last error (status shows it) until a snapshot is taken again."""
+        text = f"skipped by the policy's guard: {reason}"
+        log_event(log, logging.WARNING, f"{job.domain.name}: snapshot {text}", **_fields(job))
+        catalog.record_operation(
+            Operation(
+                at=self._now(),
+                uri=job.key.uri,
+                operation="create",
+                outcome="skipped",
+                policy=job.policy.name,
+                domain_uuid=job.domain.uuid,
+                domain_name=job.domain.name,
+                snapshot=name,
+                message=text,
+            )
+        )
+        self._metrics.skipped.labels(policy=job.policy.name, guard=_which(reason)).inc()
+        runs.finish(job.policy.name, job.domain.uuid, slot=None, error=text, now=self._now())
+        return JobOutcome("guarded", text)
 
     def _prune_held_here(self, job: DomainRun, catalog: Catalog) -> None:
         """Another host took this slot: the policy's snapshots of the domain that this
@@ -281,6 +307,11 @@ class Worker:
         if result.pruned is not None:
             self._metrics.pruned.labels(policy=job.policy.name).inc(len(result.pruned.deleted))
             log_retention(job.domain.name, result.pruned, fields)
+
+
+def _which(reason: str) -> str:
+    """The guard a reason comes from, as the skipped metric's label."""
+    return "min_free" if "guard.min_free" in reason else "max_chain"
 
 
 def _fields(job: DomainRun) -> dict[str, object]:

@@ -375,6 +375,9 @@ class Daemon:
             why = f"after another host's slot: {error}"
             self.due[key] = due_times.next_slot(policy, key, due, self.clock(), why)
             return  # not an error of this host's
+        elif outcome.kind == "guarded" and policy is not None:
+            why = f"after a slot the guard skipped: {error}"
+            self.due[key] = due_times.next_slot(policy, key, due, self.clock(), why)
         elif outcome.kind == "journaled" and policy is not None:
             # The run log that would say which slot it served cannot be read now.
             why = "after a slot recorded in this host's journal"

@@ -149,6 +149,7 @@ class FakeHypervisor:
         self._clock = clock  # libvirt's creationTime: the host's clock, in seconds
         self._version = version
         self._machines = tuple(machines)  # the machine types "QEMU" offers (capabilities)
+        self.pools: dict[str, tuple[str, int, int]] = {}  # pool_space answers
         self._domains: list[_Domain] = []
         self._next_failure: LibvirtError | None = None
         self._failing: dict[str, LibvirtError] = {}  # domain UUID -> its creates' error
@@ -190,6 +191,11 @@ class FakeHypervisor:
         source.set("file", files.backing_chain(str(source.get("file")))[-1])
 
     # --- domains ------------------------------------------------------------------------
+
+    def pool_space(self, path: str) -> tuple[str, int, int] | None:
+        """``self.pools``: {directory: (pool, free, capacity)}, the deepest that holds it."""
+        held = [d for d in self.pools if (path + "/").startswith(d.rstrip("/") + "/")]
+        return self.pools[max(held, key=len)] if held else None
 
     def capabilities(self) -> str:
         machines = "".join(f"<machine>{m}</machine>" for m in self._machines)

@@ -19,6 +19,7 @@ from snapshotd.catalog import Catalog
 from snapshotd.catalog.api import Run, SnapshotRow
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.config.settings import Overrides, Settings
+from snapshotd.core.guard import Guard, Space
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState, Request
 from snapshotd.core.policy import Policy
 from snapshotd.core.retention import Retention
@@ -123,7 +124,7 @@ class Rig:
         return self.hv.define(xml, state=DomainState.SHUTOFF)
 
     def policy(self, domain: DomainInfo, **options: Any) -> Policy:
-        chosen = policy("hourly", domain, disks=Request.INTERNAL, **options)
+        chosen = policy("hourly", domain, **{"disks": Request.INTERNAL, **options})
         return replace(chosen, schedule=HOURLY)
 
     def job(self, chosen: Policy, domain: DomainInfo) -> tuple[DomainRun, Due]:
@@ -397,3 +398,29 @@ def test_a_slot_another_host_took_prunes_what_this_host_holds(rig: Rig, records:
         f"web: pruned {name}" for name in names
     ]
     assert rig.metric("snapshotd_snapshots_pruned_total", policy="hourly") == 2
+
+
+def test_a_snapshot_the_guard_skips_is_logged_counted_and_kept_as_the_error(
+    rig: Rig, records: Records
+) -> None:
+    """min_free more than the file system holds: no snapshot, a warning, the skipped
+    metric by guard, the operations log, and the run's last error (status shows it);
+    the job moves on to the next slot."""
+    domain = rig.domain()
+    chosen = replace(
+        rig.policy(domain, disks=Request.EXTERNAL, disk_only=True, directory=rig.root / "s"),
+        guard=Guard(min_free=Space(size=1 << 60, text="1E")),
+    )
+    event = rig.run(chosen, domain)
+    assert event.outcome.kind == "guarded"
+    assert rig.hv.list_snapshots(domain.uuid) == []
+    line = records.find("skipped by the policy's guard")
+    assert line.levelno == logging.WARNING
+    assert "below guard.min_free (1E)" in line.getMessage()
+    assert rig.metric("snapshotd_snapshots_skipped_total", policy="hourly", guard="min_free") == 1
+    run = rig.catalog.runs.get("hourly", domain.uuid)
+    assert run is not None
+    assert run.in_progress is None
+    assert (run.last_error or "").startswith("skipped by the policy's guard: only ")
+    (op,) = [o for o in rig.catalog.operations() if o.operation == "create"]
+    assert (op.outcome, op.message) == ("skipped", run.last_error)

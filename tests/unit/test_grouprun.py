@@ -26,6 +26,7 @@ from snapshotd.cli import reports
 from snapshotd.cli.app import main
 from snapshotd.config.load import parse_policy
 from snapshotd.core.group import Consistency, Hold
+from snapshotd.core.guard import Guard, Space
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState
 from snapshotd.core.policy import Policy
 from snapshotd.errors import SnapshotdError
@@ -407,3 +408,17 @@ def test_check_says_which_policies_are_groups(tmp_path: Path) -> None:
         "; group: application consistency, max_pause 7s, on_member_failure partial"
     )
     assert "group" not in lines["web"]
+
+
+def test_a_member_the_guard_skips_touches_no_member(env: Env) -> None:
+    """min_free more than any file system holds: the group is refused before a member is
+    held, naming the member and the guard."""
+    guarded = replace(CRASH, guard=Guard(min_free=Space(size=1 << 60, text="1E")))
+    members = [env.domain(), env.domain()]
+    result = env.run(guarded, members).execute(env.catalog)
+
+    assert result.outcome is GroupOutcome.FAILED
+    assert f"{members[0].name}: skipped by the policy's guard: only " in str(result.error)
+    assert "no member was touched" in str(result.error)
+    assert env.hv.holds == []
+    assert env.hv.creates == 0

@@ -16,7 +16,7 @@ from typing import Any, Self
 
 import libvirt
 
-from snapshotd.adapters.hypervisor import holding, process
+from snapshotd.adapters.hypervisor import holding, pools, process
 from snapshotd.adapters.hypervisor.errors import (
     calling,
     convert,
@@ -213,6 +213,10 @@ class Hypervisor:
         """The host's capabilities XML (virConnectGetCapabilities): its machine types."""
         with calling("read host capabilities", None):
             return str(self._open_conn.getCapabilities())
+
+    def pool_space(self, path: str) -> tuple[str, int, int] | None:
+        """(pool, free bytes, capacity) of the storage pool holding ``path`` (pools.py)."""
+        return pools.space(self._open_conn, path)
 
     def domain_handles(self) -> list[tuple[str, str, DomainState]]:
         """(UUID, name, state) of every domain: calls that need no job on the domain, so a
