@@ -21,13 +21,16 @@ WAIT_SECONDS=30
 # second builds libvirt-python and systemd-python from source inside the venv; the third is
 # the Python that scripts/venv.sh uses; tini reaps QEMU processes (see below); PostgreSQL
 # and openssl are the shared catalog's test server (scripts/postgres.sh starts its own
-# cluster, never the package's).
+# cluster, never the package's); prometheus brings promtool and the server the alert
+# rules are tested with (tests/unit/test_alert_rules.py, tests/integration/
+# test_prometheus.py start their own, never the package's).
 PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
     libvirt-dev libsystemd-dev pkg-config libxml2-utils gcc
     python3 python3-venv python3-dev
     tini
     postgresql openssl
+    prometheus
 )
 
 log() { printf 'host-setup: %s\n' "$*"; }

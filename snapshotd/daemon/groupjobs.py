@@ -154,6 +154,7 @@ class GroupWorker:
             )
         if result.pause is not None:
             self._metrics.group_pause.labels(policy=policy.name).observe(result.pause)
+            self._metrics.group_last_pause.labels(policy=policy.name).set(result.pause)
         pause = "" if result.pause is None else f", held still {result.pause * 1000:.0f} ms"
         members = ", ".join(m.domain.name for m in result.members)
         fields: dict[str, object] = {"policy": policy.name, "snapshot": result.name}

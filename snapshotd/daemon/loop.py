@@ -187,6 +187,7 @@ class Daemon:
             return False
         self.settings = settings
         self.policies = {p.name: p for p in settings.policies}
+        self.metrics.policies(self.policies.values())
         self.due.clear()
         log.info("policies in force: %s", ", ".join(sorted(self.policies)) or "none")
         return True
@@ -244,6 +245,7 @@ class Daemon:
         """Work out when each key is due, for keys that have no due time yet."""
         live: set[AnyKey] = set()
         lost: CatalogUnavailable | None = None
+        names: dict[str, str] | None = None
         for key, policy, uuids in self._keys():
             live.add(key)
             if key in self.due or key in self.jobs:
@@ -257,6 +259,10 @@ class Daemon:
             slots = [r.last_slot for r in found if r is not None]
             last_slot = max((s for s in slots if s is not None), default=None)
             self.due[key] = due_times.first_due(policy, key, last_slot, now)
+            names = names or {d.uuid: d.name for ds in self.domains.values() for d in ds}
+            streams = [(r.domain_name, r.last_success) if r else (names.get(u), None)
+                       for u, r in zip(uuids, found, strict=True)]  # fmt: skip
+            self.metrics.seed_last_success(policy, streams)
         for key in list(self.due):
             if key not in live:
                 del self.due[key]
