@@ -6,6 +6,7 @@ appear for the streams meant to raise them, not for the others."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,12 +17,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.domains import DiskSpec, DomainFactory
 from tests.integration.target import REPO, connect_line
-from tests.integration.test_daemon import Daemon, free_port, write_policy
+from tests.integration.test_daemon import Daemon, free_port, metrics_text, write_policy
 
 RULES = REPO / "contrib" / "prometheus" / "snapshotd.rules.yml"
+DASHBOARD = REPO / "contrib" / "grafana" / "snapshotd.json"
+_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+def dashboard_metrics() -> set[str]:
+    """The metric names the dashboard's queries read (histogram and counter suffixes
+    taken off), its variables' query among them."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in {"expr", "definition"} and isinstance(value, str):
+                    found.update(re.findall(r"\bsnapshotd_[a-z_]+", value))
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(DASHBOARD.read_text()))
+    return {next((n.removesuffix(s) for s in _SUFFIXES if n.endswith(s)), n) for n in found}
 
 
 @pytest.fixture
@@ -138,4 +161,9 @@ def test_prometheus_scrapes_the_daemon_and_raises_the_alerts_it_should(
     (stale,) = [a for a in seen if a["labels"]["alertname"] == "SnapshotdSnapshotStale"]
     assert stale["labels"]["domain"] == good.name
     assert stale["state"] in {"pending", "firing"}  # pending for the rule's 10 minutes
+    # Every query of the Grafana dashboard reads a metric this daemon exports.
+    exported = {f.name for f in text_string_to_metric_families(metrics_text(port))}
+    wanted = dashboard_metrics()
+    assert len(wanted) >= 10, wanted
+    assert wanted <= exported, wanted - exported
     assert daemon.stop() == 0
