@@ -118,17 +118,18 @@ def test_too_little_free_space_here_skips_before_any_hook_or_libvirt(tmp_path: P
 def test_a_remote_host_s_space_comes_from_its_storage_pool(tmp_path: Path) -> None:
     hv = _fake(tmp_path, uri="qemu+ssh://root@kvm-b/system")
     made = hv.domain("web")
-    chosen = policy("g", made, disks=Request.EXTERNAL, disk_only=True, directory=Path("/pool/s"))
+    where = tmp_path / "pool" / "s"
+    chosen = policy("g", made, disks=Request.EXTERNAL, disk_only=True, directory=where)
     guarded = replace(chosen, guard=Guard(min_free=parse_space("10%")))
-    result = _run(hv, guarded)  # no pool holds /pool/s: not measured, taken, said
-    assert result.outcome is Outcome.CREATED  # type: ignore[attr-defined]
-    assert "the guard could not measure /pool/s on qemu+ssh://root@kvm-b/system" in (
+    result = _run(hv, guarded)  # no pool holds the directory: not measured, taken, said
+    assert result.outcome is Outcome.CREATED, result.error  # type: ignore[attr-defined]
+    assert f"the guard could not measure {where} on qemu+ssh://root@kvm-b/system" in (
         result.note  # type: ignore[attr-defined]
     )
-    hv.pools["/pool"] = ("images", 2 * G, 100 * G)
+    hv.pools[str(tmp_path / "pool")] = ("images", 2 * G, 100 * G)
     result = _run(hv, replace(guarded, name="g2"))
     assert result.outcome is Outcome.GUARDED  # type: ignore[attr-defined]
-    assert "on /pool/s (storage pool images), below guard.min_free (10%)" in result.reason  # type: ignore[attr-defined]
+    assert f"on {where} (storage pool images), below guard.min_free (10%)" in result.reason  # type: ignore[attr-defined]
 
 
 def test_a_chain_at_max_chain_skips_the_external_snapshot(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def test_a_chain_at_max_chain_skips_the_external_snapshot(tmp_path: Path) -> Non
     )
     hv = _fake(tmp_path, uri="qemu+ssh://root@kvm-b/system", xml=xml)
     made = hv.domain("web")
-    chosen = policy("g", made, disks=Request.EXTERNAL, disk_only=True, directory=Path("/i/s"))
+    chosen = policy("g", made, disks=Request.EXTERNAL, disk_only=True, directory=tmp_path / "s")
     result = _run(hv, replace(chosen, guard=Guard(max_chain=3)), DomainState.RUNNING)
     assert result.outcome is Outcome.GUARDED  # type: ignore[attr-defined]
     assert "disk vda's backing chain would be 4 images long" in result.reason  # type: ignore[attr-defined]
