@@ -22,9 +22,8 @@ safely from outside.  Runs a previous process left unfinished are settled by
 recovery.py.  The loop pings systemd's watchdog from its own progress, so a hung
 loop gets the daemon restarted.
 
-What the loop schedules and dispatches are runs of keys (runs.py), not domains.
-
-The daemon holds ``daemon.lock`` in its state directory while it runs and keeps
+What the loop schedules and dispatches are runs of keys (runs.py), not domains.  The
+daemon holds ``daemon.lock`` in its state directory while it runs and keeps
 ``status.json`` there up to date for ``snapshotd status`` (adapters/statusfile.py).
 """
 
@@ -76,6 +75,7 @@ from snapshotd.errors import SnapshotdError
 log = logging.getLogger("snapshotd")
 
 STOP_GRACE = 60.0  # how long SIGTERM waits for snapshots in flight
+LIST_WAIT = 60.0  # how long after the start groups wait for every connection's domains
 
 
 # (the policies, each URI's domain list) the keys were worked out from, and those keys
@@ -121,7 +121,7 @@ class Daemon:
         self._unsettled: set[Key] = set()
         self._settled_uris: set[str] = set()  # reconciled: a group may hold their domains
         self._keys_cache: _KeysCache | None = None
-        self._started_at = time.time()
+        self._started_at, self._since = time.time(), self.clock()
         self._status_file: StatusWriter | None = None
         self._pool = CatalogPool(catalogs)
         self.recovery = Recovery(
@@ -312,9 +312,12 @@ class Daemon:
 
     def _runnable_group(self, key: GroupKey) -> GroupJobRun | None:
         """A group runs when every member's connection is up and reconciled (a hold a
-        killed daemon left is released first) and no member is busy or unsettled."""
+        killed daemon left is released first) and no member is busy or unsettled; in the
+        first LIST_WAIT seconds, when every connection is (a member may be on one)."""
         policy = self.policies.get(key.policy)
         if policy is None or self._busy(key):
+            return None
+        if self.clock() < self._since + LIST_WAIT and not set(self.links) <= self._settled_uris:
             return None
         members = []
         for uri, uuid in key.members:

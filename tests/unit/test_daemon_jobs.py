@@ -19,6 +19,7 @@ from snapshotd.catalog import Catalog
 from snapshotd.catalog.api import Run, SnapshotRow
 from snapshotd.catalog.memory import MemoryCatalog
 from snapshotd.config.settings import Overrides, Settings
+from snapshotd.core.group import GroupSettings
 from snapshotd.core.guard import Guard, Space
 from snapshotd.core.model import CreateFlag, DomainInfo, DomainState, Request
 from snapshotd.core.policy import Policy
@@ -26,8 +27,8 @@ from snapshotd.core.retention import Retention
 from snapshotd.core.schedule import Schedule
 from snapshotd.daemon.events import JobDone, JobOutcome
 from snapshotd.daemon.link import Link
-from snapshotd.daemon.loop import Daemon
-from snapshotd.daemon.runs import DomainRun, Due, Key
+from snapshotd.daemon.loop import LIST_WAIT, Daemon
+from snapshotd.daemon.runs import DomainRun, Due, GroupKey, Key
 from snapshotd.errors import LibvirtError
 from tests.fakes.clock import FakeClock
 from tests.fakes.hypervisor import FakeHypervisor, domain_xml, libvirt_error
@@ -424,3 +425,25 @@ def test_a_snapshot_the_guard_skips_is_logged_counted_and_kept_as_the_error(
     assert (run.last_error or "").startswith("skipped by the policy's guard: only ")
     (op,) = [o for o in rig.catalog.operations() if o.operation == "create"]
     assert (op.outcome, op.message) == ("skipped", run.last_error)
+
+
+def test_a_group_waits_at_the_start_for_every_connection_to_list_its_domains(rig: Rig) -> None:
+    """At the start a member may be on a connection that has not listed its domains yet:
+    a group of the members known so far is not run, for up to LIST_WAIT seconds."""
+    domain = rig.domain()
+    daemon = rig.daemon
+    group = replace(rig.policy(domain), group=GroupSettings())
+    daemon.policies = {"hourly": group}
+    daemon.domains = {URI: [domain]}
+    for uri in (URI, "qemu+ssh://kvm-b/system"):  # the second has not connected
+        daemon.links[uri] = Link(uri, daemon.events)
+    daemon.links[URI]._hv = rig.hv  # type: ignore[assignment]  # connected, no thread
+    daemon._settled_uris.add(URI)
+    key = GroupKey("hourly", ((URI, domain.uuid),))
+    daemon.due[key] = Due(rig.clock.timestamp(), rig.clock.now(), "due")
+    assert daemon._runnable(key) is None
+    daemon._settled_uris.add("qemu+ssh://kvm-b/system")  # it listed its domains: none of them
+    assert daemon._runnable(key) is not None
+    daemon._settled_uris.discard("qemu+ssh://kvm-b/system")
+    rig.clock.advance(LIST_WAIT)  # it never answers: the group goes on with whom it has
+    assert daemon._runnable(key) is not None
