@@ -30,9 +30,9 @@ directory is back it reports a change.  A directory that does not exist at
 ``start()`` is treated the same way.  Changes to the target of a symlinked policy
 file are not seen (the link's directory is what is watched); SIGHUP covers those.
 
-inotify comes from ``inotify_simple`` (a ctypes wrapper of ``inotify_init1``,
-``inotify_add_watch`` and ``read``); the thread waits in ``poll()`` on the inotify
-descriptor and a pipe, so ``stop()`` returns at once.
+inotify comes from adapters/inotify.py (ctypes: ``inotify_init1``,
+``inotify_add_watch``, ``inotify_rm_watch``, ``read``); the thread waits in ``poll()``
+on the inotify descriptor and a pipe, so ``stop()`` returns at once.
 """
 
 from __future__ import annotations
@@ -47,10 +47,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import inotify_simple  # type: ignore[import-untyped]
-
 # The policy loader's own rule for which names are policy files; one rule for both.
 from snapshotd.adapters.configfiles import is_policy_file
+from snapshotd.adapters.inotify import INotify
 
 log = logging.getLogger("snapshotd.watch")
 
@@ -116,7 +115,7 @@ class PolicyWatcher:
         (a missing directory is not an error: it is waited for)."""
         if self._thread is not None:
             raise RuntimeError("PolicyWatcher.start() called twice")
-        inotify = inotify_simple.INotify(nonblocking=True)
+        inotify = INotify()
         wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._wake_w = wake_w
         self._thread = threading.Thread(
@@ -232,7 +231,7 @@ class _Loop:
         return True
 
     def _read(self) -> None:
-        events: Iterable[Any] = self.inotify.read(timeout=0)
+        events: Iterable[Any] = self.inotify.read()
         changed = False
         lost = False
         for wd, mask, _cookie, name in events:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshotd.adapters.watch import PolicyWatcher
+from snapshotd.adapters.inotify import INotify
+from snapshotd.adapters.watch import IN_CREATE, PolicyWatcher
 
 DEBOUNCE = 0.2
 MARGIN = 0.5  # scheduling slack on a busy test machine
@@ -315,3 +316,22 @@ def test_no_descriptors_leak(policies: Path) -> None:
         watcher.start()
         watcher.stop()
     assert set(Path("/proc/self/fd").iterdir()) == fds
+
+
+def test_inotify_reports_each_event_with_its_name_and_never_blocks(tmp_path: Path) -> None:
+    """adapters/inotify.py alone: a watch, two files made, their names read back in one
+    read; nothing queued reads as nothing; a missing path is refused with its errno."""
+    notify = INotify()
+    try:
+        assert notify.read() == []
+        wd = notify.add_watch(str(tmp_path), IN_CREATE)
+        (tmp_path / "a.yaml").touch()
+        (tmp_path / "b\udcff.yaml").touch()  # a name that is not UTF-8: byte 0xff
+        events = notify.read()
+        assert [(e.wd, e.name) for e in events] == [(wd, "a.yaml"), (wd, "b\udcff.yaml")]
+        assert all(e.mask & IN_CREATE for e in events)
+        with pytest.raises(FileNotFoundError):
+            notify.add_watch(str(tmp_path / "missing"), IN_CREATE)
+        notify.rm_watch(wd)
+    finally:
+        notify.close()
