@@ -170,10 +170,13 @@ def test_the_daemon_does_not_start_on_a_shared_catalog_a_newer_snapshotd_wrote(
     assert rows(database, "SELECT value FROM meta") == [(str(LATEST + 1),)]
 
 
-def host_config(daemon: Daemon, uri: str, database: DatabaseSettings, host_id: str) -> None:
-    """A daemon of the fleet: its one connection, the shared catalog, its host id."""
+def host_config(
+    daemon: Daemon, uris: str | tuple[str, ...], database: DatabaseSettings, host_id: str
+) -> None:
+    """A daemon of the fleet: its connections, the shared catalog, its host id."""
+    listed = (uris,) if isinstance(uris, str) else uris
     (daemon.root / "snapshotd.yaml").write_text(
-        f"connect: {yaml_list(uri)}\n"
+        f"connect: {yaml_list(*listed)}\n"
         + "catalog:\n"
         + f'  url: "{database.url}"\n'
         + f"  password_file: {database.password_file}\n"
@@ -182,24 +185,36 @@ def host_config(daemon: Daemon, uri: str, database: DatabaseSettings, host_id: s
     (daemon.root / "snapshotd.yaml").chmod(0o644)
 
 
-def start_fleet(
+def fleet_daemons(
     tmp_path: Path,
     database: DatabaseSettings,
-    hosts: dict[str, str],
+    hosts: dict[str, str | tuple[str, ...]],
     name: str,
     body: Callable[[str], str],
 ) -> dict[str, Daemon]:
-    """A started, ready daemon per host (host id -> its connection), each with the
-    shared catalog and the policy ``name`` (``body(host)``); the caller closes them (all
-    are closed here when one fails to start)."""
+    """A daemon per host (host id -> its connections), not started, each with the shared
+    catalog and the policy ``name`` (``body(host)``)."""
     daemons: dict[str, Daemon] = {}
+    for host, uris in hosts.items():
+        root = tmp_path / host
+        (root / "policies").mkdir(parents=True, mode=0o755)
+        daemons[host] = Daemon(root)
+        host_config(daemons[host], uris, database, host)
+        write_policy(daemons[host], name, body(host))
+    return daemons
+
+
+def start_fleet(
+    tmp_path: Path,
+    database: DatabaseSettings,
+    hosts: dict[str, str | tuple[str, ...]],
+    name: str,
+    body: Callable[[str], str],
+) -> dict[str, Daemon]:
+    """fleet_daemons, started and ready; the caller closes them (all are closed here when
+    one fails to start)."""
+    daemons = fleet_daemons(tmp_path, database, hosts, name, body)
     try:
-        for host, uri in hosts.items():
-            root = tmp_path / host
-            (root / "policies").mkdir(parents=True, mode=0o755)
-            daemons[host] = Daemon(root)
-            host_config(daemons[host], uri, database, host)
-            write_policy(daemons[host], name, body(host))
         for d in daemons.values():
             d.start()
         for d in daemons.values():
@@ -291,13 +306,13 @@ def test_retention_of_a_shared_domain_counts_every_host_s_snapshots(
     though kvm-b takes the slots.  Per host, each would have kept three of its own."""
     dom = domain_factory(state="shutoff")
     with twin(peer_conn, dom, session_prefix) as there:
-        daemons: dict[str, Daemon] = {}
+        hosts: dict[str, str | tuple[str, ...]] = {
+            "kvm-a": target.URI,
+            "kvm-b": str(target.PEER_URI),
+        }
+        body = policy(dom, every="2s", keep=3)
+        daemons = fleet_daemons(tmp_path, database, hosts, "shared", lambda _: body)
         try:
-            for host, uri in (("kvm-a", target.URI), ("kvm-b", str(target.PEER_URI))):
-                (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
-                daemons[host] = Daemon(tmp_path / host)
-                host_config(daemons[host], uri, database, host)
-                write_policy(daemons[host], "shared", policy(dom, every="2s", keep=3))
             a, b = daemons["kvm-a"], daemons["kvm-b"]
 
             def pruned() -> int:
@@ -363,7 +378,7 @@ def test_two_hosts_with_one_group_policy_take_each_group_slot_once(
     group policy and reach both libvirts, every 2 s at the same instants: each slot's
     group is made once, by one host, with both members; the other host leaves it."""
     here, there = domain_factory(state="shutoff"), peer_factory(state="shutoff")
-    uris = [target.URI, str(target.PEER_URI)]
+    uris = (target.URI, str(target.PEER_URI))
     body = (
         "name: pair\n"
         f'domains: {{include: ["{here.name}", "{there.name}"], states: [shutoff]}}\n'
@@ -371,21 +386,9 @@ def test_two_hosts_with_one_group_policy_take_each_group_slot_once(
         "schedule: {every: 2s}\n"
         'snapshot: {name: "{policy}-{time:%Y%m%dT%H%M%S%fZ}"}\n'
     )
-    daemons: dict[str, Daemon] = {}
+    hosts: dict[str, str | tuple[str, ...]] = {"kvm-a": uris, "kvm-b": uris}
+    daemons = start_fleet(tmp_path, database, hosts, "pair", lambda _: body)
     try:
-        for host in ("kvm-a", "kvm-b"):
-            (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
-            daemons[host] = Daemon(tmp_path / host)
-            host_config(daemons[host], uris[0], database, host)
-            config = daemons[host].root / "snapshotd.yaml"
-            config.write_text(config.read_text().replace(
-                f"connect: {yaml_list(uris[0])}", f"connect: {yaml_list(*uris)}"
-            ))  # fmt: skip
-            write_policy(daemons[host], "pair", body)
-        for d in daemons.values():
-            d.start()
-        for d in daemons.values():
-            d.wait_ready()
         started = time.time()
         time.sleep(12)
         codes = [d.stop() for d in daemons.values()]
@@ -696,14 +699,10 @@ def test_a_domain_that_arrives_by_virsh_migrate_is_adopted(
     import libvirt  # noqa: PLC0415 - only here
 
     dom = peer_factory(state="running")
-    for host in ("kvm-a", "kvm-b"):
-        (tmp_path / host / "policies").mkdir(parents=True, mode=0o755)
-    first = Daemon(tmp_path / "kvm-a")
-    host_config(first, str(target.PEER_URI), database, "kvm-a")
-    write_policy(first, "often", policy(dom, every="3s", keep=3))
-    second = Daemon(tmp_path / "kvm-b")
-    host_config(second, target.URI, database, "kvm-b")
-    write_policy(second, "often", policy(dom, every="3s", keep=3))
+    hosts: dict[str, str | tuple[str, ...]] = {"kvm-a": str(target.PEER_URI), "kvm-b": target.URI}
+    body = policy(dom, every="3s", keep=3)
+    made = fleet_daemons(tmp_path, database, hosts, "often", lambda _: body)
+    first, second = made["kvm-a"], made["kvm-b"]
     try:
         first.start()
         first.wait_ready()
